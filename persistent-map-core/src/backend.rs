@@ -1,0 +1,305 @@
+//! The contract between [`PersistentMap`](crate::PersistentMap) and a storage engine.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::{PersistentError, Result};
+
+/// One change in an ordered batch handed to [`StorageBackend::apply_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOp<K, V> {
+    /// Store `value` under `key`, replacing what was there.
+    Put {
+        /// The key.
+        key: K,
+        /// The new value.
+        value: V,
+    },
+    /// Remove `key`; removing a missing key is not an error.
+    Delete {
+        /// The key.
+        key: K,
+    },
+}
+
+impl<K, V> BatchOp<K, V> {
+    /// The key this change concerns.
+    pub fn key(&self) -> &K {
+        match self {
+            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+        }
+    }
+}
+
+/// Optional behaviour a backend declares, so the map and the conformance suite
+/// know what they may rely on.
+///
+/// ```
+/// use persistent_map_core::Capabilities;
+///
+/// let caps = Capabilities::new().with_atomic_batch(true);
+/// assert!(caps.atomic_batch);
+/// assert!(!caps.exclusive_lock);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// [`StorageBackend::apply_batch`] applies a batch all or nothing, even across a crash.
+    pub atomic_batch: bool,
+    /// A second instance opened on the same store while this one is open is
+    /// refused with [`PersistentError::Locked`].
+    pub exclusive_lock: bool,
+    /// The data outlives the process (a file or a server), not only the backend value.
+    pub durable: bool,
+}
+
+impl Capabilities {
+    /// No optional behaviour: batches are applied change by change, no lock, not durable.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            atomic_batch: false,
+            exclusive_lock: false,
+            durable: false,
+        }
+    }
+
+    /// Declares all-or-nothing batches.
+    #[must_use]
+    pub const fn with_atomic_batch(mut self, yes: bool) -> Self {
+        self.atomic_batch = yes;
+        self
+    }
+
+    /// Declares that a second opener of the same store is refused.
+    #[must_use]
+    pub const fn with_exclusive_lock(mut self, yes: bool) -> Self {
+        self.exclusive_lock = yes;
+        self
+    }
+
+    /// Declares that the data outlives the process.
+    #[must_use]
+    pub const fn with_durable(mut self, yes: bool) -> Self {
+        self.durable = yes;
+        self
+    }
+}
+
+/// A storage engine behind a [`PersistentMap`](crate::PersistentMap).
+///
+/// Only [`load_all`](Self::load_all), [`save`](Self::save) and
+/// [`delete`](Self::delete) are required; everything else has a default body,
+/// so a backend written for persistent-map 0.1.x compiles unchanged.
+///
+/// # The contract
+///
+/// The map calls the write methods from a single task, one call at a time, in
+/// the order its cache saw the changes; a backend never has to reorder or merge
+/// anything, and must not do so itself.
+///
+/// * **Acknowledged means kept.** When `save`, `delete`, `apply_batch` or
+///   `clear` returns `Ok`, the change must survive the process being killed
+///   (`kill -9`) right after: it has reached the operating system, a server, or
+///   whatever the backend's medium is. It need not yet survive a power cut.
+/// * **Flushed means durable.** When [`flush`](Self::flush) returns `Ok`, every
+///   change acknowledged before the call is durable on the medium (fsync or the
+///   medium's equivalent), so it survives a power cut.
+/// * **Failed means not applied.** When a write method returns `Err`, the
+///   change it was given did not happen. For a batch on a backend without
+///   [`Capabilities::atomic_batch`], a prefix of the batch may have been
+///   applied; the map then replays the batch change by change, which is safe
+///   because every change is idempotent.
+/// * **Idempotent.** Saving the same value twice, or deleting a missing key,
+///   is not an error and leaves the same state.
+/// * **No holes.** After a crash the store holds a prefix of the changes in
+///   the order they were given: never a later change without an earlier one.
+/// * **Reading is honest.** `load_all` returns exactly what is stored. A record
+///   that no longer decodes is an error naming where it is (file and line, or
+///   table and key); it is never skipped or deleted.
+///
+/// # Example
+///
+/// A backend that keeps its data in a shared `HashMap` of JSON text:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use std::hash::Hash;
+/// use std::sync::{Arc, Mutex};
+///
+/// use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
+/// use serde::{de::DeserializeOwned, Serialize};
+///
+/// #[derive(Debug, Clone, Default)]
+/// struct JsonCells(Arc<Mutex<HashMap<String, String>>>);
+///
+/// #[async_trait::async_trait]
+/// impl<K, V> StorageBackend<K, V> for JsonCells
+/// where
+///     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+///     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+/// {
+///     async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError> {
+///         let cells = self.0.lock().expect("not poisoned");
+///         let mut out = HashMap::new();
+///         for (k, v) in cells.iter() {
+///             out.insert(serde_json::from_str(k)?, serde_json::from_str(v)?);
+///         }
+///         Ok(out)
+///     }
+///
+///     async fn save(&self, key: K, value: V) -> Result<(), PersistentError> {
+///         let (k, v) = (serde_json::to_string(&key)?, serde_json::to_string(&value)?);
+///         self.0.lock().expect("not poisoned").insert(k, v);
+///         Ok(())
+///     }
+///
+///     async fn delete(&self, key: &K) -> Result<(), PersistentError> {
+///         let k = serde_json::to_string(key)?;
+///         self.0.lock().expect("not poisoned").remove(&k);
+///         Ok(())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map_core::Result<()> {
+/// let cells = JsonCells::default();
+/// let map = PersistentMap::new(cells.clone()).await?;
+/// map.insert(1_u32, "one".to_string()).await?;
+/// drop(map);
+///
+/// let again: PersistentMap<u32, String, _> = PersistentMap::new(cells).await?;
+/// assert_eq!(again.get(&1), Some("one".to_string()));
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait::async_trait]
+pub trait StorageBackend<K, V>
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    /// Returns every stored entry. Called once when a map opens.
+    ///
+    /// An empty or not yet created store is an empty map, not an error.
+    ///
+    /// # Errors
+    ///
+    /// A record that does not decode, a damaged file, an unreachable server.
+    /// Loading never changes the stored data.
+    async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError>;
+
+    /// Stores `value` under `key`, replacing what was there.
+    ///
+    /// `Ok` means the change survives a process crash (see the contract above).
+    ///
+    /// # Errors
+    ///
+    /// When the change could not be stored; it was then not applied.
+    async fn save(&self, key: K, value: V) -> Result<(), PersistentError>;
+
+    /// Removes `key`. Removing a missing key is `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// When the removal could not be stored; it was then not applied.
+    async fn delete(&self, key: &K) -> Result<(), PersistentError>;
+
+    /// Makes every change acknowledged so far durable on the medium.
+    ///
+    /// The default does nothing, which is right only for a backend whose
+    /// writes are durable when acknowledged, or that keeps nothing durable.
+    ///
+    /// # Errors
+    ///
+    /// When durability cannot be confirmed (for example fsync failed). A
+    /// backend must never return `Ok` after a failed sync.
+    async fn flush(&self) -> Result<(), PersistentError> {
+        Ok(())
+    }
+
+    /// Returns whether `key` is stored. The default loads everything; the map
+    /// itself never calls it (its cache answers), it is kept for 0.1.x code.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_all`](Self::load_all).
+    async fn contains_key(&self, key: &K) -> Result<bool, PersistentError> {
+        Ok(self.load_all().await?.contains_key(key))
+    }
+
+    /// Returns the number of stored entries. The default loads everything.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_all`](Self::load_all).
+    async fn len(&self) -> Result<usize, PersistentError> {
+        Ok(self.load_all().await?.len())
+    }
+
+    /// Returns whether the store is empty. The default uses [`len`](Self::len).
+    ///
+    /// # Errors
+    ///
+    /// As [`load_all`](Self::load_all).
+    async fn is_empty(&self) -> Result<bool, PersistentError> {
+        Ok(self.len().await? == 0)
+    }
+
+    /// Applies an ordered batch of changes.
+    ///
+    /// The default applies them one by one with [`save`](Self::save) and
+    /// [`delete`](Self::delete) and stops at the first error, so after a failure
+    /// a prefix of the batch is applied. A backend that declares
+    /// [`Capabilities::atomic_batch`] overrides this to apply the batch in one
+    /// transaction: all of it or none of it, even across a crash.
+    ///
+    /// # Errors
+    ///
+    /// The first change that could not be applied.
+    async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<(), PersistentError> {
+        for op in batch {
+            match op {
+                BatchOp::Put { key, value } => self.save(key.clone(), value.clone()).await?,
+                BatchOp::Delete { key } => self.delete(key).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every entry. The default loads every key and deletes it in one batch.
+    ///
+    /// # Errors
+    ///
+    /// As [`apply_batch`](Self::apply_batch).
+    async fn clear(&self) -> Result<(), PersistentError> {
+        let all = self.load_all().await?;
+        let batch: Vec<BatchOp<K, V>> = all
+            .into_keys()
+            .map(|key| BatchOp::Delete { key })
+            .collect();
+        self.apply_batch(&batch).await
+    }
+
+    /// Streams every stored entry into `sink`, for opening large stores without
+    /// building an intermediate `HashMap`. The default calls
+    /// [`load_all`](Self::load_all).
+    ///
+    /// # Errors
+    ///
+    /// As [`load_all`](Self::load_all).
+    async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<(), PersistentError> {
+        for (key, value) in self.load_all().await? {
+            sink(key, value);
+        }
+        Ok(())
+    }
+
+    /// Declares optional behaviour. The default declares none.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+    }
+}

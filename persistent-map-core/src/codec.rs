@@ -1,0 +1,134 @@
+//! Text encodings shared by backends that store keys and values as text
+//! (SQLite, CSV, Postgres, Redis), so a store is readable by a person and
+//! interchangeable between backends.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Encodes a key as text.
+///
+/// A key that serializes to a JSON string (a `String`, a newtype around one,
+/// a unit enum variant, a UUID, a date) is stored as that string, unquoted, so
+/// text keys stay readable and match what persistent-map 0.1.x wrote
+/// (`key.to_string()`). Every other key is stored as its JSON text: `42`,
+/// `[1,"a"]`, `{"id":7}`.
+///
+/// ```
+/// use persistent_map_core::codec::{key_from_text, key_to_text};
+///
+/// assert_eq!(key_to_text(&"alice")?, "alice");
+/// assert_eq!(key_to_text(&42_u32)?, "42");
+/// assert_eq!(key_to_text(&(1, "a"))?, r#"[1,"a"]"#);
+/// assert_eq!(key_from_text::<String>("42")?, "42");
+/// assert_eq!(key_from_text::<u32>("42")?, 42);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+///
+/// # Errors
+///
+/// When the key cannot be serialized to JSON (e.g. a map with non-string keys).
+pub fn key_to_text<K: Serialize + ?Sized>(key: &K) -> Result<String, serde_json::Error> {
+    let json = serde_json::to_string(key)?;
+    if json.starts_with('"') {
+        serde_json::from_str::<String>(&json)
+    } else {
+        Ok(json)
+    }
+}
+
+/// Decodes a key written by [`key_to_text`] (or by 0.1.x as `to_string()`).
+///
+/// The text is first read as a JSON string (so a `String` key `"42"` stays a
+/// string), then as JSON (so a `u32` key `42` is a number).
+///
+/// # Errors
+///
+/// When neither reading gives a `K`; the error is the one of reading it as JSON.
+pub fn key_from_text<K: DeserializeOwned>(text: &str) -> Result<K, serde_json::Error> {
+    let quoted = serde_json::Value::String(text.to_owned());
+    match K::deserialize(quoted) {
+        Ok(key) => Ok(key),
+        Err(_) => serde_json::from_str(text),
+    }
+}
+
+/// Encodes a value as JSON text.
+///
+/// # Errors
+///
+/// When the value cannot be serialized to JSON.
+pub fn value_to_json<V: Serialize + ?Sized>(value: &V) -> Result<String, serde_json::Error> {
+    serde_json::to_string(value)
+}
+
+/// Decodes a value written by [`value_to_json`].
+///
+/// # Errors
+///
+/// When the text is not JSON of a `V` (for example because the value type
+/// changed since it was written).
+pub fn value_from_json<V: DeserializeOwned>(text: &str) -> Result<V, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Name(String);
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    enum Color {
+        Red,
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Composite {
+        id: u32,
+        tag: String,
+    }
+
+    fn round_trip<K: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(key: K) -> String {
+        let text = key_to_text(&key).expect("encodes");
+        let back: K = key_from_text(&text).expect("decodes");
+        assert_eq!(back, key, "text {text:?}");
+        text
+    }
+
+    #[test]
+    fn text_like_keys_are_stored_unquoted() {
+        assert_eq!(round_trip("plain".to_string()), "plain");
+        assert_eq!(round_trip("42".to_string()), "42");
+        assert_eq!(round_trip("\"quoted\"".to_string()), "\"quoted\"");
+        assert_eq!(round_trip(r#"{"a":1}"#.to_string()), r#"{"a":1}"#);
+        assert_eq!(round_trip(String::new()), "");
+        assert_eq!(round_trip("línea\nnueva, \"x\"".to_string()), "línea\nnueva, \"x\"");
+        assert_eq!(round_trip(Name("bob".into())), "bob");
+        assert_eq!(round_trip(Color::Red), "Red");
+        assert_eq!(round_trip('c'), "c");
+    }
+
+    #[test]
+    fn other_keys_are_stored_as_json() {
+        assert_eq!(round_trip(42_u64), "42");
+        assert_eq!(round_trip(-7_i32), "-7");
+        assert_eq!(round_trip(true), "true");
+        assert_eq!(round_trip((1_u8, "a".to_string())), r#"[1,"a"]"#);
+        assert_eq!(
+            round_trip(Composite {
+                id: 1,
+                tag: "t".into()
+            }),
+            r#"{"id":1,"tag":"t"}"#
+        );
+        assert_eq!(round_trip(Some(3_u8)), "3");
+    }
+
+    #[test]
+    fn undecodable_key_is_an_error() {
+        assert!(key_from_text::<u32>("not a number").is_err());
+        assert!(key_from_text::<Composite>("{\"id\":1}").is_err());
+    }
+}

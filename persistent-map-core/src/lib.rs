@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+mod backend;
+pub mod codec;
+mod builder;
+mod error;
+mod map;
+mod pipeline;
+
+pub use backend::{BatchOp, Capabilities, StorageBackend};
+pub use builder::{PersistentMapBuilder, DEFAULT_MAX_BATCH};
+pub use error::{render_key, BoxError, Location, Operation, PersistentError, Result};
+pub use map::PersistentMap;
+
+/// Re-exported so backend authors use the same `async_trait` as the core.
+pub use async_trait::async_trait;
