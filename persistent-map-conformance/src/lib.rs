@@ -1,0 +1,61 @@
+#![doc = include_str!("../README.md")]
+
+pub mod cases;
+mod factory;
+mod harness;
+pub mod types;
+
+pub use factory::{ConformanceBackend, StoreFactory};
+pub use harness::run_case;
+pub use persistent_map_core::async_trait;
+
+/// Expands to one `#[test]` per conformance case, each running against a
+/// fresh factory built from the given expression.
+///
+/// ```ignore
+/// persistent_map_conformance::conformance_tests!(MyFactory::new());
+/// ```
+///
+/// Cases that depend on optional behaviour read the backend's
+/// [`Capabilities`](persistent_map_core::Capabilities) and check the
+/// guarantee that applies; none is skipped by hand.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr) => {
+        $crate::__conformance_cases! {
+            $factory;
+            round_trip_text,
+            round_trip_records,
+            round_trip_tuple_keys,
+            round_trip_struct_keys,
+            large_values,
+            insert_returns_previous_value,
+            remove_returns_value_and_persists,
+            remove_missing_key_is_none,
+            reopen_sees_exactly_what_was_acknowledged,
+            flush_then_reopen,
+            clear_empties_the_store,
+            retain_persists_removals,
+            concurrent_writers_leave_store_equal_to_cache,
+            unencodable_value_is_rejected_without_trace,
+            batch_is_ordered,
+            failed_batch_applies_all_or_a_prefix,
+            delete_is_idempotent,
+            legacy_query_methods_agree,
+            second_opener_is_locked_out,
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case($factory, $crate::cases::$case);
+            }
+        )*
+    };
+}
