@@ -296,6 +296,11 @@ fn reply_all(replies: Vec<Reply<()>>, result: Result<()>) {
                 let _ = reply.send(Ok(()));
             }
         }
+        Err(err) if replies.len() == 1 => {
+            if let Some(reply) = replies.into_iter().next() {
+                let _ = reply.send(Err(err));
+            }
+        }
         Err(err) => {
             let shared = Arc::new(err);
             for reply in replies {
