@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, every test (unit,
+# integration, conformance, doctests), docs without warnings, and each crate
+# checked on its own so none compiles only thanks to another's features.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (all targets, all features, warnings denied)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "tests"
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --workspace --all-features --no-fail-fast
+    cargo test --workspace --all-features --doc
+else
+    cargo test --workspace --all-features --no-fail-fast
+fi
+
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
+
+step "each crate on its own"
+for package in persistent-map-core persistent-map-memory persistent-map-sqlite \
+    persistent-map-csv persistent-map-conformance; do
+    cargo check --quiet -p "$package"
+done
+cargo check --quiet -p persistent-map --no-default-features
+for feature in sqlite csv_backend in_memory; do
+    cargo check --quiet -p persistent-map --no-default-features --features "$feature"
+done
+
+step "all checks passed"
