@@ -10,11 +10,16 @@ use persistent_map_examples::json_file_backend::JsonFileBackend;
 #[tokio::main]
 async fn main() -> Result<()> {
     let path = std::env::temp_dir().join("persistent-map-custom-backend.json");
-    let map: PersistentMap<String, u64, _> = PersistentMap::new(JsonFileBackend::new(&path)).await?;
+    let map: PersistentMap<String, u64, _> =
+        PersistentMap::new(JsonFileBackend::new(&path)).await?;
 
     let runs = map.get("runs").unwrap_or(0) + 1;
     map.insert("runs".to_string(), runs).await?;
     map.flush().await?;
-    println!("{} now holds {} entries; this is run {runs}", path.display(), map.len());
+    println!(
+        "{} now holds {} entries; this is run {runs}",
+        path.display(),
+        map.len()
+    );
     map.close().await
 }

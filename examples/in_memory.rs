@@ -17,7 +17,14 @@ async fn main() -> Result<()> {
     let store = InMemoryBackend::new();
     let map = PersistentMap::new(store.clone()).await?;
     for (id, user) in [(1_u64, "ada"), (2, "grace"), (3, "linus")] {
-        map.insert(id, Session { user: user.into(), hits: 0 }).await?;
+        map.insert(
+            id,
+            Session {
+                user: user.into(),
+                hits: 0,
+            },
+        )
+        .await?;
     }
     if let Some(mut session) = map.get(&2) {
         session.hits += 1;

@@ -39,8 +39,9 @@ impl JsonFileBackend {
 
     async fn read(&self) -> Result<BTreeMap<String, Value>> {
         match tokio::fs::read(&self.path).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| PersistentError::corrupt(self.location(), format!("not a JSON object: {e}"))),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                PersistentError::corrupt(self.location(), format!("not a JSON object: {e}"))
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
             Err(e) => Err(PersistentError::io(&self.path, e)),
         }
@@ -83,8 +84,10 @@ where
         let mut out = HashMap::with_capacity(entries.len());
         for (text, value) in &entries {
             let at = self.location().with_key(render_key(text));
-            let key = key_from_text(text).map_err(|e| PersistentError::decode("key", at.clone(), e))?;
-            let value = V::deserialize(value).map_err(|e| PersistentError::decode("value", at, e))?;
+            let key =
+                key_from_text(text).map_err(|e| PersistentError::decode("key", at.clone(), e))?;
+            let value =
+                V::deserialize(value).map_err(|e| PersistentError::decode("value", at, e))?;
             out.insert(key, value);
         }
         *self.entries.lock().await = Some(entries);
@@ -96,7 +99,8 @@ where
     }
 
     async fn delete(&self, key: &K) -> Result<()> {
-        self.apply_batch(&[BatchOp::<K, V>::Delete { key: key.clone() }]).await
+        self.apply_batch(&[BatchOp::<K, V>::Delete { key: key.clone() }])
+            .await
     }
 
     async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
@@ -112,7 +116,11 @@ where
             let applied = text.and_then(|text| match op {
                 BatchOp::Put { value, .. } => serde_json::to_value(value)
                     .map_err(|e| {
-                        PersistentError::encode("value", self.location().with_key(render_key(&text)), e)
+                        PersistentError::encode(
+                            "value",
+                            self.location().with_key(render_key(&text)),
+                            e,
+                        )
                     })
                     .map(|value| {
                         next.insert(text, value);
@@ -153,6 +161,8 @@ where
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_atomic_batch(true).with_durable(true)
+        Capabilities::new()
+            .with_atomic_batch(true)
+            .with_durable(true)
     }
 }

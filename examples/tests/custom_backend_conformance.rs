@@ -18,7 +18,9 @@ impl JsonFactory {
     }
 
     fn path(&self) -> std::path::PathBuf {
-        self.dir.path().join(format!("store-{}/data.json", self.stores))
+        self.dir
+            .path()
+            .join(format!("store-{}/data.json", self.stores))
     }
 }
 

@@ -20,7 +20,9 @@ pub async fn round_trip_text<F: StoreFactory>(mut factory: F) {
     let mut expected = HashMap::new();
     for (i, key) in awkward_strings().into_iter().enumerate() {
         let value = awkward_strings()[(i + 3) % awkward_strings().len()].clone();
-        map.insert(key.clone(), value.clone()).await.expect("insert");
+        map.insert(key.clone(), value.clone())
+            .await
+            .expect("insert");
         expected.insert(key, value);
     }
     assert_same("before reopen", &contents(&map), &expected);
@@ -50,7 +52,9 @@ pub async fn round_trip_tuple_keys<F: StoreFactory>(mut factory: F) {
     for (i, text) in awkward_strings().into_iter().enumerate() {
         let key = (i as u32, text);
         let value: Vec<u8> = (0..=255u8).cycle().skip(i).take(i * 7).collect();
-        map.insert(key.clone(), value.clone()).await.expect("insert");
+        map.insert(key.clone(), value.clone())
+            .await
+            .expect("insert");
         expected.insert(key, value);
     }
     let map = reopen(&mut factory, map).await;
@@ -74,7 +78,9 @@ pub async fn round_trip_struct_keys<F: StoreFactory>(mut factory: F) {
             1 => Some(String::new()),
             _ => Some(format!("value {i}")),
         };
-        map.insert(key.clone(), value.clone()).await.expect("insert");
+        map.insert(key.clone(), value.clone())
+            .await
+            .expect("insert");
         expected.insert(key, value);
     }
     let map = reopen(&mut factory, map).await;
@@ -89,7 +95,9 @@ pub async fn large_values<F: StoreFactory>(mut factory: F) {
     let mut expected = HashMap::new();
     for i in 0..3 {
         let value = format!("{i}{big}");
-        map.insert(format!("big{i}"), value.clone()).await.expect("insert");
+        map.insert(format!("big{i}"), value.clone())
+            .await
+            .expect("insert");
         expected.insert(format!("big{i}"), value);
     }
     let map = reopen(&mut factory, map).await;
@@ -102,13 +110,18 @@ pub async fn large_values<F: StoreFactory>(mut factory: F) {
 pub async fn insert_returns_previous_value<F: StoreFactory>(mut factory: F) {
     let map = open_fresh::<F, String, String>(&mut factory).await;
     let key = String::from("k");
-    assert_eq!(map.insert(key.clone(), "one".into()).await.expect("insert"), None);
+    assert_eq!(
+        map.insert(key.clone(), "one".into()).await.expect("insert"),
+        None
+    );
     assert_eq!(
         map.insert(key.clone(), "two".into()).await.expect("insert"),
         Some("one".into())
     );
     assert_eq!(
-        map.insert(key.clone(), "three".into()).await.expect("insert"),
+        map.insert(key.clone(), "three".into())
+            .await
+            .expect("insert"),
         Some("two".into())
     );
     let map = reopen(&mut factory, map).await;
@@ -121,7 +134,9 @@ pub async fn insert_returns_previous_value<F: StoreFactory>(mut factory: F) {
 pub async fn remove_returns_value_and_persists<F: StoreFactory>(mut factory: F) {
     let map = open_fresh::<F, String, String>(&mut factory).await;
     for i in 0..10 {
-        map.insert(format!("k{i}"), format!("v{i}")).await.expect("insert");
+        map.insert(format!("k{i}"), format!("v{i}"))
+            .await
+            .expect("insert");
     }
     for i in (0..10).step_by(2) {
         assert_eq!(
@@ -142,11 +157,23 @@ pub async fn remove_returns_value_and_persists<F: StoreFactory>(mut factory: F) 
 pub async fn remove_missing_key_is_none<F: StoreFactory>(mut factory: F) {
     let map = open_fresh::<F, String, String>(&mut factory).await;
     map.insert("kept".into(), "v".into()).await.expect("insert");
-    assert_eq!(map.remove(&"never there".to_string()).await.expect("remove"), None);
+    assert_eq!(
+        map.remove(&"never there".to_string())
+            .await
+            .expect("remove"),
+        None
+    );
     map.remove(&"kept".to_string()).await.expect("remove");
-    assert_eq!(map.remove(&"kept".to_string()).await.expect("remove twice"), None);
+    assert_eq!(
+        map.remove(&"kept".to_string()).await.expect("remove twice"),
+        None
+    );
     let map = reopen(&mut factory, map).await;
-    assert!(map.is_empty(), "store should be empty, has {:?}", contents(&map));
+    assert!(
+        map.is_empty(),
+        "store should be empty, has {:?}",
+        contents(&map)
+    );
     map.close().await.expect("close");
 }
 
@@ -161,11 +188,19 @@ pub async fn reopen_sees_exactly_what_was_acknowledged<F: StoreFactory>(mut fact
             let key = rng.u64(0..40);
             if rng.u8(0..10) < 3 {
                 let removed = map.remove(&key).await.expect("remove");
-                assert_eq!(removed, model.remove(&key), "remove of {key} returned the wrong value");
+                assert_eq!(
+                    removed,
+                    model.remove(&key),
+                    "remove of {key} returned the wrong value"
+                );
             } else {
                 let value = record(round * 1000 + step);
                 let old = map.insert(key, value.clone()).await.expect("insert");
-                assert_eq!(old, model.insert(key, value), "insert of {key} returned the wrong value");
+                assert_eq!(
+                    old,
+                    model.insert(key, value),
+                    "insert of {key} returned the wrong value"
+                );
             }
         }
         map = reopen(&mut factory, map).await;
@@ -180,7 +215,9 @@ pub async fn flush_then_reopen<F: StoreFactory>(mut factory: F) {
     map.flush().await.expect("flush of an empty map");
     let mut expected = HashMap::new();
     for i in 0..50 {
-        map.insert(format!("k{i}"), format!("v{i}")).await.expect("insert");
+        map.insert(format!("k{i}"), format!("v{i}"))
+            .await
+            .expect("insert");
         expected.insert(format!("k{i}"), format!("v{i}"));
         if i % 10 == 0 {
             map.flush().await.expect("flush");
@@ -197,13 +234,21 @@ pub async fn flush_then_reopen<F: StoreFactory>(mut factory: F) {
 pub async fn clear_empties_the_store<F: StoreFactory>(mut factory: F) {
     let map = open_fresh::<F, String, String>(&mut factory).await;
     for i in 0..20 {
-        map.insert(format!("k{i}"), format!("v{i}")).await.expect("insert");
+        map.insert(format!("k{i}"), format!("v{i}"))
+            .await
+            .expect("insert");
     }
     map.clear().await.expect("clear");
     assert!(map.is_empty());
     let map = reopen(&mut factory, map).await;
-    assert!(map.is_empty(), "clear must empty the store, found {:?}", contents(&map));
-    map.insert("after".into(), "clear".into()).await.expect("insert after clear");
+    assert!(
+        map.is_empty(),
+        "clear must empty the store, found {:?}",
+        contents(&map)
+    );
+    map.insert("after".into(), "clear".into())
+        .await
+        .expect("insert after clear");
     let map = reopen(&mut factory, map).await;
     assert_eq!(map.get("after"), Some("clear".into()));
     assert_eq!(map.len(), 1);
@@ -218,7 +263,10 @@ pub async fn retain_persists_removals<F: StoreFactory>(mut factory: F) {
     }
     let removed = map.retain(|k, _| k % 3 == 0).await.expect("retain");
     assert_eq!(removed, 20);
-    let expected: HashMap<u64, Record> = (0..30).filter(|k| k % 3 == 0).map(|n| (n, record(n))).collect();
+    let expected: HashMap<u64, Record> = (0..30)
+        .filter(|k| k % 3 == 0)
+        .map(|n| (n, record(n)))
+        .collect();
     assert_same("after retain", &contents(&map), &expected);
     let map = reopen(&mut factory, map).await;
     assert_same("after reopen", &contents(&map), &expected);
@@ -242,7 +290,9 @@ pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut 
                 if rng.u8(0..10) == 0 {
                     map.remove(&key).await.expect("remove");
                 } else {
-                    map.insert(key, record(task * 10_000 + op)).await.expect("insert");
+                    map.insert(key, record(task * 10_000 + op))
+                        .await
+                        .expect("insert");
                 }
                 if op % 16 == 0 {
                     tokio::task::yield_now().await;
@@ -256,7 +306,11 @@ pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut 
     let cached = contents(&map);
     let map = Arc::into_inner(map).expect("every writer finished");
     let map = reopen(&mut factory, map).await;
-    assert_same("store after concurrent writers vs cache", &contents(&map), &cached);
+    assert_same(
+        "store after concurrent writers vs cache",
+        &contents(&map),
+        &cached,
+    );
     map.close().await.expect("close");
 }
 
@@ -264,7 +318,9 @@ pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut 
 /// an error, is absent from the cache and the store, and harms nothing else.
 pub async fn unencodable_value_is_rejected_without_trace<F: StoreFactory>(mut factory: F) {
     let map = open_fresh::<F, String, Fragile>(&mut factory).await;
-    map.insert("good".into(), Fragile::ok("v1")).await.expect("insert");
+    map.insert("good".into(), Fragile::ok("v1"))
+        .await
+        .expect("insert");
     let err = map
         .insert("bad".into(), Fragile::poisoned())
         .await
@@ -278,9 +334,18 @@ pub async fn unencodable_value_is_rejected_without_trace<F: StoreFactory>(mut fa
         .await
         .expect_err("overwriting with a bad value must be refused");
     assert!(matches!(err, PersistentError::Codec { .. }), "got {err:?}");
-    assert_eq!(map.get("good"), Some(Fragile::ok("v1")), "the old value must stay");
-    assert!(!map.contains_key("bad"), "a refused insert must leave no phantom");
-    map.insert("after".into(), Fragile::ok("v2")).await.expect("insert after a failure");
+    assert_eq!(
+        map.get("good"),
+        Some(Fragile::ok("v1")),
+        "the old value must stay"
+    );
+    assert!(
+        !map.contains_key("bad"),
+        "a refused insert must leave no phantom"
+    );
+    map.insert("after".into(), Fragile::ok("v2"))
+        .await
+        .expect("insert after a failure");
     let map = reopen(&mut factory, map).await;
     let expected: HashMap<String, Fragile> = [
         ("good".to_string(), Fragile::ok("v1")),
@@ -296,7 +361,9 @@ pub async fn unencodable_value_is_rejected_without_trace<F: StoreFactory>(mut fa
 /// a backend must not reorder them": within one batch, later changes to a key win.
 pub async fn batch_is_ordered<F: StoreFactory>(mut factory: F) {
     let backend = factory.fresh().await.expect("fresh store");
-    let _ = StorageBackend::<String, String>::load_all(&backend).await.expect("load");
+    let _ = StorageBackend::<String, String>::load_all(&backend)
+        .await
+        .expect("load");
     let batch: Vec<BatchOp<String, String>> = vec![
         put("a", "1"),
         put("a", "2"),
@@ -308,10 +375,14 @@ pub async fn batch_is_ordered<F: StoreFactory>(mut factory: F) {
         del("never"),
     ];
     backend.apply_batch(&batch).await.expect("apply_batch");
-    StorageBackend::<String, String>::flush(&backend).await.expect("flush");
+    StorageBackend::<String, String>::flush(&backend)
+        .await
+        .expect("flush");
     let stored: HashMap<String, String> = backend.load_all().await.expect("load_all");
-    let expected: HashMap<String, String> =
-        [("a", "3"), ("b", "1")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let expected: HashMap<String, String> = [("a", "3"), ("b", "1")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     assert_same("after one ordered batch", &stored, &expected);
 }
 
@@ -320,19 +391,36 @@ pub async fn batch_is_ordered<F: StoreFactory>(mut factory: F) {
 pub async fn failed_batch_applies_all_or_a_prefix<F: StoreFactory>(mut factory: F) {
     let backend = factory.fresh().await.expect("fresh store");
     let atomic = StorageBackend::<String, Fragile>::capabilities(&backend).atomic_batch;
-    let _ = StorageBackend::<String, Fragile>::load_all(&backend).await.expect("load");
+    let _ = StorageBackend::<String, Fragile>::load_all(&backend)
+        .await
+        .expect("load");
     let batch = vec![
-        BatchOp::Put { key: "first".to_string(), value: Fragile::ok("1") },
-        BatchOp::Put { key: "bad".to_string(), value: Fragile::poisoned() },
-        BatchOp::Put { key: "last".to_string(), value: Fragile::ok("3") },
+        BatchOp::Put {
+            key: "first".to_string(),
+            value: Fragile::ok("1"),
+        },
+        BatchOp::Put {
+            key: "bad".to_string(),
+            value: Fragile::poisoned(),
+        },
+        BatchOp::Put {
+            key: "last".to_string(),
+            value: Fragile::ok("3"),
+        },
     ];
     backend
         .apply_batch(&batch)
         .await
         .expect_err("a batch with an unencodable value must fail");
     let stored: HashMap<String, Fragile> = backend.load_all().await.expect("load_all");
-    assert!(!stored.contains_key("bad"), "the bad change must not be stored");
-    assert!(!stored.contains_key("last"), "a change after the failure must not be stored");
+    assert!(
+        !stored.contains_key("bad"),
+        "the bad change must not be stored"
+    );
+    assert!(
+        !stored.contains_key("last"),
+        "a change after the failure must not be stored"
+    );
     if atomic {
         assert!(
             stored.is_empty(),
@@ -345,37 +433,70 @@ pub async fn failed_batch_applies_all_or_a_prefix<F: StoreFactory>(mut factory: 
 /// twice leaves the same state."
 pub async fn delete_is_idempotent<F: StoreFactory>(mut factory: F) {
     let backend = factory.fresh().await.expect("fresh store");
-    let _ = StorageBackend::<String, String>::load_all(&backend).await.expect("load");
+    let _ = StorageBackend::<String, String>::load_all(&backend)
+        .await
+        .expect("load");
     StorageBackend::<String, String>::delete(&backend, &"missing".to_string())
         .await
         .expect("delete of a missing key");
-    backend.save("k".to_string(), "v".to_string()).await.expect("save");
-    backend.save("k".to_string(), "v".to_string()).await.expect("save again");
-    StorageBackend::<String, String>::delete(&backend, &"k".to_string()).await.expect("delete");
+    backend
+        .save("k".to_string(), "v".to_string())
+        .await
+        .expect("save");
+    backend
+        .save("k".to_string(), "v".to_string())
+        .await
+        .expect("save again");
+    StorageBackend::<String, String>::delete(&backend, &"k".to_string())
+        .await
+        .expect("delete");
     StorageBackend::<String, String>::delete(&backend, &"k".to_string())
         .await
         .expect("delete again");
     let stored: HashMap<String, String> = backend.load_all().await.expect("load_all");
-    assert!(stored.is_empty(), "expected an empty store, found {stored:?}");
+    assert!(
+        stored.is_empty(),
+        "expected an empty store, found {stored:?}"
+    );
 }
 
 /// The 0.1.x query methods (`len`, `is_empty`, `contains_key`) agree with `load_all`.
 pub async fn legacy_query_methods_agree<F: StoreFactory>(mut factory: F) {
     let backend = factory.fresh().await.expect("fresh store");
-    let _ = StorageBackend::<String, String>::load_all(&backend).await.expect("load");
-    assert!(StorageBackend::<String, String>::is_empty(&backend).await.expect("is_empty"));
+    let _ = StorageBackend::<String, String>::load_all(&backend)
+        .await
+        .expect("load");
+    assert!(StorageBackend::<String, String>::is_empty(&backend)
+        .await
+        .expect("is_empty"));
     for i in 0..5 {
-        backend.save(format!("k{i}"), format!("v{i}")).await.expect("save");
+        backend
+            .save(format!("k{i}"), format!("v{i}"))
+            .await
+            .expect("save");
     }
-    StorageBackend::<String, String>::delete(&backend, &"k0".to_string()).await.expect("delete");
-    assert_eq!(StorageBackend::<String, String>::len(&backend).await.expect("len"), 4);
-    assert!(!StorageBackend::<String, String>::is_empty(&backend).await.expect("is_empty"));
-    assert!(StorageBackend::<String, String>::contains_key(&backend, &"k3".to_string())
+    StorageBackend::<String, String>::delete(&backend, &"k0".to_string())
         .await
-        .expect("contains_key"));
-    assert!(!StorageBackend::<String, String>::contains_key(&backend, &"k0".to_string())
+        .expect("delete");
+    assert_eq!(
+        StorageBackend::<String, String>::len(&backend)
+            .await
+            .expect("len"),
+        4
+    );
+    assert!(!StorageBackend::<String, String>::is_empty(&backend)
         .await
-        .expect("contains_key"));
+        .expect("is_empty"));
+    assert!(
+        StorageBackend::<String, String>::contains_key(&backend, &"k3".to_string())
+            .await
+            .expect("contains_key")
+    );
+    assert!(
+        !StorageBackend::<String, String>::contains_key(&backend, &"k0".to_string())
+            .await
+            .expect("contains_key")
+    );
 }
 
 /// With `exclusive_lock`, "a second instance opened on the same store while
@@ -391,12 +512,20 @@ pub async fn second_opener_is_locked_out<F: StoreFactory>(mut factory: F) {
     };
     match (exclusive, second) {
         (true, Err(PersistentError::Locked { .. })) => {}
-        (true, other) => panic!("the backend declares an exclusive lock, but a second opener got {other:?}"),
+        (true, other) => {
+            panic!("the backend declares an exclusive lock, but a second opener got {other:?}")
+        }
         (false, Ok(second)) => {
-            assert_eq!(second.get("k"), Some("v".into()), "a second instance must see acknowledged data");
+            assert_eq!(
+                second.get("k"),
+                Some("v".into()),
+                "a second instance must see acknowledged data"
+            );
             second.close().await.expect("close second");
         }
-        (false, Err(err)) => panic!("a second opener failed without an exclusive lock declared: {err:?}"),
+        (false, Err(err)) => {
+            panic!("a second opener failed without an exclusive lock declared: {err:?}")
+        }
     }
     let map = reopen(&mut factory, map).await;
     assert_eq!(map.get("k"), Some("v".into()));
@@ -404,7 +533,10 @@ pub async fn second_opener_is_locked_out<F: StoreFactory>(mut factory: F) {
 }
 
 fn put(k: &str, v: &str) -> BatchOp<String, String> {
-    BatchOp::Put { key: k.to_string(), value: v.to_string() }
+    BatchOp::Put {
+        key: k.to_string(),
+        value: v.to_string(),
+    }
 }
 
 fn del(k: &str) -> BatchOp<String, String> {

@@ -40,7 +40,11 @@ where
     let map = PersistentMap::new(backend)
         .await
         .expect("a map opens on a fresh store");
-    assert!(map.is_empty(), "a fresh store must be empty, found {} entries", map.len());
+    assert!(
+        map.is_empty(),
+        "a fresh store must be empty, found {} entries",
+        map.len()
+    );
     map
 }
 

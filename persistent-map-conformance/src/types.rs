@@ -138,11 +138,15 @@ pub fn record(n: u64) -> Record {
     scores.insert(String::from("neg"), i64::MIN);
     Record {
         name: format!("record {n}, \"quoted\"\n"),
-        age: if n % 2 == 0 { Some(n as u32) } else { None },
+        age: if n.is_multiple_of(2) {
+            Some(n as u32)
+        } else {
+            None
+        },
         tags: (0..n % 4).map(|i| format!("tag{i}")).collect(),
         scores,
         inner: Inner {
-            flag: n % 3 == 0,
+            flag: n.is_multiple_of(3),
             ratio: n as f64 / 7.0,
             big: i64::MAX.wrapping_sub(n as i64),
         },

@@ -110,7 +110,10 @@ fn fails<Fut: std::future::Future<Output = ()>>(
     defect: Defect,
     case: impl FnOnce(BrokenFactory) -> Fut,
 ) -> bool {
-    catch_unwind(AssertUnwindSafe(|| run_case(BrokenFactory::new(defect), case))).is_err()
+    catch_unwind(AssertUnwindSafe(|| {
+        run_case(BrokenFactory::new(defect), case)
+    }))
+    .is_err()
 }
 
 #[test]

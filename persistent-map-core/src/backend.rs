@@ -277,10 +277,8 @@ where
     /// As [`apply_batch`](Self::apply_batch).
     async fn clear(&self) -> Result<(), PersistentError> {
         let all = self.load_all().await?;
-        let batch: Vec<BatchOp<K, V>> = all
-            .into_keys()
-            .map(|key| BatchOp::Delete { key })
-            .collect();
+        let batch: Vec<BatchOp<K, V>> =
+            all.into_keys().map(|key| BatchOp::Delete { key }).collect();
         self.apply_batch(&batch).await
     }
 

@@ -104,7 +104,10 @@ mod tests {
         assert_eq!(round_trip("\"quoted\"".to_string()), "\"quoted\"");
         assert_eq!(round_trip(r#"{"a":1}"#.to_string()), r#"{"a":1}"#);
         assert_eq!(round_trip(String::new()), "");
-        assert_eq!(round_trip("línea\nnueva, \"x\"".to_string()), "línea\nnueva, \"x\"");
+        assert_eq!(
+            round_trip("línea\nnueva, \"x\"".to_string()),
+            "línea\nnueva, \"x\""
+        );
         assert_eq!(round_trip(Name("bob".into())), "bob");
         assert_eq!(round_trip(Color::Red), "Red");
         assert_eq!(round_trip('c'), "c");

@@ -77,8 +77,7 @@ impl fmt::Display for Location {
 /// they are stored.
 pub fn render_key<K: serde::Serialize + ?Sized>(key: &K) -> String {
     const MAX: usize = 120;
-    let mut text =
-        serde_json::to_string(key).unwrap_or_else(|_| String::from("<unprintable key>"));
+    let mut text = serde_json::to_string(key).unwrap_or_else(|_| String::from("<unprintable key>"));
     if text.len() > MAX {
         let mut cut = MAX;
         while !text.is_char_boundary(cut) {
@@ -195,7 +194,9 @@ pub enum PersistentError {
     },
 
     /// The store was written by a newer release in a format this one does not know.
-    #[error("store at {location} has format version {found}; this release reads up to {supported}")]
+    #[error(
+        "store at {location} has format version {found}; this release reads up to {supported}"
+    )]
     UnsupportedFormat {
         /// The store.
         location: Location,
@@ -248,8 +249,10 @@ pub enum PersistentError {
 }
 
 fn path_or_unknown(path: &Option<PathBuf>) -> String {
-    path.as_ref()
-        .map_or_else(|| String::from("an unknown path"), |p| p.display().to_string())
+    path.as_ref().map_or_else(
+        || String::from("an unknown path"),
+        |p| p.display().to_string(),
+    )
 }
 
 impl PersistentError {

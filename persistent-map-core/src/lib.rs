@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
-pub mod codec;
 mod builder;
+pub mod codec;
 mod error;
 mod map;
 mod pipeline;

@@ -292,7 +292,10 @@ where
         }
     }
 
-    async fn send<T>(&self, command: impl FnOnce(pipeline::Reply<T>) -> Command<K, V>) -> Result<T> {
+    async fn send<T>(
+        &self,
+        command: impl FnOnce(pipeline::Reply<T>) -> Command<K, V>,
+    ) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(command(reply))

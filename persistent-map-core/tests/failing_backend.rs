@@ -80,18 +80,27 @@ async fn failed_write_returns_error_and_leaves_no_phantom() {
     backend.failing.store(true, Ordering::Relaxed);
     let err = map.insert("b".to_string(), 2).await.expect_err("must fail");
     assert!(err.to_string().contains("injected"), "{err}");
-    let err = map.insert("a".to_string(), 99).await.expect_err("must fail");
+    let err = map
+        .insert("a".to_string(), 99)
+        .await
+        .expect_err("must fail");
     assert!(matches!(err, PersistentError::Other(_)), "{err:?}");
     let err = map.remove(&"a".to_string()).await.expect_err("must fail");
     assert!(matches!(err, PersistentError::Other(_)), "{err:?}");
     assert!(map.clear().await.is_err());
 
-    assert_eq!(map.get("a"), Some(1), "a failed overwrite or remove changes nothing");
+    assert_eq!(
+        map.get("a"),
+        Some(1),
+        "a failed overwrite or remove changes nothing"
+    );
     assert_eq!(map.get("b"), None, "a failed insert leaves no phantom");
     assert_eq!(map.len(), 1);
 
     backend.failing.store(false, Ordering::Relaxed);
-    map.insert("c".to_string(), 3).await.expect("writes work again");
+    map.insert("c".to_string(), 3)
+        .await
+        .expect("writes work again");
     map.close().await.expect("close");
 
     let reopened: PersistentMap<String, u32, _> =
@@ -109,7 +118,11 @@ async fn one_bad_change_in_a_group_commit_fails_only_its_caller() {
     for i in 0..64_u32 {
         let map = Arc::clone(&map);
         tasks.push(tokio::spawn(async move {
-            let key = if i == 31 { "poison".to_string() } else { format!("k{i}") };
+            let key = if i == 31 {
+                "poison".to_string()
+            } else {
+                format!("k{i}")
+            };
             (key.clone(), map.insert(key, i).await)
         }));
     }
@@ -163,7 +176,11 @@ async fn concurrent_writers_share_backend_batches() {
 #[tokio::test]
 async fn failed_flush_is_reported_to_every_waiting_caller() {
     let backend = Flaky::default();
-    let map = Arc::new(PersistentMap::<String, u32, _>::new(backend.clone()).await.expect("open"));
+    let map = Arc::new(
+        PersistentMap::<String, u32, _>::new(backend.clone())
+            .await
+            .expect("open"),
+    );
     map.insert("a".to_string(), 1).await.expect("insert");
     backend.flush_fails.store(true, Ordering::Relaxed);
     let (a, b) = tokio::join!(map.flush(), map.flush());

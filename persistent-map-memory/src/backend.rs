@@ -63,8 +63,7 @@ impl InMemoryBackend {
 }
 
 fn encode_key<K: Serialize>(key: &K) -> Result<String> {
-    serde_json::to_string(key)
-        .map_err(|e| PersistentError::encode("key", Location::new(NAME), e))
+    serde_json::to_string(key).map_err(|e| PersistentError::encode("key", Location::new(NAME), e))
 }
 
 fn encode_value<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<String> {

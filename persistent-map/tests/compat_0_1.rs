@@ -87,7 +87,11 @@ where
 
 // The helper signatures of the 0.1.x docs.
 async fn insert_example(
-    map: &PersistentMap<String, String, impl StorageBackend<String, String> + Send + Sync + 'static>,
+    map: &PersistentMap<
+        String,
+        String,
+        impl StorageBackend<String, String> + Send + Sync + 'static,
+    >,
 ) -> Result<()> {
     let old = map.insert("key".to_string(), "value".to_string()).await?;
     assert_eq!(old, None);
@@ -99,7 +103,11 @@ async fn insert_example(
 }
 
 fn get_example(
-    map: &PersistentMap<String, String, impl StorageBackend<String, String> + Send + Sync + 'static>,
+    map: &PersistentMap<
+        String,
+        String,
+        impl StorageBackend<String, String> + Send + Sync + 'static,
+    >,
 ) {
     if let Some(value) = map.get(&"key".to_string()) {
         assert_eq!(value, "new value");
@@ -151,6 +159,9 @@ async fn clear_now_empties_the_store_too() -> Result<()> {
     map.clear().await?;
     map.close().await?;
     let reopened: PersistentMap<u32, String, _> = PersistentMap::new(store).await?;
-    assert!(reopened.is_empty(), "0.1.x left cleared entries in the store");
+    assert!(
+        reopened.is_empty(),
+        "0.1.x left cleared entries in the store"
+    );
     Ok(())
 }
