@@ -278,7 +278,7 @@ pub async fn retain_persists_removals<F: StoreFactory>(mut factory: F) {
 pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut factory: F) {
     const TASKS: u64 = 16;
     const OPS: u64 = 150;
-    const KEYS: u64 = 24;
+    const KEYS: u64 = 8;
     let map = Arc::new(open_fresh::<F, u64, Record>(&mut factory).await);
     let mut handles = Vec::new();
     for task in 0..TASKS {
@@ -294,11 +294,21 @@ pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut 
                         .await
                         .expect("insert");
                 }
-                if op % 16 == 0 {
-                    tokio::task::yield_now().await;
-                }
             }
         }));
+    }
+    // A burst on one key: every write is queued before the first commits,
+    // so they share batches and their order inside a batch decides the result.
+    for round in 0..20 {
+        let burst: Vec<_> = (0..32)
+            .map(|i| {
+                let map = Arc::clone(&map);
+                tokio::spawn(async move { map.insert(KEYS, record(round * 100 + i)).await })
+            })
+            .collect();
+        for write in burst {
+            write.await.expect("burst task").expect("burst insert");
+        }
     }
     for handle in handles {
         handle.await.expect("writer task");

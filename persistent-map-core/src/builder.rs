@@ -3,6 +3,7 @@
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -15,11 +16,92 @@ use crate::pipeline::PipelineConfig;
 /// The default upper bound on changes per backend batch.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
 
+/// Write-behind mode: writes return as soon as the cache is updated and the
+/// change is queued; a background task persists queued changes in batches.
+///
+/// What it guarantees:
+///
+/// * Every change covered by a [`flush`](PersistentMap::flush) that returned
+///   `Ok` is durable. Changes after the last flush may be lost in a crash, but
+///   only as a suffix: the store never keeps a later change without an earlier
+///   one.
+/// * The queue is bounded ([`max_pending`](Self::max_pending)): a writer
+///   faster than the disk waits for room instead of growing memory.
+/// * A background write error is never swallowed: the next `flush` and every
+///   later write return it, and nothing queued after it is persisted (that
+///   would leave a hole). [`reload`](PersistentMap::reload) brings the cache
+///   back to what the store holds and accepts writes again.
+/// * [`close`](PersistentMap::close) flushes and stops the task; dropping a map
+///   with unflushed changes logs a warning.
+///
+/// ```
+/// use std::time::Duration;
+/// use persistent_map_core::WriteBehind;
+///
+/// let mode = WriteBehind::new()
+///     .max_delay(Duration::from_millis(20))
+///     .max_pending(50_000);
+/// assert_eq!(mode.delay(), Duration::from_millis(20));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteBehind {
+    max_delay: Duration,
+    max_pending: usize,
+}
+
+impl WriteBehind {
+    /// Defaults: batches written at most 10 ms after their first change, at
+    /// most 100,000 changes queued.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self {
+            max_delay: Duration::from_millis(10),
+            max_pending: 100_000,
+        }
+    }
+
+    /// How long the writer waits for more changes before it writes a batch
+    /// that is not full (the batch size limit is
+    /// [`PersistentMapBuilder::max_batch`]).
+    #[must_use]
+    pub const fn max_delay(mut self, delay: Duration) -> Self {
+        self.max_delay = delay;
+        self
+    }
+
+    /// How many changes may wait in the queue before writers are slowed
+    /// (values below 1 count as 1).
+    #[must_use]
+    pub const fn max_pending(mut self, changes: usize) -> Self {
+        self.max_pending = if changes == 0 { 1 } else { changes };
+        self
+    }
+
+    /// The configured delay.
+    #[must_use]
+    pub const fn delay(&self) -> Duration {
+        self.max_delay
+    }
+
+    /// The configured queue bound.
+    #[must_use]
+    pub const fn pending(&self) -> usize {
+        self.max_pending
+    }
+}
+
+impl Default for WriteBehind {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Options for opening a [`PersistentMap`]; start with [`PersistentMap::builder`].
 #[must_use = "a builder does nothing until `build` is awaited"]
 pub struct PersistentMapBuilder<K, V, B> {
     backend: B,
-    config: PipelineConfig,
+    max_batch: usize,
+    write_behind: Option<WriteBehind>,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -32,17 +114,30 @@ where
     pub(crate) fn new(backend: B) -> Self {
         Self {
             backend,
-            config: PipelineConfig {
-                max_batch: DEFAULT_MAX_BATCH,
-            },
+            max_batch: DEFAULT_MAX_BATCH,
+            write_behind: None,
             _types: PhantomData,
         }
     }
 
     /// The most changes the writer hands the backend in one batch
-    /// (default [`DEFAULT_MAX_BATCH`]; values below 1 count as 1).
+    /// (default [`DEFAULT_MAX_BATCH`]; values below 1 count as 1). A single
+    /// `insert_many`, `apply` or transaction is never split.
     pub fn max_batch(mut self, changes: usize) -> Self {
-        self.config.max_batch = changes.max(1);
+        self.max_batch = changes.max(1);
+        self
+    }
+
+    /// Write-through (the default): every write returns once the backend
+    /// accepted it.
+    pub fn write_through(mut self) -> Self {
+        self.write_behind = None;
+        self
+    }
+
+    /// Write-behind: writes return once queued; see [`WriteBehind`].
+    pub fn write_behind(mut self, mode: WriteBehind) -> Self {
+        self.write_behind = Some(mode);
         self
     }
 
@@ -52,7 +147,16 @@ where
     ///
     /// As [`PersistentMap::new`].
     pub async fn build(self) -> Result<PersistentMap<K, V, B>> {
-        PersistentMap::open(self.backend, self.config).await
+        let config = PipelineConfig {
+            max_batch: self.max_batch,
+            behind_delay: self.write_behind.map(|mode| mode.max_delay),
+        };
+        PersistentMap::open(
+            self.backend,
+            config,
+            self.write_behind.map(|mode| mode.max_pending),
+        )
+        .await
     }
 }
 
@@ -60,7 +164,8 @@ impl<K, V, B> fmt::Debug for PersistentMapBuilder<K, V, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PersistentMapBuilder")
             .field("backend", &std::any::type_name::<B>())
-            .field("max_batch", &self.config.max_batch)
+            .field("max_batch", &self.max_batch)
+            .field("write_behind", &self.write_behind)
             .finish()
     }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod batch;
 mod builder;
 pub mod codec;
 mod error;
@@ -8,7 +9,8 @@ mod map;
 mod pipeline;
 
 pub use backend::{BatchOp, Capabilities, StorageBackend};
-pub use builder::{PersistentMapBuilder, DEFAULT_MAX_BATCH};
+pub use batch::{Batch, Transaction};
+pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH};
 pub use error::{render_key, BoxError, Location, Operation, PersistentError, Result};
 pub use map::PersistentMap;
 

@@ -3,31 +3,34 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, RwLock, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::backend::{BatchOp, StorageBackend};
+use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
 use crate::error::{PersistentError, Result};
-use crate::pipeline::{self, Command, PipelineConfig};
+use crate::pipeline::{self, Command, Decision, Health, PipelineConfig, Unit, Waiter};
 
 /// A concurrent map whose entries survive restarts.
 ///
 /// Reads ([`get`](Self::get), [`contains_key`](Self::contains_key),
 /// [`len`](Self::len), iteration) are served from an in-memory
-/// [`DashMap`] and never wait on the backend. Writes
-/// ([`insert`](Self::insert), [`remove`](Self::remove), [`clear`](Self::clear))
-/// flow through one ordered pipeline into the [`StorageBackend`].
+/// [`DashMap`] and never wait on the backend. Writes flow through one ordered
+/// pipeline into the [`StorageBackend`].
 ///
-/// # Guarantees (write-through)
+/// # Guarantees (write-through, the default)
 ///
-/// * `insert`, `remove` and `clear` return `Ok` only once the backend has
-///   accepted the change, so it survives the process being killed right after.
+/// * `insert`, `remove`, `clear` and the other writes return `Ok` only once
+///   the backend has accepted the change, so it survives the process being
+///   killed right after.
 /// * When [`flush`](Self::flush) returns `Ok`, every change acknowledged before
 ///   it is durable on the medium (it survives a power cut).
 /// * Changes reach the backend in the order the cache applies them, so
@@ -37,8 +40,11 @@ use crate::pipeline::{self, Command, PipelineConfig};
 ///   write returns its error and leaves no trace in the cache.
 /// * Concurrent writers share backend commits (group commit).
 ///
-/// A change whose `insert`/`remove` future is dropped after it was queued may
-/// still be applied; the cache and the store stay equal either way.
+/// A change whose future is dropped after it was queued may still be applied;
+/// the cache and the store stay equal either way.
+///
+/// Write-behind mode ([`PersistentMapBuilder::write_behind`]) trades the first
+/// guarantee for speed: see [`WriteBehind`](crate::WriteBehind).
 ///
 /// # Example
 ///
@@ -63,6 +69,29 @@ pub struct PersistentMap<K, V, B> {
     backend: Arc<B>,
     queue: mpsc::UnboundedSender<Command<K, V>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    health: Arc<Health>,
+    behind: Option<Behind>,
+}
+
+/// The caller side of write-behind mode.
+struct Behind {
+    /// One permit per queued change: a writer faster than the disk waits here.
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    /// Single-key writes take it shared; writes that span keys (batches,
+    /// transactions, clear) take it exclusively, so the queue order stays the
+    /// cache order across keys.
+    order: RwLock<()>,
+}
+
+impl Behind {
+    async fn reserve(&self, changes: usize) -> Result<OwnedSemaphorePermit> {
+        let wanted = u32::try_from(changes.clamp(1, self.capacity)).unwrap_or(u32::MAX);
+        Arc::clone(&self.slots)
+            .acquire_many_owned(wanted)
+            .await
+            .map_err(|_| PersistentError::Closed)
+    }
 }
 
 impl<K, V, B> PersistentMap<K, V, B>
@@ -71,7 +100,8 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     B: StorageBackend<K, V> + Send + Sync + 'static,
 {
-    /// Opens a map on `backend` and loads every stored entry into the cache.
+    /// Opens a write-through map on `backend` and loads every stored entry
+    /// into the cache.
     ///
     /// Must be called within a tokio runtime: it starts the map's writer task.
     ///
@@ -86,15 +116,19 @@ where
     /// Starts a [`PersistentMapBuilder`] to set options before opening.
     ///
     /// ```
-    /// use persistent_map_core::PersistentMap;
+    /// use std::time::Duration;
+    /// use persistent_map_core::{PersistentMap, WriteBehind};
     /// use persistent_map_memory::InMemoryBackend;
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> persistent_map_core::Result<()> {
     /// let map: PersistentMap<u64, String, _> = PersistentMap::builder(InMemoryBackend::new())
-    ///     .max_batch(256)
+    ///     .max_batch(4096)
+    ///     .write_behind(WriteBehind::new().max_delay(Duration::from_millis(5)))
     ///     .build()
     ///     .await?;
+    /// map.insert(1, "queued".to_string()).await?;
+    /// map.flush().await?; // durable from here on
     /// # Ok(())
     /// # }
     /// ```
@@ -102,7 +136,11 @@ where
         PersistentMapBuilder::new(backend)
     }
 
-    pub(crate) async fn open(backend: B, config: PipelineConfig) -> Result<Self> {
+    pub(crate) async fn open(
+        backend: B,
+        config: PipelineConfig,
+        behind_capacity: Option<usize>,
+    ) -> Result<Self> {
         let cache = DashMap::new();
         backend
             .load_into(&mut |k, v| {
@@ -111,13 +149,25 @@ where
             .await?;
         let cache = Arc::new(cache);
         let backend = Arc::new(backend);
-        let (queue, handle) =
-            pipeline::spawn_writer(Arc::clone(&cache), Arc::clone(&backend), config);
+        let health = Arc::new(Health::default());
+        let (queue, handle) = pipeline::spawn_writer(
+            Arc::clone(&cache),
+            Arc::clone(&backend),
+            Arc::clone(&health),
+            config,
+        );
+        let behind = behind_capacity.map(|capacity| Behind {
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            order: RwLock::new(()),
+        });
         Ok(Self {
             cache,
             backend,
             queue,
             writer: Mutex::new(Some(handle)),
+            health,
+            behind,
         })
     }
 
@@ -126,9 +176,13 @@ where
     /// # Errors
     ///
     /// When the backend refused the change; the map is then unchanged.
+    /// Write-behind: when an earlier background write failed.
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        self.send(|reply| Command::Write(BatchOp::Put { key, value }, reply))
-            .await
+        let op = BatchOp::Put { key, value };
+        match &self.behind {
+            None => self.commit_one(op).await,
+            Some(behind) => self.queue_one(behind, op).await,
+        }
     }
 
     /// Removes `key` from the map and the store; returns the value it had.
@@ -137,11 +191,186 @@ where
     ///
     /// # Errors
     ///
-    /// When the backend refused the change; the map is then unchanged.
+    /// As [`insert`](Self::insert).
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
-        let key = key.clone();
-        self.send(|reply| Command::Write(BatchOp::Delete { key }, reply))
-            .await
+        let op = BatchOp::Delete { key: key.clone() };
+        match &self.behind {
+            None => self.commit_one(op).await,
+            Some(behind) => self.queue_one(behind, op).await,
+        }
+    }
+
+    /// Inserts every pair, persisted as one backend batch; returns the values
+    /// they replaced, in order.
+    ///
+    /// The batch is atomic on backends that declare
+    /// [`Capabilities::atomic_batch`](crate::Capabilities); on others a failure
+    /// may leave a prefix stored, and the cache then holds exactly what was.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    pub async fn insert_many<I>(&self, entries: I) -> Result<Vec<Option<V>>>
+    where
+        I: IntoIterator<Item = (K, V)>,
+    {
+        let ops = entries
+            .into_iter()
+            .map(|(key, value)| BatchOp::Put { key, value })
+            .collect();
+        self.write_many(ops).await
+    }
+
+    /// [`insert_many`](Self::insert_many) without the replaced values.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    pub async fn extend<I>(&self, entries: I) -> Result<()>
+    where
+        I: IntoIterator<Item = (K, V)>,
+    {
+        self.insert_many(entries).await.map(drop)
+    }
+
+    /// Removes every key, persisted as one backend batch; returns how many
+    /// were present.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_many`](Self::insert_many).
+    pub async fn remove_many<'a, I>(&self, keys: I) -> Result<usize>
+    where
+        I: IntoIterator<Item = &'a K>,
+        K: 'a,
+    {
+        let ops = keys
+            .into_iter()
+            .filter(|key| self.cache.contains_key(*key))
+            .map(|key| BatchOp::Delete { key: key.clone() })
+            .collect();
+        let replaced = self.write_many(ops).await?;
+        Ok(replaced.iter().filter(|old| old.is_some()).count())
+    }
+
+    /// Applies `batch` atomically: every change or none, in the store and in
+    /// the cache.
+    ///
+    /// # Errors
+    ///
+    /// [`PersistentError::Unsupported`] when the backend cannot apply a batch
+    /// atomically (nothing is changed); otherwise as [`insert`](Self::insert).
+    pub async fn apply(&self, batch: Batch<K, V>) -> Result<()> {
+        self.require_atomic()?;
+        self.write_many(batch.ops).await.map(drop)
+    }
+
+    /// Runs `body` as a transaction: it reads the map through the
+    /// [`Transaction`] (seeing its own changes), no other write of this map
+    /// happens while it runs, and its changes are applied atomically (all or
+    /// none, in the store and in the cache). Returns what `body` returns.
+    ///
+    /// `body` runs on the map's writer task: keep it short and do not block.
+    ///
+    /// ```
+    /// use persistent_map_core::PersistentMap;
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let accounts = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// accounts.insert("alice".to_string(), 100_i64).await?;
+    /// accounts.insert("bob".to_string(), 0).await?;
+    ///
+    /// let moved = accounts
+    ///     .transaction(|tx| {
+    ///         let alice = tx.get(&"alice".to_string()).unwrap_or(0);
+    ///         let amount = alice.min(30);
+    ///         let bob = tx.get(&"bob".to_string()).unwrap_or(0);
+    ///         tx.insert("alice".to_string(), alice - amount);
+    ///         tx.insert("bob".to_string(), bob + amount);
+    ///         amount
+    ///     })
+    ///     .await?;
+    /// assert_eq!(moved, 30);
+    /// assert_eq!(accounts.get("bob"), Some(30));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`apply`](Self::apply).
+    pub async fn transaction<R, F>(&self, body: F) -> Result<R>
+    where
+        F: FnOnce(&mut Transaction<'_, K, V>) -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        self.require_atomic()?;
+        match &self.behind {
+            None => {
+                let (result_tx, result_rx) = oneshot::channel();
+                let job: pipeline::TxFn<K, V> = Box::new(move |tx| {
+                    let _ = result_tx.send(body(tx));
+                });
+                self.send(|reply| Command::Transaction(job, reply)).await?;
+                result_rx.await.map_err(|_| PersistentError::Closed)
+            }
+            Some(behind) => {
+                self.health.check()?;
+                let _exclusive = behind.order.write().await;
+                let mut tx = Transaction::new(&self.cache);
+                let result = body(&mut tx);
+                let ops = tx.into_ops();
+                if !ops.is_empty() {
+                    let permit = behind.reserve(ops.len()).await?;
+                    self.queue_unit(ops, permit)?;
+                }
+                Ok(result)
+            }
+        }
+    }
+
+    /// Atomically replaces the value under `key` with what `f` returns for the
+    /// current one (`None` removes the key); returns the new value.
+    ///
+    /// No other write of this key happens between reading the current value
+    /// and storing the new one.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    pub async fn update<F>(&self, key: &K, f: F) -> Result<Option<V>>
+    where
+        F: FnOnce(Option<&V>) -> Option<V> + Send + 'static,
+    {
+        let decide = move |current: Option<&V>| match f(current) {
+            Some(value) => Decision::Put(value),
+            None if current.is_some() => Decision::Delete,
+            None => Decision::Keep,
+        };
+        self.read_modify_write(key.clone(), Box::new(decide)).await
+    }
+
+    /// Returns the value under `key`, first inserting `f()` if there is none.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert`](Self::insert).
+    pub async fn get_or_insert_with<F>(&self, key: K, f: F) -> Result<V>
+    where
+        F: FnOnce() -> V + Send + 'static,
+    {
+        if let Some(value) = self.get(&key) {
+            return Ok(value);
+        }
+        let decide = move |current: Option<&V>| match current {
+            Some(_) => Decision::Keep,
+            None => Decision::Put(f()),
+        };
+        let value = self.read_modify_write(key, Box::new(decide)).await?;
+        // Keep answers with the present value and Put with the new one.
+        Ok(value.expect("get_or_insert_with always leaves a value"))
     }
 
     /// Returns a clone of the value under `key`, from the cache.
@@ -181,7 +410,18 @@ where
     ///
     /// When the backend could not clear the store; the map is then unchanged.
     pub async fn clear(&self) -> Result<()> {
-        self.send(Command::Clear).await
+        match &self.behind {
+            None => self.send(|reply| Command::Clear(Some(reply))).await,
+            Some(behind) => {
+                self.health.check()?;
+                let _exclusive = behind.order.write().await;
+                self.queue
+                    .send(Command::Clear(None))
+                    .map_err(|_| PersistentError::Closed)?;
+                self.cache.clear();
+                Ok(())
+            }
+        }
     }
 
     /// Removes every entry for which `keep` returns `false`, from the map and
@@ -192,34 +432,70 @@ where
     ///
     /// # Errors
     ///
-    /// When the backend refused the batch; the map is then unchanged (on a
-    /// backend without atomic batches a prefix of the removals may be stored;
-    /// [`reload`](Self::reload) brings the cache back in line).
-    pub async fn retain<F>(&self, keep: F) -> Result<usize>
+    /// As [`insert_many`](Self::insert_many).
+    pub async fn retain<F>(&self, mut keep: F) -> Result<usize>
     where
         F: FnMut(&K, &V) -> bool + Send + 'static,
     {
-        self.send(|reply| Command::Retain(Box::new(keep), reply))
-            .await
+        match &self.behind {
+            None => {
+                self.send(|reply| Command::Retain(Box::new(keep), reply))
+                    .await
+            }
+            Some(behind) => {
+                self.health.check()?;
+                let _exclusive = behind.order.write().await;
+                let doomed: Vec<K> = self
+                    .cache
+                    .iter()
+                    .filter(|entry| !keep(entry.key(), entry.value()))
+                    .map(|entry| entry.key().clone())
+                    .collect();
+                if doomed.is_empty() {
+                    return Ok(0);
+                }
+                let permit = behind.reserve(doomed.len()).await?;
+                let ops = doomed
+                    .iter()
+                    .map(|key| BatchOp::Delete { key: key.clone() })
+                    .collect();
+                self.queue_unit(ops, permit)?;
+                for key in &doomed {
+                    self.cache.remove(key);
+                }
+                Ok(doomed.len())
+            }
+        }
     }
 
     /// Makes every change acknowledged before this call durable on the medium.
     ///
     /// # Errors
     ///
-    /// When durability cannot be confirmed; never `Ok` after a failed sync.
+    /// When durability cannot be confirmed (never `Ok` after a failed sync),
+    /// or, write-behind, when a background write failed since the map opened
+    /// or was last reloaded.
     pub async fn flush(&self) -> Result<()> {
+        self.health.check()?;
         self.send(Command::Flush).await
     }
 
-    /// Replaces the cache with what the store holds now, e.g. after another
-    /// process wrote to a shared store. Ordered after every earlier write.
+    /// Replaces the cache with what the store holds now, after every earlier
+    /// write. Use it after another process wrote to a shared store, and to
+    /// recover a write-behind map whose background write failed: it drops the
+    /// changes that were not stored and accepts writes again.
     ///
     /// # Errors
     ///
     /// As [`new`](Self::new); the cache is then unchanged.
     pub async fn reload(&self) -> Result<()> {
-        self.send(Command::Reload).await
+        match &self.behind {
+            None => self.send(Command::Reload).await,
+            Some(behind) => {
+                let _exclusive = behind.order.write().await;
+                self.send(Command::Reload).await
+            }
+        }
     }
 
     /// 0.1.x name of [`reload`](Self::reload).
@@ -249,6 +525,12 @@ where
             let _ = handle.await;
         }
         flushed
+    }
+
+    /// Write-behind: the number of changes accepted but not yet covered by a
+    /// successful flush. Always 0 in write-through mode.
+    pub fn unflushed(&self) -> u64 {
+        self.health.unflushed()
     }
 
     /// The backend, for backend-specific calls.
@@ -292,6 +574,136 @@ where
         }
     }
 
+    fn require_atomic(&self) -> Result<()> {
+        if self.backend.capabilities().atomic_batch {
+            Ok(())
+        } else {
+            Err(PersistentError::Unsupported {
+                backend: std::any::type_name::<B>(),
+                feature: "atomic batches",
+            })
+        }
+    }
+
+    async fn commit_one(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
+        self.send(|reply| {
+            Command::Commit(Unit {
+                ops: vec![op],
+                waiter: Waiter::One(reply),
+            })
+        })
+        .await
+    }
+
+    async fn write_many(&self, ops: Vec<BatchOp<K, V>>) -> Result<Vec<Option<V>>> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.behind {
+            None => {
+                self.send(|reply| {
+                    Command::Commit(Unit {
+                        ops,
+                        waiter: Waiter::Many(reply),
+                    })
+                })
+                .await
+            }
+            Some(behind) => {
+                self.health.check()?;
+                let permit = behind.reserve(ops.len()).await?;
+                let _exclusive = behind.order.write().await;
+                let replaced = ops
+                    .iter()
+                    .map(|op| match op {
+                        BatchOp::Put { key, value } => self.cache.insert(key.clone(), value.clone()),
+                        BatchOp::Delete { key } => self.cache.remove(key).map(|(_, v)| v),
+                    })
+                    .collect();
+                self.queue_unit(ops, permit)?;
+                Ok(replaced)
+            }
+        }
+    }
+
+    /// Write-behind single-key change: the cache is updated and the change
+    /// queued under the key's lock, so the queue order is the cache order.
+    async fn queue_one(&self, behind: &Behind, op: BatchOp<K, V>) -> Result<Option<V>> {
+        self.health.check()?;
+        let permit = behind.reserve(1).await?;
+        let _shared = behind.order.read().await;
+        match op {
+            BatchOp::Put { key, value } => match self.cache.entry(key.clone()) {
+                Entry::Occupied(mut entry) => {
+                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    Ok(Some(entry.insert(value)))
+                }
+                Entry::Vacant(entry) => {
+                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    entry.insert(value);
+                    Ok(None)
+                }
+            },
+            BatchOp::Delete { key } => match self.cache.entry(key.clone()) {
+                Entry::Occupied(entry) => {
+                    self.queue_unit(vec![BatchOp::Delete { key }], permit)?;
+                    Ok(Some(entry.remove()))
+                }
+                Entry::Vacant(_) => Ok(None),
+            },
+        }
+    }
+
+    async fn read_modify_write(
+        &self,
+        key: K,
+        decide: pipeline::UpdateFn<V>,
+    ) -> Result<Option<V>> {
+        let Some(behind) = &self.behind else {
+            return self
+                .send(|reply| Command::Update(key, decide, reply))
+                .await;
+        };
+        self.health.check()?;
+        let permit = behind.reserve(1).await?;
+        let _shared = behind.order.read().await;
+        match self.cache.entry(key.clone()) {
+            Entry::Occupied(mut entry) => match decide(Some(entry.get())) {
+                Decision::Keep => Ok(Some(entry.get().clone())),
+                Decision::Put(value) => {
+                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    entry.insert(value.clone());
+                    Ok(Some(value))
+                }
+                Decision::Delete => {
+                    self.queue_unit(vec![BatchOp::Delete { key }], permit)?;
+                    entry.remove();
+                    Ok(None)
+                }
+            },
+            Entry::Vacant(entry) => match decide(None) {
+                Decision::Keep | Decision::Delete => Ok(None),
+                Decision::Put(value) => {
+                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    entry.insert(value.clone());
+                    Ok(Some(value))
+                }
+            },
+        }
+    }
+
+    fn queue_unit(&self, ops: Vec<BatchOp<K, V>>, permit: OwnedSemaphorePermit) -> Result<()> {
+        let changes = ops.len() as u64;
+        self.queue
+            .send(Command::Persist(Unit {
+                ops,
+                waiter: Waiter::Detached { _slots: permit },
+            }))
+            .map_err(|_| PersistentError::Closed)?;
+        self.health.queued.fetch_add(changes, Ordering::AcqRel);
+        Ok(())
+    }
+
     async fn send<T>(
         &self,
         command: impl FnOnce(pipeline::Reply<T>) -> Command<K, V>,
@@ -304,11 +716,25 @@ where
     }
 }
 
+impl<K, V, B> Drop for PersistentMap<K, V, B> {
+    fn drop(&mut self) {
+        let unflushed = self.health.unflushed();
+        if self.behind.is_some() && unflushed > 0 {
+            tracing::warn!(
+                unflushed,
+                "write-behind map dropped with changes not yet flushed; they are written \
+                 only while the runtime keeps running: call close().await to keep them"
+            );
+        }
+    }
+}
+
 impl<K: Eq + Hash, V, B> fmt::Debug for PersistentMap<K, V, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PersistentMap")
             .field("len", &self.cache.len())
             .field("backend", &std::any::type_name::<B>())
+            .field("write_behind", &self.behind.is_some())
             .finish_non_exhaustive()
     }
 }
