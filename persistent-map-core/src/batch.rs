@@ -81,7 +81,9 @@ impl<K, V> Default for Batch<K, V> {
 
 impl<K, V> fmt::Debug for Batch<K, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Batch").field("len", &self.ops.len()).finish()
+        f.debug_struct("Batch")
+            .field("len", &self.ops.len())
+            .finish()
     }
 }
 

@@ -616,7 +616,9 @@ where
                 let replaced = ops
                     .iter()
                     .map(|op| match op {
-                        BatchOp::Put { key, value } => self.cache.insert(key.clone(), value.clone()),
+                        BatchOp::Put { key, value } => {
+                            self.cache.insert(key.clone(), value.clone())
+                        }
                         BatchOp::Delete { key } => self.cache.remove(key).map(|(_, v)| v),
                     })
                     .collect();
@@ -635,11 +637,23 @@ where
         match op {
             BatchOp::Put { key, value } => match self.cache.entry(key.clone()) {
                 Entry::Occupied(mut entry) => {
-                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    self.queue_unit(
+                        vec![BatchOp::Put {
+                            key,
+                            value: value.clone(),
+                        }],
+                        permit,
+                    )?;
                     Ok(Some(entry.insert(value)))
                 }
                 Entry::Vacant(entry) => {
-                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    self.queue_unit(
+                        vec![BatchOp::Put {
+                            key,
+                            value: value.clone(),
+                        }],
+                        permit,
+                    )?;
                     entry.insert(value);
                     Ok(None)
                 }
@@ -654,15 +668,9 @@ where
         }
     }
 
-    async fn read_modify_write(
-        &self,
-        key: K,
-        decide: pipeline::UpdateFn<V>,
-    ) -> Result<Option<V>> {
+    async fn read_modify_write(&self, key: K, decide: pipeline::UpdateFn<V>) -> Result<Option<V>> {
         let Some(behind) = &self.behind else {
-            return self
-                .send(|reply| Command::Update(key, decide, reply))
-                .await;
+            return self.send(|reply| Command::Update(key, decide, reply)).await;
         };
         self.health.check()?;
         let permit = behind.reserve(1).await?;
@@ -671,7 +679,13 @@ where
             Entry::Occupied(mut entry) => match decide(Some(entry.get())) {
                 Decision::Keep => Ok(Some(entry.get().clone())),
                 Decision::Put(value) => {
-                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    self.queue_unit(
+                        vec![BatchOp::Put {
+                            key,
+                            value: value.clone(),
+                        }],
+                        permit,
+                    )?;
                     entry.insert(value.clone());
                     Ok(Some(value))
                 }
@@ -684,7 +698,13 @@ where
             Entry::Vacant(entry) => match decide(None) {
                 Decision::Keep | Decision::Delete => Ok(None),
                 Decision::Put(value) => {
-                    self.queue_unit(vec![BatchOp::Put { key, value: value.clone() }], permit)?;
+                    self.queue_unit(
+                        vec![BatchOp::Put {
+                            key,
+                            value: value.clone(),
+                        }],
+                        permit,
+                    )?;
                     entry.insert(value.clone());
                     Ok(Some(value))
                 }

@@ -318,8 +318,7 @@ where
     fn admit(&mut self, batch: &mut Gather<K, V>, command: Command<K, V>) -> Admit<K, V> {
         match command {
             Command::Commit(unit) => {
-                if let ([BatchOp::Delete { key }], Waiter::One(_)) = (&unit.ops[..], &unit.waiter)
-                {
+                if let ([BatchOp::Delete { key }], Waiter::One(_)) = (&unit.ops[..], &unit.waiter) {
                     if !batch.touched.contains(key) && !self.cache.contains_key(key) {
                         // Removing a missing key changes nothing: answer without writing.
                         settle_reply(unit.waiter, vec![None]);
