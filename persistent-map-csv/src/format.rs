@@ -1,0 +1,257 @@
+//! The record layout of format version 2: the header line, the three record
+//! kinds, and their encoding with csv-async.
+//!
+//! ```text
+//! persistent-map-csv/2,key,value     header: format tag and version, then column names
+//! put,alice,"{""age"":30}"           key as text, value as JSON
+//! del,alice,                         tombstone: alice is removed
+//! batch,,2                           the next 2 records are one all-or-nothing batch
+//! put,bob,1
+//! put,carol,2
+//! ```
+
+use std::path::Path;
+
+use csv_async::{AsyncWriter, AsyncWriterBuilder, ByteRecord};
+use persistent_map_core::{PersistentError, Result};
+
+use crate::error::{at, from_csv};
+
+/// What the first column of the header starts with.
+pub(crate) const FORMAT_TAG: &str = "persistent-map-csv/";
+/// The format this release writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+const OP_PUT: &str = "put";
+const OP_DEL: &str = "del";
+const OP_BATCH: &str = "batch";
+
+/// What the first line of a file says about its format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Header {
+    /// Format version 2, with the delimiter it was written with.
+    Current { delimiter: u8 },
+    /// No header: a file written by persistent-map 0.1.x (or an empty file).
+    Legacy,
+}
+
+/// The header line, terminator included.
+pub(crate) fn header_line(delimiter: u8) -> Vec<u8> {
+    let mut line = format!("{FORMAT_TAG}{FORMAT_VERSION}").into_bytes();
+    line.push(delimiter);
+    line.extend_from_slice(b"key");
+    line.push(delimiter);
+    line.extend_from_slice(b"value\n");
+    line
+}
+
+/// Reads the format from the start of a file.
+///
+/// `start` holds the file's first bytes: the whole first line if the file
+/// has one, or the whole file if it is shorter.
+pub(crate) fn parse_header(path: &Path, start: &[u8]) -> Result<Header> {
+    let Some(rest) = start.strip_prefix(FORMAT_TAG.as_bytes()) else {
+        return Ok(Header::Legacy);
+    };
+    let malformed = || PersistentError::corrupt(at(path).with_line(1), "malformed header line");
+    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let version: u32 = std::str::from_utf8(&rest[..digits])
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .ok_or_else(malformed)?;
+    if version > FORMAT_VERSION {
+        return Err(PersistentError::UnsupportedFormat {
+            location: at(path),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    if version != FORMAT_VERSION {
+        return Err(PersistentError::corrupt(
+            at(path).with_line(1),
+            format!("unknown format version {version}"),
+        ));
+    }
+    let rest = &rest[digits..];
+    let &delimiter = rest.first().ok_or_else(malformed)?;
+    let mut expected = vec![delimiter];
+    expected.extend_from_slice(b"key");
+    expected.push(delimiter);
+    expected.extend_from_slice(b"value");
+    let line_end = rest.iter().position(|&b| b == b'\n').ok_or_else(|| {
+        PersistentError::corrupt(at(path).with_line(1), "header line is incomplete")
+    })?;
+    let line = rest[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&rest[..line_end]);
+    if line != expected.as_slice() {
+        return Err(malformed());
+    }
+    Ok(Header::Current { delimiter })
+}
+
+/// One record of a version 2 file, read but not yet decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Entry {
+    /// `put,<key text>,<value JSON>`
+    Put { key: String, value: String },
+    /// `del,<key text>,`: the tombstone of a removed key.
+    Del { key: String },
+    /// `batch,,<n>`: the next `n` records were written as one batch.
+    Batch { len: u64 },
+}
+
+/// Reads one record, or says in a few words why it is malformed.
+pub(crate) fn parse_entry(record: &ByteRecord) -> Result<Entry, String> {
+    if record.len() != 3 {
+        return Err(format!("expected 3 fields, found {}", record.len()));
+    }
+    let field = |i: usize| -> Result<&str, String> {
+        let bytes = record.get(i).unwrap_or_default();
+        std::str::from_utf8(bytes).map_err(|_| format!("field {} is not valid UTF-8", i + 1))
+    };
+    let (op, key, value) = (field(0)?, field(1)?, field(2)?);
+    match op {
+        OP_PUT if value.is_empty() => Err(String::from("put record without a value")),
+        OP_PUT => Ok(Entry::Put {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }),
+        OP_DEL if !value.is_empty() => Err(String::from("del record with a value")),
+        OP_DEL => Ok(Entry::Del {
+            key: key.to_owned(),
+        }),
+        OP_BATCH => match value.parse::<u64>() {
+            Ok(len) if len > 0 && key.is_empty() => Ok(Entry::Batch { len }),
+            _ => Err(format!("malformed batch marker {key:?},{value:?}")),
+        },
+        other => Err(format!("unknown op {other:?}")),
+    }
+}
+
+/// Encodes records into one buffer, to be written with a single call.
+pub(crate) struct Encoder<'a> {
+    path: &'a Path,
+    writer: AsyncWriter<Vec<u8>>,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder whose buffer starts with `prefix` (e.g. the header line).
+    pub(crate) fn new(path: &'a Path, delimiter: u8, prefix: Vec<u8>) -> Self {
+        let writer = AsyncWriterBuilder::new()
+            .delimiter(delimiter)
+            .has_headers(false)
+            .flexible(false)
+            .create_writer(prefix);
+        Self { path, writer }
+    }
+
+    async fn record(&mut self, fields: [&str; 3]) -> Result<()> {
+        self.writer
+            .write_record(fields)
+            .await
+            .map_err(|e| from_csv(self.path, e))
+    }
+
+    /// Appends a `put` record.
+    pub(crate) async fn put(&mut self, key: &str, value: &str) -> Result<()> {
+        self.record([OP_PUT, key, value]).await
+    }
+
+    /// Appends a tombstone.
+    pub(crate) async fn del(&mut self, key: &str) -> Result<()> {
+        self.record([OP_DEL, key, ""]).await
+    }
+
+    /// Appends the marker announcing a batch of `len` records.
+    pub(crate) async fn batch(&mut self, len: usize) -> Result<()> {
+        self.record([OP_BATCH, "", &len.to_string()]).await
+    }
+
+    /// The encoded bytes.
+    pub(crate) async fn finish(self) -> Result<Vec<u8>> {
+        let path = self.path;
+        self.writer
+            .into_inner()
+            .await
+            .map_err(|e| PersistentError::io(path, e))
+    }
+}
+
+impl std::fmt::Debug for Encoder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder").field("path", &self.path).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path() -> &'static Path {
+        Path::new("t.csv")
+    }
+
+    #[test]
+    fn header_round_trips_and_old_files_are_legacy() {
+        let line = header_line(b';');
+        assert_eq!(line, b"persistent-map-csv/2;key;value\n");
+        assert_eq!(
+            parse_header(path(), &line).expect("parses"),
+            Header::Current { delimiter: b';' }
+        );
+        assert_eq!(
+            parse_header(path(), b"alice,30\n").expect("parses"),
+            Header::Legacy
+        );
+        assert_eq!(parse_header(path(), b"").expect("parses"), Header::Legacy);
+    }
+
+    #[test]
+    fn newer_and_broken_headers_are_refused() {
+        let newer = parse_header(path(), b"persistent-map-csv/3,key,value\n");
+        assert!(matches!(
+            newer,
+            Err(PersistentError::UnsupportedFormat { found: 3, .. })
+        ));
+        let broken = parse_header(path(), b"persistent-map-csv/2,kex,value\n");
+        assert!(matches!(broken, Err(PersistentError::Corrupt { .. })));
+    }
+
+    #[tokio::test]
+    async fn awkward_fields_are_quoted() {
+        let mut enc = Encoder::new(path(), b',', Vec::new());
+        enc.put("a,b", "\"x\"").await.expect("encodes");
+        enc.del("new\nline").await.expect("encodes");
+        enc.batch(2).await.expect("encodes");
+        let bytes = enc.finish().await.expect("finishes");
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf-8"),
+            "put,\"a,b\",\"\"\"x\"\"\"\ndel,\"new\nline\",\nbatch,,2\n"
+        );
+    }
+
+    #[test]
+    fn entries_are_validated() {
+        let rec = |fields: &[&str]| ByteRecord::from(fields.to_vec());
+        assert_eq!(
+            parse_entry(&rec(&["put", "k", "1"])),
+            Ok(Entry::Put {
+                key: "k".into(),
+                value: "1".into()
+            })
+        );
+        assert_eq!(
+            parse_entry(&rec(&["del", "k", ""])),
+            Ok(Entry::Del { key: "k".into() })
+        );
+        assert_eq!(
+            parse_entry(&rec(&["batch", "", "3"])),
+            Ok(Entry::Batch { len: 3 })
+        );
+        assert!(parse_entry(&rec(&["put", "k"])).is_err());
+        assert!(parse_entry(&rec(&["upsert", "k", "1"])).is_err());
+        assert!(parse_entry(&rec(&["put", "k", ""])).is_err());
+        assert!(parse_entry(&rec(&["batch", "", "0"])).is_err());
+    }
+}

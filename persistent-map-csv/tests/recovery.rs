@@ -1,0 +1,322 @@
+//! Damaged files, bad locations and second writers: each gives the documented
+//! outcome and leaves the data intact.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
+use persistent_map_csv::CsvBackend;
+
+const HEADER: &str = "persistent-map-csv/2,key,value\n";
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).expect("file is readable")
+}
+
+fn append_raw(path: &Path, bytes: &str) {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("opens");
+    file.write_all(bytes.as_bytes()).expect("appends");
+}
+
+async fn open(
+    path: &Path,
+) -> persistent_map_core::Result<PersistentMap<String, String, CsvBackend>> {
+    PersistentMap::new(CsvBackend::new(path)).await
+}
+
+/// Writes `a` and `b` through a map and closes it; returns the file's text.
+async fn two_entries(path: &Path) -> String {
+    let map = open(path).await.expect("opens");
+    map.insert("a".into(), "one".into()).await.expect("inserts");
+    map.insert("b\nc".into(), "two".into())
+        .await
+        .expect("inserts");
+    map.close().await.expect("closes");
+    drop(map);
+    read(path)
+}
+
+async fn assert_torn_tail_is_cut(tail: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("torn.csv");
+    let complete = two_entries(&path).await;
+    append_raw(&path, tail);
+
+    let map = open(&path).await.expect("a torn tail is not an error");
+    assert_eq!(map.len(), 2, "tail {tail:?}");
+    assert_eq!(map.get("a"), Some("one".into()));
+    assert_eq!(map.get("b\nc"), Some("two".into()));
+    assert_eq!(read(&path), complete, "the torn tail {tail:?} is cut off");
+
+    map.insert("later".into(), "fine".into())
+        .await
+        .expect("inserts");
+    map.close().await.expect("closes");
+    drop(map);
+    let map = open(&path).await.expect("reopens");
+    assert_eq!(map.len(), 3);
+    assert_eq!(map.get("later"), Some("fine".into()));
+}
+
+#[tokio::test]
+async fn a_record_cut_mid_line_is_discarded_and_cut_off() {
+    assert_torn_tail_is_cut("put,x,\"\"\"hal").await;
+    assert_torn_tail_is_cut("put,x,\"\"\"half\"\"\"").await;
+    assert_torn_tail_is_cut("pu").await;
+    assert_torn_tail_is_cut("put,x,1").await;
+}
+
+#[tokio::test]
+async fn a_record_cut_inside_a_quoted_newline_is_discarded() {
+    // Ends with a newline, but inside the quoted key.
+    assert_torn_tail_is_cut("put,\"key with\n").await;
+}
+
+#[tokio::test]
+async fn an_incomplete_batch_is_discarded_as_a_whole() {
+    assert_torn_tail_is_cut("batch,,3\nput,x,\"\"\"1\"\"\"\nput,y,\"\"\"2\"\"\"\n").await;
+    assert_torn_tail_is_cut("batch,,2\nput,x,\"\"\"1\"\"\"\nput,y,\"\"\"2").await;
+}
+
+#[tokio::test]
+async fn a_malformed_middle_line_is_an_error_naming_file_and_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.csv");
+    for bad in [
+        "upsert,k,\"\"\"v\"\"\"\n",
+        "put,k\n",
+        "put,k,\"\"\"v\"\"\",extra\n",
+    ] {
+        // The multi-line key before the bad record makes record and line numbers differ.
+        let text = format!("{HEADER}put,\"multi\nline\",\"\"\"v\"\"\"\n{bad}put,z,\"\"\"v\"\"\"\n");
+        std::fs::write(&path, &text).expect("writes");
+        let err = open(&path).await.expect_err("malformed line");
+        match &err {
+            PersistentError::Corrupt { location, .. } => {
+                assert_eq!(location.store, path.display().to_string());
+                assert_eq!(location.line, Some(4), "{bad:?}: {err}");
+            }
+            other => panic!("unexpected error {other:?}"),
+        }
+        assert!(err.to_string().contains("line 4"), "{err}");
+        assert_eq!(read(&path), text, "nothing is changed");
+    }
+}
+
+#[tokio::test]
+async fn an_undecodable_value_is_an_error_with_line_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("typed.csv");
+    let text = two_entries(&path).await;
+    let err = PersistentMap::<String, u32, _>::new(CsvBackend::new(&path))
+        .await
+        .expect_err("strings are not numbers");
+    match &err {
+        PersistentError::Codec {
+            decoding: true,
+            what: "value",
+            location,
+            ..
+        } => {
+            assert_eq!(location.store, path.display().to_string());
+            assert_eq!(location.line, Some(2));
+            assert_eq!(location.key.as_deref(), Some("\"a\""));
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(read(&path), text, "nothing is changed");
+}
+
+#[tokio::test]
+async fn an_undecodable_key_is_an_error_with_line_and_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys.csv");
+    let text = format!("{HEADER}put,1,\"\"\"v\"\"\"\nput,two,\"\"\"v\"\"\"\n");
+    std::fs::write(&path, &text).expect("writes");
+    let err = PersistentMap::<u32, String, _>::new(CsvBackend::new(&path))
+        .await
+        .expect_err("two is not a number");
+    match &err {
+        PersistentError::Codec {
+            decoding: true,
+            what: "key",
+            location,
+            ..
+        } => {
+            assert_eq!(location.line, Some(3));
+            assert_eq!(location.key.as_deref(), Some("\"two\""));
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert_eq!(read(&path), text);
+}
+
+#[tokio::test]
+async fn a_newer_format_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("future.csv");
+    let text = "persistent-map-csv/9,key,value\nput,a,1\n";
+    std::fs::write(&path, text).expect("writes");
+    let err = open(&path).await.expect_err("newer format");
+    assert!(
+        matches!(
+            err,
+            PersistentError::UnsupportedFormat {
+                found: 9,
+                supported: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(read(&path), text);
+}
+
+#[tokio::test]
+async fn an_unwritable_location_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, "a regular file").expect("writes");
+    let path = blocker.join("sub/data.csv");
+    let err = open(&path).await.expect_err("parent is a file");
+    match &err {
+        PersistentError::Io {
+            path: Some(failed), ..
+        } => assert!(
+            path.starts_with(failed),
+            "{failed:?} is on the way to {path:?}"
+        ),
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(err.to_string().contains("not-a-dir"), "{err}");
+
+    // A write without a load reports the same.
+    let backend = CsvBackend::new(&path);
+    let err = StorageBackend::<String, String>::save(&backend, "k".into(), "v".into())
+        .await
+        .expect_err("parent is a file");
+    assert!(
+        matches!(err, PersistentError::Io { path: Some(_), .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_opener_in_this_process_is_locked_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("locked.csv");
+    let first = open(&path).await.expect("opens");
+    first.insert("k".into(), "v".into()).await.expect("inserts");
+
+    let err = open(&path).await.expect_err("second writer");
+    match &err {
+        PersistentError::Locked { path: locked } => assert_eq!(locked, &path),
+        other => panic!("unexpected error {other:?}"),
+    }
+    assert!(err.to_string().contains("locked.csv"), "{err}");
+
+    // A write on a second backend is refused too, and nothing is interleaved.
+    let second = CsvBackend::new(&path);
+    let err = StorageBackend::<String, String>::save(&second, "x".into(), "y".into())
+        .await
+        .expect_err("second writer");
+    assert!(matches!(err, PersistentError::Locked { .. }), "{err:?}");
+
+    first.close().await.expect("closes");
+    drop(first);
+    let again = open(&path).await.expect("the lock is released on drop");
+    assert_eq!(again.get("k"), Some("v".into()));
+    assert_eq!(again.len(), 1);
+}
+
+const PROBE_ENV: &str = "PERSISTENT_MAP_CSV_LOCK_PROBE";
+
+/// Run by [`a_second_process_is_locked_out`] in a child process; a no-op otherwise.
+#[tokio::test]
+async fn lock_probe() {
+    let Ok(path) = std::env::var(PROBE_ENV) else {
+        return;
+    };
+    match open(Path::new(&path)).await {
+        Ok(map) => println!("probe: opened with {} entries", map.len()),
+        Err(PersistentError::Locked { .. }) => println!("probe: locked"),
+        Err(other) => println!("probe: error {other}"),
+    }
+}
+
+fn probe(path: &Path) -> String {
+    let output = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", "lock_probe", "--nocapture", "--test-threads=1"])
+        .env(PROBE_ENV, path)
+        .output()
+        .expect("child runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn a_second_process_is_locked_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shared.csv");
+    let map = open(&path).await.expect("opens");
+    map.insert("k".into(), "v".into()).await.expect("inserts");
+
+    let out = tokio::task::spawn_blocking({
+        let path = path.clone();
+        move || probe(&path)
+    })
+    .await
+    .expect("probe runs");
+    assert!(out.contains("probe: locked"), "{out}");
+
+    map.close().await.expect("closes");
+    drop(map);
+    let out = tokio::task::spawn_blocking(move || probe(&path))
+        .await
+        .expect("probe runs");
+    assert!(out.contains("probe: opened with 1 entries"), "{out}");
+}
+
+#[tokio::test]
+async fn the_temporary_file_of_an_interrupted_rewrite_is_removed_on_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("crashed.csv");
+    let text = two_entries(&path).await;
+    let temp = dir.path().join("crashed.csv.rewrite.tmp");
+    std::fs::write(&temp, format!("{HEADER}put,a,\"\"\"half-")).expect("writes");
+
+    let map = open(&path).await.expect("opens");
+    assert!(!temp.exists(), "leftover temporary file removed");
+    assert_eq!(map.len(), 2);
+    assert_eq!(read(&path), text);
+}
+
+#[tokio::test]
+async fn flush_syncs_and_load_reports_the_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("flush.csv");
+    let backend = CsvBackend::new(&path);
+    // Flushing a backend that wrote nothing touches nothing.
+    StorageBackend::<String, String>::flush(&backend)
+        .await
+        .expect("flushes");
+    assert!(!path.exists());
+    StorageBackend::<String, String>::save(&backend, "k".into(), "v".into())
+        .await
+        .expect("saves");
+    StorageBackend::<String, String>::flush(&backend)
+        .await
+        .expect("flushes");
+    let caps = StorageBackend::<String, String>::capabilities(&backend);
+    assert!(caps.atomic_batch && caps.exclusive_lock && caps.durable);
+    assert_eq!(
+        StorageBackend::<String, String>::len(&backend)
+            .await
+            .expect("len"),
+        1
+    );
+}

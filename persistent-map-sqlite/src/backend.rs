@@ -1,0 +1,677 @@
+//! [`SqliteBackend`]: one map per table of a SQLite file, on sqlx.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
+use persistent_map_core::{
+    async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError, Result,
+    StorageBackend,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sqlx::sqlite::{SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{Row, TypeInfo, ValueRef};
+
+use crate::config::{SqliteBuilder, SqliteOptions};
+use crate::error::{map_sqlx_error, BACKEND};
+
+/// The table that records, per map table, the format version it was written in.
+pub(crate) const META_TABLE: &str = "persistent_map_meta";
+
+/// The newest on-disk format this release reads and the one it writes.
+///
+/// * `0`: persistent-map 0.1.x: a table `kv (key TEXT PRIMARY KEY, value TEXT
+///   NOT NULL)` and no metadata table. Opening such a file stamps it as `1`;
+///   the rows are already in the version 1 layout.
+/// * `1`: the same table layout, plus a row in `persistent_map_meta`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Rows per multi-row statement, at most. 256 rows of 2 parameters stay far
+/// below SQLite's parameter limit (999 before 3.32, 32766 since).
+const MAX_CHUNK: usize = 256;
+
+/// Number of distinct chunk sizes: the powers of two up to [`MAX_CHUNK`].
+/// Splitting every batch into these sizes bounds the number of distinct SQL
+/// texts, so each one is prepared once per connection and then reused from
+/// sqlx's statement cache.
+const CHUNK_SIZES: usize = MAX_CHUNK.trailing_zeros() as usize + 1;
+
+/// A [`StorageBackend`] that keeps a map in a table of a SQLite database file.
+///
+/// Keys are stored as text with
+/// [`key_to_text`](persistent_map_core::codec::key_to_text) (string keys as
+/// themselves, other keys as JSON), values as JSON text. Every batch the map
+/// hands over is one transaction. See the crate documentation for the
+/// durability guarantees and the file format.
+///
+/// Clones share one connection pool and one table.
+///
+/// ```
+/// use persistent_map_core::PersistentMap;
+/// use persistent_map_sqlite::SqliteBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map_core::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let backend = SqliteBackend::new(dir.path().join("data/app.db")).await?;
+/// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
+/// map.insert("answer".to_string(), 42).await?;
+/// map.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct SqliteBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: SqlitePool,
+    path: PathBuf,
+    table: String,
+    /// `<path> table "<table>"`, the store named in errors.
+    store: String,
+    sql: Statements,
+}
+
+/// The SQL texts this backend runs, built once for its table.
+struct Statements {
+    select_all: String,
+    count: String,
+    contains: String,
+    delete_all: String,
+    /// `upsert[i]` inserts or replaces `2^i` rows.
+    upsert: Vec<String>,
+    /// `delete[i]` deletes `2^i` keys.
+    delete: Vec<String>,
+}
+
+impl Statements {
+    fn new(table: &str) -> Self {
+        // The table name was validated as a plain identifier; quoting keeps
+        // names that are SQL keywords working.
+        let t = format!("\"{table}\"");
+        let upsert = (0..CHUNK_SIZES)
+            .map(|i| {
+                let rows = vec!["(?, ?)"; 1 << i].join(", ");
+                format!(
+                    "INSERT INTO {t} (key, value) VALUES {rows} \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value"
+                )
+            })
+            .collect();
+        let delete = (0..CHUNK_SIZES)
+            .map(|i| {
+                let params = vec!["?"; 1 << i].join(", ");
+                format!("DELETE FROM {t} WHERE key IN ({params})")
+            })
+            .collect();
+        Self {
+            select_all: format!("SELECT key, value FROM {t}"),
+            count: format!("SELECT COUNT(*) FROM {t}"),
+            contains: format!("SELECT 1 FROM {t} WHERE key = ?1 LIMIT 1"),
+            delete_all: format!("DELETE FROM {t}"),
+            upsert,
+            delete,
+        }
+    }
+}
+
+/// The net effect of a batch, encoded: rows to upsert and keys to delete,
+/// each key at most once.
+#[derive(Default)]
+struct EncodedBatch {
+    puts: Vec<(String, String)>,
+    deletes: Vec<String>,
+}
+
+/// Splits `items` into chunks whose lengths are powers of two, at most
+/// [`MAX_CHUNK`]; yields each chunk with the index of its statement.
+fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let len = items.len().min(MAX_CHUNK);
+        let size = 1_usize << len.ilog2();
+        let (head, tail) = items.split_at(size);
+        items = tail;
+        Some((size.trailing_zeros() as usize, head))
+    })
+}
+
+impl SqliteBackend {
+    /// Opens (or creates) the database file at `path` with the default
+    /// options: table `kv`, WAL, synchronous `NORMAL`. Missing parent
+    /// directories are created.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub async fn new(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open(path, SqliteOptions::default()).await
+    }
+
+    /// Starts a [`SqliteBuilder`] to choose the table, journal mode,
+    /// synchronous level, busy timeout and pool size.
+    pub fn builder(path: impl AsRef<Path>) -> SqliteBuilder {
+        SqliteBuilder::new(path.as_ref().to_path_buf())
+    }
+
+    /// Opens (or creates) the database file at `path` with `options`.
+    ///
+    /// Creates missing parent directories, opens a pool whose connections
+    /// all run the same pragmas, creates the table if missing and records
+    /// the format version. A persistent-map 0.1.x file (a `kv` table without
+    /// metadata) is stamped with the current version, in one transaction,
+    /// its rows untouched.
+    ///
+    /// # Errors
+    ///
+    /// * [`PersistentError::Io`] naming the directory when it cannot be created
+    ///   (for example when a parent is a regular file),
+    /// * [`PersistentError::Corrupt`] naming the file when it is not a SQLite
+    ///   database, or the table exists with other columns; the file is not changed,
+    /// * [`PersistentError::UnsupportedFormat`] when a newer release wrote the table,
+    /// * [`PersistentError::Backend`] for an invalid table name or any other
+    ///   SQLite failure (for example a busy database).
+    pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let table = options.validated_table(&path)?.to_owned();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| PersistentError::io(parent, e))?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.pool_size_value())
+            .connect_with(options.connect_options(&path))
+            .await
+            .map_err(|e| map_sqlx_error(e, Operation::Open, file_location(&path), &path))?;
+        Self::prepare(pool, path, table).await
+    }
+
+    /// Uses an existing pool, for example one shared with the rest of an
+    /// application, with the table of `options`.
+    ///
+    /// The pool's own connect options then decide the journal mode, the
+    /// synchronous level and the busy timeout: the ones in `options` are not
+    /// applied (sqlx cannot change the set-up of a pool's future connections).
+    /// Use WAL or a rollback journal and a synchronous level of at least
+    /// `NORMAL`, or `flush` cannot make writes durable; a warning is logged
+    /// otherwise.
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open), without the directory creation.
+    pub async fn from_pool(pool: SqlitePool, options: SqliteOptions) -> Result<Self> {
+        let path = pool.connect_options().get_filename().to_path_buf();
+        let table = options.validated_table(&path)?.to_owned();
+        warn_on_unsafe_pragmas(&pool, &path).await?;
+        Self::prepare(pool, path, table).await
+    }
+
+    async fn prepare(pool: SqlitePool, path: PathBuf, table: String) -> Result<Self> {
+        let store = format!("{} table \"{table}\"", path.display());
+        let sql = Statements::new(&table);
+        let backend = Self {
+            inner: Arc::new(Inner {
+                pool,
+                path,
+                table,
+                store,
+                sql,
+            }),
+        };
+        backend.prepare_schema().await?;
+        Ok(backend)
+    }
+
+    /// Creates the metadata and map tables if missing and checks (or
+    /// records) the format version, all in one write transaction so that two
+    /// processes opening a new file at once cannot both create it.
+    async fn prepare_schema(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let fail = |e| map_sqlx_error(e, Operation::Open, file_location(&inner.path), &inner.path);
+        let mut tx = inner
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {META_TABLE} \
+             (table_name TEXT PRIMARY KEY NOT NULL, format_version INTEGER NOT NULL)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        let stored: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT format_version FROM {META_TABLE} WHERE table_name = ?1"
+        ))
+        .bind(&inner.table)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fail)?;
+
+        match stored {
+            Some(found) => {
+                let found = u32::try_from(found).map_err(|_| {
+                    PersistentError::corrupt(
+                        self.location(),
+                        format!("invalid format version {found} in {META_TABLE}"),
+                    )
+                })?;
+                if found > FORMAT_VERSION {
+                    return Err(PersistentError::UnsupportedFormat {
+                        location: self.location(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                if found < FORMAT_VERSION {
+                    // Versions 0 and 1 share the table layout: stamping is
+                    // the whole migration.
+                    self.stamp(&mut tx, found).await?;
+                }
+            }
+            None => {
+                let columns: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT name, pk FROM pragma_table_info(?1)")
+                        .bind(&inner.table)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                if columns.is_empty() {
+                    sqlx::query(&format!(
+                        "CREATE TABLE \"{}\" (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                        inner.table
+                    ))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                } else {
+                    self.check_columns(&columns)?;
+                    tracing::info!(store = %inner.store, "stamping a persistent-map 0.1.x table with format version {FORMAT_VERSION}");
+                }
+                self.stamp(&mut tx, 0).await?;
+            }
+        }
+        tx.commit().await.map_err(fail)
+    }
+
+    /// Accepts an existing table without metadata only if it has the 0.1.x
+    /// layout: `key` as its single primary key column, and `value`.
+    fn check_columns(&self, columns: &[(String, i64)]) -> Result<()> {
+        let has = |name: &str| columns.iter().any(|(c, _)| c.eq_ignore_ascii_case(name));
+        let key_is_pk = columns
+            .iter()
+            .filter(|(_, pk)| *pk > 0)
+            .map(|(c, _)| c.to_ascii_lowercase())
+            .eq(std::iter::once(String::from("key")));
+        if has("key") && has("value") && key_is_pk {
+            Ok(())
+        } else {
+            Err(PersistentError::corrupt(
+                self.location(),
+                "the table exists but is not a persistent-map table (expected key TEXT PRIMARY KEY, value TEXT)",
+            ))
+        }
+    }
+
+    async fn stamp(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        from: u32,
+    ) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO {META_TABLE} (table_name, format_version) VALUES (?1, ?2) \
+             ON CONFLICT(table_name) DO UPDATE SET format_version = excluded.format_version"
+        ))
+        .bind(&self.inner.table)
+        .bind(i64::from(FORMAT_VERSION))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| self.error(e, Operation::Open))?;
+        tracing::debug!(store = %self.inner.store, from, to = FORMAT_VERSION, "format version recorded");
+        Ok(())
+    }
+
+    /// The database file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The database file as text; the 0.1.x name of [`path`](Self::path).
+    ///
+    /// # Errors
+    ///
+    /// Never; kept fallible for 0.1.x code.
+    pub async fn db_path(&self) -> Result<String> {
+        Ok(self.inner.path.display().to_string())
+    }
+
+    /// The table holding this map.
+    #[must_use]
+    pub fn table(&self) -> &str {
+        &self.inner.table
+    }
+
+    /// The connection pool, for queries of your own (for example to read the
+    /// table with SQL). Writing to the map's table behind the map's back
+    /// leaves its cache stale until [`PersistentMap::reload`](persistent_map_core::PersistentMap::reload).
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// Closes every pooled connection; later calls fail. Optional: dropping
+    /// the last clone closes the pool too, but without waiting for it.
+    pub async fn close(&self) {
+        self.inner.pool.close().await;
+    }
+
+    fn location(&self) -> Location {
+        Location::new(self.inner.store.clone())
+    }
+
+    fn error(&self, err: sqlx::Error, operation: Operation) -> PersistentError {
+        map_sqlx_error(err, operation, self.location(), &self.inner.path)
+    }
+
+    /// Encodes a batch before any transaction opens, keeping only the last
+    /// change per key: inside one transaction only the final state of each
+    /// key matters, and distinct keys can then be written in any order.
+    fn encode_batch<K: Serialize, V: Serialize>(
+        &self,
+        batch: &[BatchOp<K, V>],
+    ) -> Result<EncodedBatch> {
+        let mut last: HashMap<String, Option<String>> = HashMap::with_capacity(batch.len());
+        for op in batch {
+            let key = op.key();
+            let key_text = key_to_text(key).map_err(|e| {
+                PersistentError::encode("key", self.location().with_key(render_key(key)), e)
+            })?;
+            let value_text = match op {
+                BatchOp::Put { value, .. } => Some(value_to_json(value).map_err(|e| {
+                    PersistentError::encode("value", self.location().with_key(render_key(key)), e)
+                })?),
+                BatchOp::Delete { .. } => None,
+            };
+            last.insert(key_text, value_text);
+        }
+        let mut encoded = EncodedBatch::default();
+        for (key, value) in last {
+            match value {
+                Some(value) => encoded.puts.push((key, value)),
+                None => encoded.deletes.push(key),
+            }
+        }
+        Ok(encoded)
+    }
+
+    /// Reads column `index` of `row` as text, refusing NULL and BLOB.
+    fn text_column(
+        &self,
+        row: &SqliteRow,
+        index: usize,
+        what: &'static str,
+        key_text: Option<&str>,
+    ) -> Result<String> {
+        let location = || match key_text {
+            Some(key) => self.location().with_key(render_key(key)),
+            None => self.location(),
+        };
+        let raw = row
+            .try_get_raw(index)
+            .map_err(|e| PersistentError::decode(what, location(), e))?;
+        if raw.is_null() {
+            return Err(PersistentError::decode(
+                what,
+                location(),
+                format!("the stored {what} is NULL"),
+            ));
+        }
+        let storage = raw.type_info().name().to_owned();
+        if storage == "BLOB" {
+            return Err(PersistentError::decode(
+                what,
+                location(),
+                format!("the stored {what} is a BLOB, not text"),
+            ));
+        }
+        row.try_get::<String, _>(index)
+            .map_err(|e| PersistentError::decode(what, location(), e))
+    }
+}
+
+fn file_location(path: &Path) -> Location {
+    Location::new(path.display().to_string())
+}
+
+/// Logs a warning when a caller's pool runs with pragmas under which flush
+/// cannot keep its promise.
+async fn warn_on_unsafe_pragmas(pool: &SqlitePool, path: &Path) -> Result<()> {
+    let fail = |e| map_sqlx_error(e, Operation::Open, file_location(path), path);
+    let mut conn = pool.acquire().await.map_err(fail)?;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(fail)?;
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(fail)?;
+    if sync == 0 || matches!(mode.to_ascii_lowercase().as_str(), "memory" | "off") {
+        tracing::warn!(
+            path = %path.display(),
+            journal_mode = %mode,
+            synchronous = sync,
+            "the pool's pragmas do not keep committed writes across a crash; flush cannot make them durable"
+        );
+    }
+    Ok(())
+}
+
+impl fmt::Debug for SqliteBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteBackend")
+            .field("path", &self.inner.path)
+            .field("table", &self.inner.table)
+            .field("connections", &self.inner.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<K, V> StorageBackend<K, V> for SqliteBackend
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn load_all(&self) -> Result<HashMap<K, V>> {
+        let mut all = HashMap::new();
+        self.load_into(&mut |k, v| {
+            all.insert(k, v);
+        })
+        .await?;
+        Ok(all)
+    }
+
+    async fn save(&self, key: K, value: V) -> Result<()> {
+        self.apply_batch(&[BatchOp::Put { key, value }]).await
+    }
+
+    async fn delete(&self, key: &K) -> Result<()> {
+        let op: BatchOp<K, V> = BatchOp::Delete { key: key.clone() };
+        self.apply_batch(std::slice::from_ref(&op)).await
+    }
+
+    /// Checkpoints the WAL with `PRAGMA wal_checkpoint(FULL)`.
+    ///
+    /// A checkpoint first fsyncs the WAL (at `NORMAL` too, where commits do
+    /// not), copies it into the database file and fsyncs that: once it
+    /// completes, every committed transaction is durable. `FULL` waits (up to
+    /// the busy timeout) for other connections' writes and old read snapshots
+    /// to finish, so the checkpoint covers everything; if it still cannot
+    /// complete, the flush fails rather than claim durability. In rollback
+    /// journal modes each commit is already synced and the pragma is a no-op.
+    async fn flush(&self) -> Result<()> {
+        let (busy, wal_frames, checkpointed): (i64, i64, i64) =
+            sqlx::query_as("PRAGMA wal_checkpoint(FULL)")
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(|e| self.error(e, Operation::Flush))?;
+        if busy != 0 {
+            return Err(PersistentError::backend(
+                BACKEND,
+                Operation::Flush,
+                self.location(),
+                format!(
+                    "database busy: the wal checkpoint could not complete ({checkpointed} of {wal_frames} frames copied)"
+                ),
+            ));
+        }
+        tracing::trace!(store = %self.inner.store, wal_frames, "checkpointed");
+        Ok(())
+    }
+
+    async fn contains_key(&self, key: &K) -> Result<bool> {
+        let key_text = key_to_text(key).map_err(|e| {
+            PersistentError::encode("key", self.location().with_key(render_key(key)), e)
+        })?;
+        let found: Option<i64> = sqlx::query_scalar(&self.inner.sql.contains)
+            .bind(key_text)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| self.error(e, Operation::Load))?;
+        Ok(found.is_some())
+    }
+
+    async fn len(&self) -> Result<usize> {
+        let count: i64 = sqlx::query_scalar(&self.inner.sql.count)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(|e| self.error(e, Operation::Load))?;
+        // COUNT(*) is never negative; saturate rather than panic regardless.
+        Ok(usize::try_from(count).unwrap_or(usize::MAX))
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction per batch: multi-row upserts and
+    /// `DELETE ... IN (...)` in chunks of at most 256 rows. Everything is
+    /// encoded first, so an unencodable key or value fails the batch before
+    /// anything is written.
+    async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let EncodedBatch { puts, deletes } = self.encode_batch(batch)?;
+        let sql = &self.inner.sql;
+        // A single change (the map replays a failed batch change by change)
+        // is reported with its key.
+        let location = match batch {
+            [op] => self.location().with_key(render_key(op.key())),
+            _ => self.location(),
+        };
+        let fail = |e| map_sqlx_error(e, Operation::Write, location.clone(), &self.inner.path);
+        // IMMEDIATE takes the write lock up front, waiting through the busy
+        // timeout; a deferred transaction could instead fail mid-batch.
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
+        for (statement, keys) in chunks(&deletes) {
+            let mut query = sqlx::query(&sql.delete[statement]);
+            for key in keys {
+                query = query.bind(key.as_str());
+            }
+            query.execute(&mut *tx).await.map_err(fail)?;
+        }
+        for (statement, rows) in chunks(&puts) {
+            let mut query = sqlx::query(&sql.upsert[statement]);
+            for (key, value) in rows {
+                query = query.bind(key.as_str()).bind(value.as_str());
+            }
+            query.execute(&mut *tx).await.map_err(fail)?;
+        }
+        tx.commit().await.map_err(fail)
+    }
+
+    async fn clear(&self) -> Result<()> {
+        let fail = |e| self.error(e, Operation::Clear);
+        let mut tx = self
+            .inner
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
+        sqlx::query(&self.inner.sql.delete_all)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?;
+        tx.commit().await.map_err(fail)
+    }
+
+    /// Streams the rows, decoding each as it arrives. A row that does not
+    /// decode stops the load with an error naming the table and key; nothing
+    /// is changed.
+    async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
+        let mut rows = sqlx::query(&self.inner.sql.select_all).fetch(&self.inner.pool);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| self.error(e, Operation::Load))?
+        {
+            let key_text = self.text_column(&row, 0, "key", None)?;
+            let key: K = key_from_text(&key_text).map_err(|e| {
+                PersistentError::decode("key", self.location().with_key(render_key(&key_text)), e)
+            })?;
+            let value_text = self.text_column(&row, 1, "value", Some(&key_text))?;
+            let value: V = value_from_json(&value_text).map_err(|e| {
+                PersistentError::decode("value", self.location().with_key(render_key(&key_text)), e)
+            })?;
+            sink(key, value);
+        }
+        Ok(())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_atomic_batch(true)
+            .with_durable(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_are_powers_of_two_up_to_the_limit() {
+        let items: Vec<u32> = (0..1000).collect();
+        let sizes: Vec<usize> = chunks(&items).map(|(_, c)| c.len()).collect();
+        assert_eq!(sizes, [256, 256, 256, 128, 64, 32, 8]);
+        assert!(chunks(&items).all(|(i, c)| 1 << i == c.len()));
+        assert_eq!(chunks::<u32>(&[]).count(), 0);
+        let in_order: Vec<u32> = chunks(&items).flat_map(|(_, c)| c.to_vec()).collect();
+        assert_eq!(in_order, items);
+    }
+
+    #[test]
+    fn statements_cover_every_chunk_size() {
+        let sql = Statements::new("kv");
+        assert_eq!(sql.upsert.len(), CHUNK_SIZES);
+        assert_eq!(
+            sql.delete[2],
+            "DELETE FROM \"kv\" WHERE key IN (?, ?, ?, ?)"
+        );
+        assert!(sql.upsert[0].starts_with("INSERT INTO \"kv\" (key, value) VALUES (?, ?) ON"));
+    }
+}
