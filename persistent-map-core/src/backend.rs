@@ -296,8 +296,54 @@ where
         Ok(())
     }
 
+    /// Returns the current stored value of each of `keys` (`None` for a
+    /// missing key), in order. Used to refresh the cache after another
+    /// instance changed those keys. The default loads everything.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_all`](Self::load_all).
+    async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>, PersistentError> {
+        let mut all = self.load_all().await?;
+        Ok(keys
+            .iter()
+            .map(|key| (key.clone(), all.remove(key)))
+            .collect())
+    }
+
+    /// For a store shared by several instances (a database server): a feed
+    /// of the keys other instances change, so this instance's cache follows
+    /// them. The default (and any backend that returns `None`) has no feed.
+    ///
+    /// The backend must leave out changes made through itself, and must send
+    /// [`RemoteChange::Resync`] whenever notifications may have been missed
+    /// (for example after a reconnect). The map reacts from its writer task,
+    /// in order with its own writes, by reading the keys' current values with
+    /// [`load_keys`](Self::load_keys).
+    ///
+    /// # Errors
+    ///
+    /// When the feed cannot be set up; the map then fails to open.
+    async fn watch(&self) -> Result<Option<RemoteChanges<K>>, PersistentError> {
+        Ok(None)
+    }
+
     /// Declares optional behaviour. The default declares none.
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
     }
+}
+
+/// The receiving end of a [`StorageBackend::watch`] feed.
+pub type RemoteChanges<K> = tokio::sync::mpsc::Receiver<RemoteChange<K>>;
+
+/// What another instance sharing the store did, as announced by a
+/// [`StorageBackend::watch`] feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteChange<K> {
+    /// These keys were written or removed; their current values must be read.
+    Changed(Vec<K>),
+    /// Notifications may have been lost: everything must be read again.
+    Resync,
 }

@@ -8,7 +8,7 @@ mod error;
 mod map;
 mod pipeline;
 
-pub use backend::{BatchOp, Capabilities, StorageBackend};
+pub use backend::{BatchOp, Capabilities, RemoteChange, RemoteChanges, StorageBackend};
 pub use batch::{Batch, Transaction};
 pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH};
 pub use error::{render_key, BoxError, Location, Operation, PersistentError, Result};

@@ -13,7 +13,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, RwLock, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::backend::{BatchOp, StorageBackend};
+use crate::backend::{BatchOp, RemoteChanges, StorageBackend};
 use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
 use crate::error::{PersistentError, Result};
@@ -45,6 +45,16 @@ use crate::pipeline::{self, Command, Decision, Health, PipelineConfig, Unit, Wai
 ///
 /// Write-behind mode ([`PersistentMapBuilder::write_behind`]) trades the first
 /// guarantee for speed: see [`WriteBehind`](crate::WriteBehind).
+///
+/// # Shared stores
+///
+/// When the backend offers a change feed ([`StorageBackend::watch`], e.g. a
+/// database server shared by several instances), a write-through map follows
+/// the other instances' writes: its writer task re-reads each key announced
+/// as changed, in order with its own writes, so a reader sees another
+/// instance's acknowledged write shortly after it was made (eventual
+/// consistency; there is no cross-instance locking). Write-behind maps do not
+/// follow the feed: their cache may be ahead of the store.
 ///
 /// # Example
 ///
@@ -156,6 +166,11 @@ where
             Arc::clone(&health),
             config,
         );
+        if behind_capacity.is_none() {
+            if let Some(feed) = backend.watch().await? {
+                spawn_follower(feed, queue.downgrade());
+            }
+        }
         let behind = behind_capacity.map(|capacity| Behind {
             slots: Arc::new(Semaphore::new(capacity)),
             capacity,
@@ -734,6 +749,23 @@ where
             .map_err(|_| PersistentError::Closed)?;
         answer.await.map_err(|_| PersistentError::Closed)?
     }
+}
+
+/// Forwards another instance's changes to the writer, until the feed or the
+/// map goes away.
+fn spawn_follower<K, V>(mut feed: RemoteChanges<K>, queue: mpsc::WeakUnboundedSender<Command<K, V>>)
+where
+    K: Send + 'static,
+    V: Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(change) = feed.recv().await {
+            let Some(queue) = queue.upgrade() else { break };
+            if queue.send(Command::Remote(change)).is_err() {
+                break;
+            }
+        }
+    });
 }
 
 impl<K, V, B> Drop for PersistentMap<K, V, B> {

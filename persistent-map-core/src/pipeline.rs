@@ -25,7 +25,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
-use crate::backend::{BatchOp, StorageBackend};
+use crate::backend::{BatchOp, RemoteChange, StorageBackend};
 use crate::batch::Transaction;
 use crate::error::{PersistentError, Result};
 
@@ -70,6 +70,8 @@ pub(crate) enum Command<K, V> {
     Flush(Reply<()>),
     /// Replace the cache with what the store holds and clear a poisoned state.
     Reload(Reply<()>),
+    /// Another instance changed the shared store.
+    Remote(RemoteChange<K>),
     /// Flush, then stop: commands queued behind it are refused.
     Close(Reply<()>),
 }
@@ -269,6 +271,14 @@ where
                 }
                 Command::Reload(reply) => {
                     let _ = reply.send(self.reload().await);
+                    None
+                }
+                Command::Remote(change) => {
+                    if let Err(err) = self.follow(change).await {
+                        // The next notification or resync tries again; a
+                        // stale cache is logged, never silent.
+                        tracing::warn!(error = %err, "could not refresh the cache from the shared store");
+                    }
                     None
                 }
                 Command::Close(reply) => {
@@ -542,6 +552,28 @@ where
             .await
             .map_err(|_| PersistentError::Closed)?
             .map(|_| removed)
+    }
+
+    /// Brings the cache in line with changes another instance made. Runs in
+    /// order with this map's own writes, so a value read here can never
+    /// overwrite a newer local write.
+    async fn follow(&mut self, change: RemoteChange<K>) -> Result<()> {
+        match change {
+            RemoteChange::Resync => self.reload().await,
+            RemoteChange::Changed(keys) => {
+                for (key, value) in self.backend.load_keys(&keys).await? {
+                    match value {
+                        Some(value) => {
+                            self.cache.insert(key, value);
+                        }
+                        None => {
+                            self.cache.remove(&key);
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
     }
 
     async fn reload(&mut self) -> Result<()> {
