@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 
-use dashmap::DashMap;
-
 use crate::backend::BatchOp;
+use crate::pipeline::Cache;
 
 /// An ordered list of puts and removes, applied atomically by
 /// [`PersistentMap::apply`](crate::PersistentMap::apply).
@@ -99,7 +98,7 @@ impl<K, V> FromIterator<BatchOp<K, V>> for Batch<K, V> {
 /// closure works on: reads see the map plus the transaction's own changes, and
 /// no other write of the map happens while the closure runs.
 pub struct Transaction<'a, K, V> {
-    cache: &'a DashMap<K, V>,
+    cache: &'a Cache<K, V>,
     overlay: HashMap<K, Option<V>>,
     ops: Vec<BatchOp<K, V>>,
 }
@@ -109,7 +108,7 @@ where
     K: Eq + Hash + Clone,
     V: Clone,
 {
-    pub(crate) fn new(cache: &'a DashMap<K, V>) -> Self {
+    pub(crate) fn new(cache: &'a Cache<K, V>) -> Self {
         Self {
             cache,
             overlay: HashMap::new(),

@@ -28,12 +28,18 @@ use serde::Serialize;
 ///
 /// When the key cannot be serialized to JSON (e.g. a map with non-string keys).
 pub fn key_to_text<K: Serialize + ?Sized>(key: &K) -> Result<String, serde_json::Error> {
-    let json = serde_json::to_string(key)?;
-    if json.starts_with('"') {
-        serde_json::from_str::<String>(&json)
-    } else {
-        Ok(json)
+    let mut json = serde_json::to_string(key)?;
+    if !json.starts_with('"') {
+        return Ok(json);
     }
+    if json.contains('\\') {
+        // Escapes to undo: let the JSON parser do it.
+        return serde_json::from_str::<String>(&json);
+    }
+    // A plain string: drop the quotes in place instead of parsing.
+    json.pop();
+    json.remove(0);
+    Ok(json)
 }
 
 /// Decodes a key written by [`key_to_text`] (or by 0.1.x as `to_string()`).

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
-use dashmap::DashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, RwLock, Semaphore};
@@ -17,13 +16,13 @@ use crate::backend::{BatchOp, RemoteChanges, StorageBackend};
 use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
 use crate::error::{PersistentError, Result};
-use crate::pipeline::{self, Command, Decision, Health, PipelineConfig, Unit, Waiter};
+use crate::pipeline::{self, Cache, Command, Decision, Health, PipelineConfig, Unit, Waiter};
 
 /// A concurrent map whose entries survive restarts.
 ///
 /// Reads ([`get`](Self::get), [`contains_key`](Self::contains_key),
 /// [`len`](Self::len), iteration) are served from an in-memory
-/// [`DashMap`] and never wait on the backend. Writes flow through one ordered
+/// [`DashMap`](dashmap::DashMap) and never wait on the backend. Writes flow through one ordered
 /// pipeline into the [`StorageBackend`].
 ///
 /// # Guarantees (write-through, the default)
@@ -75,7 +74,7 @@ use crate::pipeline::{self, Command, Decision, Health, PipelineConfig, Unit, Wai
 /// # }
 /// ```
 pub struct PersistentMap<K, V, B> {
-    cache: Arc<DashMap<K, V>>,
+    cache: Arc<Cache<K, V>>,
     backend: Arc<B>,
     queue: mpsc::UnboundedSender<Command<K, V>>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -151,7 +150,7 @@ where
         config: PipelineConfig,
         behind_capacity: Option<usize>,
     ) -> Result<Self> {
-        let cache = DashMap::new();
+        let cache = Cache::default();
         backend
             .load_into(&mut |k, v| {
                 cache.insert(k, v);

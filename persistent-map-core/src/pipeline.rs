@@ -12,7 +12,6 @@
 //! In write-behind mode callers update the cache themselves and queue the
 //! change in the same critical section; the writer only persists.
 
-use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +27,10 @@ use tokio::time::Instant;
 use crate::backend::{BatchOp, RemoteChange, StorageBackend};
 use crate::batch::Transaction;
 use crate::error::{PersistentError, Result};
+
+/// The cache: a concurrent map with a fast keyed hasher (aHash, seeded at
+/// random per process, so keys chosen by an attacker cannot force collisions).
+pub(crate) type Cache<K, V> = DashMap<K, V, ahash::RandomState>;
 
 /// A reply channel for one caller.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -160,7 +163,7 @@ impl Health {
 }
 
 pub(crate) fn spawn_writer<K, V, B>(
-    cache: Arc<DashMap<K, V>>,
+    cache: Arc<Cache<K, V>>,
     backend: Arc<B>,
     health: Arc<Health>,
     config: PipelineConfig,
@@ -188,7 +191,7 @@ where
 }
 
 struct Writer<K, V, B> {
-    cache: Arc<DashMap<K, V>>,
+    cache: Arc<Cache<K, V>>,
     backend: Arc<B>,
     health: Arc<Health>,
     config: PipelineConfig,
@@ -200,7 +203,6 @@ struct Writer<K, V, B> {
 struct Gather<K, V> {
     units: Vec<Unit<K, V>>,
     ops: usize,
-    touched: HashSet<K>,
 }
 
 impl<K: Eq + Hash, V> Gather<K, V> {
@@ -208,13 +210,21 @@ impl<K: Eq + Hash, V> Gather<K, V> {
         Self {
             units: Vec::new(),
             ops: 0,
-            touched: HashSet::new(),
         }
     }
 
     fn push(&mut self, unit: Unit<K, V>) {
         self.ops += unit.ops.len();
         self.units.push(unit);
+    }
+
+    /// Whether a change to `key` is already in this batch. A scan rather than
+    /// an index: it is only needed for the rare commands that decide on the
+    /// current value, and an index would cost every bulk write a key clone.
+    fn touches(&self, key: &K) -> bool {
+        self.units
+            .iter()
+            .any(|unit| unit.ops.iter().any(|op| op.key() == key))
     }
 }
 
@@ -329,14 +339,11 @@ where
         match command {
             Command::Commit(unit) => {
                 if let ([BatchOp::Delete { key }], Waiter::One(_)) = (&unit.ops[..], &unit.waiter) {
-                    if !batch.touched.contains(key) && !self.cache.contains_key(key) {
+                    if !self.cache.contains_key(key) && !batch.touches(key) {
                         // Removing a missing key changes nothing: answer without writing.
                         settle_reply(unit.waiter, vec![None]);
                         return Admit::Taken;
                     }
-                }
-                for op in &unit.ops {
-                    batch.touched.insert(op.key().clone());
                 }
                 batch.push(unit);
                 Admit::Taken
@@ -351,7 +358,7 @@ where
                 Admit::Taken
             }
             Command::Update(key, decide, reply) => {
-                if batch.touched.contains(&key) {
+                if batch.touches(&key) {
                     // Decide on committed state only.
                     return Admit::Later(Command::Update(key, decide, reply));
                 }
@@ -377,7 +384,6 @@ where
                         waiter: Waiter::Updated(reply, Some(value)),
                     },
                 };
-                batch.touched.insert(key);
                 batch.push(unit);
                 Admit::Taken
             }
@@ -391,9 +397,6 @@ where
                 if ops.is_empty() {
                     let _ = reply.send(Ok(()));
                     return Admit::Taken;
-                }
-                for op in &ops {
-                    batch.touched.insert(op.key().clone());
                 }
                 batch.push(Unit {
                     ops,
@@ -545,7 +548,6 @@ where
                 ops: doomed,
                 waiter: Waiter::Many(reply),
             }],
-            touched: HashSet::new(),
         })
         .await;
         answer
@@ -577,7 +579,7 @@ where
     }
 
     async fn reload(&mut self) -> Result<()> {
-        let fresh = DashMap::with_capacity(self.cache.len());
+        let fresh = Cache::with_capacity_and_hasher(self.cache.len(), ahash::RandomState::new());
         self.backend
             .load_into(&mut |k, v| {
                 fresh.insert(k, v);

@@ -130,6 +130,26 @@ struct EncodedBatch {
     deletes: Vec<String>,
 }
 
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// A multi-row upsert of `rows`, with `sql` prepared for exactly that many rows.
+fn upsert<'q>(sql: &'q str, rows: &'q [(String, String)]) -> Query<'q> {
+    let mut query = sqlx::query(sql);
+    for (key, value) in rows {
+        query = query.bind(key.as_str()).bind(value.as_str());
+    }
+    query
+}
+
+/// A multi-key delete of `keys`, with `sql` prepared for exactly that many keys.
+fn remove<'q>(sql: &'q str, keys: &'q [String]) -> Query<'q> {
+    let mut query = sqlx::query(sql);
+    for key in keys {
+        query = query.bind(key.as_str());
+    }
+    query
+}
+
 /// Splits `items` into chunks whose lengths are powers of two, at most
 /// [`MAX_CHUNK`]; yields each chunk with the index of its statement.
 fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> {
@@ -391,7 +411,7 @@ impl SqliteBackend {
         &self,
         batch: &[BatchOp<K, V>],
     ) -> Result<EncodedBatch> {
-        let mut last: HashMap<String, Option<String>> = HashMap::with_capacity(batch.len());
+        let mut encoded = Vec::with_capacity(batch.len());
         for op in batch {
             let key = op.key();
             let key_text = key_to_text(key).map_err(|e| {
@@ -403,16 +423,32 @@ impl SqliteBackend {
                 })?),
                 BatchOp::Delete { .. } => None,
             };
-            last.insert(key_text, value_text);
+            encoded.push((key_text, value_text));
         }
-        let mut encoded = EncodedBatch::default();
-        for (key, value) in last {
-            match value {
-                Some(value) => encoded.puts.push((key, value)),
-                None => encoded.deletes.push(key),
+        // Only the last change per key counts (deletes and upserts then run as
+        // separate statements). The caller's order is kept, so B-tree inserts
+        // stay local when keys arrive sorted.
+        let keep: Vec<bool> = if encoded.len() == 1 {
+            vec![true]
+        } else {
+            let mut last: HashMap<&str, usize, ahash::RandomState> =
+                HashMap::with_capacity_and_hasher(encoded.len(), ahash::RandomState::new());
+            for (i, (key, _)) in encoded.iter().enumerate() {
+                last.insert(key.as_str(), i);
+            }
+            (0..encoded.len())
+                .map(|i| last.get(encoded[i].0.as_str()) == Some(&i))
+                .collect()
+        };
+        let mut net = EncodedBatch::default();
+        for ((key, value), keep) in encoded.into_iter().zip(keep) {
+            match (keep, value) {
+                (false, _) => {}
+                (true, Some(value)) => net.puts.push((key, value)),
+                (true, None) => net.deletes.push(key),
             }
         }
-        Ok(encoded)
+        Ok(net)
     }
 
     /// Reads column `index` of `row` as text, refusing NULL and BLOB.
@@ -579,6 +615,17 @@ where
             _ => self.location(),
         };
         let fail = |e| map_sqlx_error(e, Operation::Write, location.clone(), &self.inner.path);
+        let statements = chunks(&deletes).count() + chunks(&puts).count();
+        if statements == 1 {
+            // One statement is atomic on its own: no BEGIN/COMMIT round trips.
+            let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
+            let query = match (chunks(&puts).next(), chunks(&deletes).next()) {
+                (Some((statement, rows)), None) => upsert(&sql.upsert[statement], rows),
+                (None, Some((statement, keys))) => remove(&sql.delete[statement], keys),
+                _ => return Ok(()),
+            };
+            return query.execute(&mut *conn).await.map(drop).map_err(fail);
+        }
         // IMMEDIATE takes the write lock up front, waiting through the busy
         // timeout; a deferred transaction could instead fail mid-batch.
         let mut tx = self
@@ -588,18 +635,16 @@ where
             .await
             .map_err(fail)?;
         for (statement, keys) in chunks(&deletes) {
-            let mut query = sqlx::query(&sql.delete[statement]);
-            for key in keys {
-                query = query.bind(key.as_str());
-            }
-            query.execute(&mut *tx).await.map_err(fail)?;
+            remove(&sql.delete[statement], keys)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
         }
         for (statement, rows) in chunks(&puts) {
-            let mut query = sqlx::query(&sql.upsert[statement]);
-            for (key, value) in rows {
-                query = query.bind(key.as_str()).bind(value.as_str());
-            }
-            query.execute(&mut *tx).await.map_err(fail)?;
+            upsert(&sql.upsert[statement], rows)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
         }
         tx.commit().await.map_err(fail)
     }

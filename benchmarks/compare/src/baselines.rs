@@ -1,0 +1,199 @@
+//! The reference points: raw sqlx, redb, a bare DashMap and bare file loops.
+
+use std::fs::OpenOptions;
+use std::hint::black_box;
+use std::io::Write;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Instant;
+
+use dashmap::DashMap;
+use futures::TryStreamExt;
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+
+use crate::data::{key, value, Run};
+
+const TABLE: TableDefinition<&str, &str> = TableDefinition::new("kv");
+
+pub async fn sqlx_pool(path: &Path, sync: SqliteSynchronous) -> SqlitePool {
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+        .expect("url")
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(sync);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .expect("connect");
+    sqlx::query("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .expect("create");
+    pool
+}
+
+/// One autocommit single-row upsert per acknowledged insert.
+pub async fn sqlx_sequential_inserts(path: &Path, sync: SqliteSynchronous, n: u64) -> Run {
+    let pool = sqlx_pool(path, sync).await;
+    let start = Instant::now();
+    for i in 0..n {
+        sqlx::query("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(key(i))
+            .bind(serde_json::to_string(&value(i)).expect("json"))
+            .execute(&pool)
+            .await
+            .expect("insert");
+    }
+    let run = Run { ops: n, secs: start.elapsed().as_secs_f64() };
+    pool.close().await;
+    run
+}
+
+/// One transaction, prepared 256-row multi-row inserts. Encoding the values
+/// as JSON (the stored format) is inside the clock, as it is for the map.
+pub async fn sqlx_bulk(path: &Path, n: u64) -> Run {
+    let pool = sqlx_pool(path, SqliteSynchronous::Normal).await;
+    let data: Vec<(String, String)> = (0..n).map(|i| (key(i), value(i))).collect();
+    const CHUNK: usize = 256;
+    let statement = format!(
+        "INSERT INTO kv (key, value) VALUES {}",
+        vec!["(?, ?)"; CHUNK].join(", ")
+    );
+    let start = Instant::now();
+    let rows: Vec<(&str, String)> = data
+        .iter()
+        .map(|(k, v)| (k.as_str(), serde_json::to_string(v).expect("json")))
+        .collect();
+    let mut tx = pool.begin().await.expect("begin");
+    for chunk in rows.chunks(CHUNK) {
+        if chunk.len() == CHUNK {
+            let mut query = sqlx::query(&statement);
+            for (k, v) in chunk {
+                query = query.bind(k).bind(v);
+            }
+            query.execute(&mut *tx).await.expect("insert");
+        } else {
+            for (k, v) in chunk {
+                sqlx::query("INSERT INTO kv (key, value) VALUES (?, ?)")
+                    .bind(k)
+                    .bind(v)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+            }
+        }
+    }
+    tx.commit().await.expect("commit");
+    sqlx::query("PRAGMA wal_checkpoint(FULL)").execute(&pool).await.expect("checkpoint");
+    let run = Run { ops: n, secs: start.elapsed().as_secs_f64() };
+    pool.close().await;
+    run
+}
+
+/// A full-table scan decoding every row (key text, JSON value).
+pub async fn sqlx_scan(path: &Path) -> Run {
+    let start = Instant::now();
+    let pool = sqlx_pool(path, SqliteSynchronous::Normal).await;
+    let mut rows = sqlx::query("SELECT key, value FROM kv").fetch(&pool);
+    let map = DashMap::new();
+    while let Some(row) = rows.try_next().await.expect("row") {
+        let k: String = row.get(0);
+        let v: String = serde_json::from_str(row.get::<&str, _>(1)).expect("json");
+        map.insert(k, v);
+    }
+    drop(rows);
+    let run = Run { ops: map.len() as u64, secs: start.elapsed().as_secs_f64() };
+    pool.close().await;
+    run
+}
+
+/// One durable write transaction per insert.
+pub fn redb_sequential_inserts(path: &Path, n: u64) -> Run {
+    let db = redb::Database::create(path).expect("redb");
+    let start = Instant::now();
+    for i in 0..n {
+        let tx = db.begin_write().expect("begin");
+        {
+            let mut table = tx.open_table(TABLE).expect("table");
+            table.insert(key(i).as_str(), value(i).as_str()).expect("insert");
+        }
+        tx.commit().expect("commit");
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+pub fn redb_bulk(path: &Path, n: u64) -> Run {
+    let db = redb::Database::create(path).expect("redb");
+    let start = Instant::now();
+    let tx = db.begin_write().expect("begin");
+    {
+        let mut table = tx.open_table(TABLE).expect("table");
+        for i in 0..n {
+            table.insert(key(i).as_str(), value(i).as_str()).expect("insert");
+        }
+    }
+    tx.commit().expect("commit");
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+pub fn redb_scan(path: &Path) -> Run {
+    let start = Instant::now();
+    let db = redb::Database::create(path).expect("redb");
+    let tx = db.begin_read().expect("begin");
+    let table = tx.open_table(TABLE).expect("table");
+    let map = DashMap::new();
+    for entry in table.iter().expect("iter") {
+        let (k, v) = entry.expect("entry");
+        map.insert(k.value().to_owned(), v.value().to_owned());
+    }
+    Run { ops: map.len() as u64, secs: start.elapsed().as_secs_f64() }
+}
+
+pub fn dashmap_gets(entries: u64, n: u64) -> Run {
+    let map: DashMap<String, String> = (0..entries).map(|i| (key(i), value(i))).collect();
+    let keys: Vec<String> = (0..entries).map(|i| key((i * 7919) % entries)).collect();
+    let start = Instant::now();
+    for i in 0..n {
+        black_box(map.get(&keys[(i % entries) as usize]).map(|v| v.value().clone()));
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// The floor for surviving a power cut record by record: append, fdatasync.
+pub fn fdatasync_loop(path: &Path, n: u64) -> Run {
+    let mut file = OpenOptions::new().create(true).append(true).open(path).expect("open");
+    let start = Instant::now();
+    for i in 0..n {
+        file.write_all(format!("put,{},\"{}\"\n", key(i), value(i)).as_bytes()).expect("write");
+        file.sync_data().expect("fdatasync");
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// The floor for surviving kill -9 record by record: one write call each.
+pub fn append_loop(path: &Path, n: u64) -> Run {
+    let mut file = OpenOptions::new().create(true).append(true).open(path).expect("open");
+    let start = Instant::now();
+    for i in 0..n {
+        file.write_all(format!("put,{},\"{}\"\n", key(i), value(i)).as_bytes()).expect("write");
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// One fdatasync after 1,000 appended records, averaged over `rounds`.
+pub fn one_fdatasync_per_thousand(path: &Path, rounds: u64) -> Run {
+    let mut file = OpenOptions::new().create(true).append(true).open(path).expect("open");
+    let mut syncing = 0.0;
+    for round in 0..rounds {
+        for i in round * 1000..(round + 1) * 1000 {
+            file.write_all(format!("put,{},\"{}\"\n", key(i), value(i)).as_bytes()).expect("write");
+        }
+        let start = Instant::now();
+        file.sync_data().expect("fdatasync");
+        syncing += start.elapsed().as_secs_f64();
+    }
+    Run { ops: rounds, secs: syncing }
+}
