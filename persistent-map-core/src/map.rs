@@ -258,9 +258,10 @@ where
         I: IntoIterator<Item = &'a K>,
         K: 'a,
     {
+        // No filtering on the cache here: a key may be inserted by a change
+        // queued before this one, and the removal must apply to it.
         let ops = keys
             .into_iter()
-            .filter(|key| self.cache.contains_key(*key))
             .map(|key| BatchOp::Delete { key: key.clone() })
             .collect();
         let replaced = self.write_many(ops).await?;
