@@ -13,12 +13,13 @@ cargo fmt --all -- --check
 step "cargo clippy (all targets, all features, warnings denied)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "tests"
+step "tests (against real PostgreSQL and Redis servers, found or started by scripts/test-servers.sh)"
+export PERSISTENT_MAP_REQUIRE_SERVERS=1
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --all-features --no-fail-fast
-    cargo test --workspace --all-features --doc
+    ./scripts/test-servers.sh sh -c \
+        'cargo nextest run --workspace --all-features --no-fail-fast && cargo test --workspace --all-features --doc'
 else
-    cargo test --workspace --all-features --no-fail-fast
+    ./scripts/test-servers.sh cargo test --workspace --all-features --no-fail-fast
 fi
 
 step "cargo doc (warnings denied)"
@@ -26,11 +27,11 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 
 step "each crate on its own"
 for package in persistent-map-core persistent-map-memory persistent-map-sqlite \
-    persistent-map-csv persistent-map-conformance; do
+    persistent-map-csv persistent-map-postgres persistent-map-redis persistent-map-conformance; do
     cargo check --quiet -p "$package"
 done
 cargo check --quiet -p persistent-map --no-default-features
-for feature in sqlite csv_backend in_memory; do
+for feature in sqlite csv_backend in_memory postgres redis; do
     cargo check --quiet -p persistent-map --no-default-features --features "$feature"
 done
 

@@ -11,6 +11,15 @@ use serde::Serialize;
 
 use crate::factory::StoreFactory;
 
+/// Tells the person running the tests that `case` was skipped and why.
+///
+/// Written straight to the process's standard error, which the test
+/// harness does not capture, so the skip is visible in a passing run.
+pub fn skip_notice(case: &str, reason: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP: {case}: {reason}");
+}
+
 /// Runs one case on a fresh multi-threaded runtime, so cases exercise real
 /// parallelism whatever test harness calls them.
 ///

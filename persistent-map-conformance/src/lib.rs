@@ -6,7 +6,7 @@ mod harness;
 pub mod types;
 
 pub use factory::{ConformanceBackend, StoreFactory};
-pub use harness::run_case;
+pub use harness::{run_case, skip_notice};
 pub use persistent_map_core::async_trait;
 
 /// Expands to one `#[test]` per conformance case, each running against a
@@ -19,11 +19,32 @@ pub use persistent_map_core::async_trait;
 /// Cases that depend on optional behaviour read the backend's
 /// [`Capabilities`](persistent_map_core::Capabilities) and check the
 /// guarantee that applies; none is skipped by hand.
+///
+/// A backend that needs something outside the test (a database server) uses
+/// the second form: `skip_if` is evaluated at the start of every case, and
+/// when it gives `Some(reason)` the case prints `SKIP: <case>: <reason>`
+/// (to the terminal, past the test harness's output capture) and passes
+/// without building the factory. Make the expression panic instead when a
+/// missing server must fail the run (as `PERSISTENT_MAP_REQUIRE_SERVERS=1`
+/// asks).
+///
+/// ```ignore
+/// persistent_map_conformance::conformance_tests!(
+///     MyFactory::new(),
+///     skip_if = std::env::var("MY_SERVER_URL")
+///         .is_err()
+///         .then_some("set MY_SERVER_URL")
+/// );
+/// ```
 #[macro_export]
 macro_rules! conformance_tests {
     ($factory:expr) => {
+        $crate::conformance_tests!($factory, skip_if = ::std::option::Option::<&str>::None);
+    };
+    ($factory:expr, skip_if = $skip:expr $(,)?) => {
         $crate::__conformance_cases! {
             $factory;
+            $skip;
             round_trip_text,
             round_trip_records,
             round_trip_tuple_keys,
@@ -50,10 +71,14 @@ macro_rules! conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __conformance_cases {
-    ($factory:expr; $($case:ident),* $(,)?) => {
+    ($factory:expr; $skip:expr; $($case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() {
+                if let ::std::option::Option::Some(reason) = $skip {
+                    $crate::skip_notice(stringify!($case), &reason);
+                    return;
+                }
                 $crate::run_case($factory, $crate::cases::$case);
             }
         )*

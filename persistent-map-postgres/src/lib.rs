@@ -1,0 +1,19 @@
+#![doc = include_str!("../README.md")]
+
+mod backend;
+mod config;
+mod error;
+mod notify;
+mod stored;
+mod watch;
+
+pub use backend::{PostgresBackend, FORMAT_VERSION};
+pub use config::{
+    PostgresBuilder, PostgresOptions, Watch, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
+    DEFAULT_SCHEMA, DEFAULT_TABLE,
+};
+pub use stored::VALUE_MARKER;
+
+/// The sqlx pool types accepted by [`PostgresBackend::from_pool`], re-exported
+/// so callers need not depend on the same sqlx version by hand.
+pub use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

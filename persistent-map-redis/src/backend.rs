@@ -1,0 +1,627 @@
+//! [`RedisBackend`]: one map per Redis hash.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::Hash;
+use std::sync::Arc;
+
+use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
+use persistent_map_core::{
+    async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError,
+    RemoteChanges, Result, StorageBackend,
+};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::config::{RedisBuilder, RedisOptions, Watch};
+use crate::error::{map_redis_error, outcome_unknown, BACKEND};
+use crate::notify;
+use crate::watch::Feed;
+
+/// The newest format this release reads and the one it writes.
+///
+/// * `1`: a hash `<prefix>:<name>` with one field per key (the key's text)
+///   holding the value's JSON text, and a hash `<prefix>:<name>:meta` with
+///   the field `format_version`.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The field of the meta hash holding the format version.
+const VERSION_FIELD: &str = "format_version";
+
+/// A [`StorageBackend`] that keeps a map in a Redis hash.
+///
+/// Keys are stored as hash fields with
+/// [`key_to_text`](persistent_map_core::codec::key_to_text) (string keys as
+/// themselves, other keys as JSON), values as JSON text. Every batch the map
+/// hands over is one `MULTI`/`EXEC` transaction; with [`Watch::Enabled`]
+/// (the default) it also publishes its keys, and maps on other instances
+/// re-read them. Commands go through a [`ConnectionManager`], which
+/// reconnects after the server comes back. See the crate documentation for
+/// durability and the consistency model.
+///
+/// Clones share one connection and one hash.
+///
+/// ```no_run
+/// use persistent_map_core::PersistentMap;
+/// use persistent_map_redis::RedisBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map_core::Result<()> {
+/// let backend = RedisBackend::new("redis://127.0.0.1:6379").await?;
+/// let map: PersistentMap<String, u32, _> = PersistentMap::new(backend).await?;
+/// map.insert("answer".to_string(), 42).await?;
+/// map.close().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: ConnectionManager,
+    /// `host:port` (or the socket path), never credentials.
+    endpoint: String,
+    db: i64,
+    hash_key: String,
+    meta_key: String,
+    channel: String,
+    /// `hash "<key>" on <endpoint>/<db>`, the store named in errors.
+    store: String,
+    instance: String,
+    watch: Watch,
+    scan_count: usize,
+    /// `None` when watching is disabled.
+    feed: Option<Feed>,
+}
+
+impl RedisBackend {
+    /// Connects to the server at `url` with the default options: hash
+    /// `persistent-map:kv`, [`Watch::Enabled`].
+    ///
+    /// `url` is `redis://[user][:password@]host[:port][/db]` (or `rediss://`
+    /// for TLS where the `redis` crate is built with it, `unix:///path`).
+    ///
+    /// # Errors
+    ///
+    /// As [`open`](Self::open).
+    pub async fn new(url: &str) -> Result<Self> {
+        Self::open(url, RedisOptions::default()).await
+    }
+
+    /// Starts a [`RedisBuilder`] to choose the prefix, name, `HSCAN` count,
+    /// timeouts and change feed.
+    pub fn builder(url: impl Into<String>) -> RedisBuilder {
+        RedisBuilder::new(url.into())
+    }
+
+    /// Connects to the server at `url` with `options` and checks (or
+    /// records) the format version.
+    ///
+    /// # Errors
+    ///
+    /// * [`PersistentError::Connection`] naming `host:port` (never the
+    ///   password) when the server cannot be reached in time,
+    /// * [`PersistentError::Corrupt`] when the hash key holds another type,
+    /// * [`PersistentError::UnsupportedFormat`] when a newer release wrote the hash,
+    /// * [`PersistentError::Backend`] for an invalid URL, prefix or name, a
+    ///   refused login, or any other failure.
+    pub async fn open(url: &str, options: RedisOptions) -> Result<Self> {
+        options.validate()?;
+        let client = redis::Client::open(url).map_err(|_| invalid_url())?;
+        let info = client.get_connection_info();
+        let endpoint = info.addr().to_string();
+        let db = info.redis_settings().db();
+        let timeout = options.connect_timeout_value();
+        // One direct connection first, so that a server that is down fails
+        // the open at once with the real cause, instead of after the
+        // manager's retries.
+        let mut check =
+            match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(err)) => {
+                    return Err(map_redis_error(
+                        err,
+                        Operation::Open,
+                        Location::new(endpoint.clone()),
+                        &endpoint,
+                    ))
+                }
+                Err(_) => {
+                    return Err(PersistentError::Connection {
+                        backend: BACKEND,
+                        endpoint,
+                        source: format!("no connection within {timeout:?}").into(),
+                    })
+                }
+            };
+        let hash_key = options.hash_key();
+        let meta_key = format!("{hash_key}:meta");
+        let channel = format!("{hash_key}:changes");
+        let store = format!("hash {hash_key:?} on {endpoint}/{db}");
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(options.response_timeout_value()))
+            .set_number_of_retries(2)
+            .set_min_delay(std::time::Duration::from_millis(50))
+            .set_max_delay(std::time::Duration::from_millis(500));
+        let manager = ConnectionManager::new_with_config(client.clone(), config)
+            .await
+            .map_err(|e| {
+                map_redis_error(e, Operation::Open, Location::new(store.clone()), &endpoint)
+            })?;
+        let instance = format!("{:016x}", fastrand::u64(..));
+        let feed = match options.watch_value() {
+            Watch::Enabled => Some(Feed::new(
+                client,
+                timeout,
+                channel.clone(),
+                instance.clone(),
+            )),
+            Watch::Disabled => None,
+        };
+        let backend = Self {
+            inner: Arc::new(Inner {
+                manager,
+                endpoint,
+                db,
+                hash_key,
+                meta_key,
+                channel,
+                store,
+                instance,
+                watch: options.watch_value(),
+                scan_count: options.scan_count_value(),
+                feed,
+            }),
+        };
+        backend.prepare(&mut check).await?;
+        Ok(backend)
+    }
+
+    /// Checks the keys' types and the format version, recording it for a
+    /// new map (`HSETNX`, so instances opening a new map at once agree).
+    async fn prepare(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
+        let inner = &*self.inner;
+        let fail = |e| self.error(e, Operation::Open);
+        for key in [&inner.hash_key, &inner.meta_key] {
+            let kind: String = redis::cmd("TYPE")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .map_err(fail)?;
+            if kind != "hash" && kind != "none" {
+                return Err(PersistentError::corrupt(
+                    self.location(),
+                    format!("the key {key:?} holds a {kind}, not a persistent-map hash"),
+                ));
+            }
+        }
+        let _: bool = conn
+            .hset_nx(&inner.meta_key, VERSION_FIELD, FORMAT_VERSION)
+            .await
+            .map_err(fail)?;
+        let found: String = conn
+            .hget(&inner.meta_key, VERSION_FIELD)
+            .await
+            .map_err(fail)?;
+        let found: u32 = found.parse().map_err(|_| {
+            PersistentError::corrupt(
+                self.location(),
+                format!("invalid format version {found:?} in {:?}", inner.meta_key),
+            )
+        })?;
+        if found > FORMAT_VERSION {
+            return Err(PersistentError::UnsupportedFormat {
+                location: self.location(),
+                found,
+                supported: FORMAT_VERSION,
+            });
+        }
+        Ok(())
+    }
+
+    /// The server, as `host:port`.
+    #[must_use]
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// The database number.
+    #[must_use]
+    pub fn db(&self) -> i64 {
+        self.inner.db
+    }
+
+    /// The hash holding the map: `<prefix>:<name>`.
+    #[must_use]
+    pub fn hash_key(&self) -> &str {
+        &self.inner.hash_key
+    }
+
+    /// The hash holding the format version: `<prefix>:<name>:meta`.
+    #[must_use]
+    pub fn meta_key(&self) -> &str {
+        &self.inner.meta_key
+    }
+
+    /// The pub/sub channel announcing changes: `<prefix>:<name>:changes`.
+    #[must_use]
+    pub fn channel(&self) -> &str {
+        &self.inner.channel
+    }
+
+    /// Whether this backend announces its writes and follows other instances'.
+    #[must_use]
+    pub fn watch(&self) -> Watch {
+        self.inner.watch
+    }
+
+    /// The reconnecting connection, for commands of your own. Writing to the
+    /// map's hash behind the map's back leaves its cache stale until
+    /// `PersistentMap::reload`, unless the write also publishes
+    /// `{"from":"cli","resync":true}` on [`channel`](Self::channel).
+    #[must_use]
+    pub fn connection(&self) -> ConnectionManager {
+        self.inner.manager.clone()
+    }
+
+    fn location(&self) -> Location {
+        Location::new(self.inner.store.clone())
+    }
+
+    fn error(&self, err: redis::RedisError, operation: Operation) -> PersistentError {
+        map_redis_error(err, operation, self.location(), &self.inner.endpoint)
+    }
+
+    fn encode_key<K: Serialize>(&self, key: &K) -> Result<String> {
+        key_to_text(key).map_err(|e| {
+            PersistentError::encode("key", self.location().with_key(render_key(key)), e)
+        })
+    }
+
+    fn decode_entry<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        field: Vec<u8>,
+        value: Vec<u8>,
+    ) -> Result<(K, V)> {
+        let field = String::from_utf8(field).map_err(|e| {
+            PersistentError::decode(
+                "key",
+                self.location()
+                    .with_key(render_key(&String::from_utf8_lossy(e.as_bytes()))),
+                e,
+            )
+        })?;
+        let at = || self.location().with_key(render_key(&field));
+        let key: K = key_from_text(&field).map_err(|e| PersistentError::decode("key", at(), e))?;
+        let value =
+            std::str::from_utf8(&value).map_err(|e| PersistentError::decode("value", at(), e))?;
+        let value: V =
+            value_from_json(value).map_err(|e| PersistentError::decode("value", at(), e))?;
+        Ok((key, value))
+    }
+
+    /// Runs a read, once more if the connection had died: the connection
+    /// manager only notices a dead connection (for example after a server
+    /// restart) when a command fails on it, and a read is safe to repeat.
+    async fn read<T>(&self, operation: Operation, command: &redis::Cmd) -> Result<T>
+    where
+        T: redis::FromRedisValue,
+    {
+        let mut conn = self.inner.manager.clone();
+        let result = match command.query_async::<T>(&mut conn).await {
+            Err(err) if crate::error::is_connection_error(&err) => {
+                tracing::debug!(error = %err, "read failed on a dead connection; retrying once");
+                command.query_async::<T>(&mut conn).await
+            }
+            other => other,
+        };
+        result.map_err(|e| self.error(e, operation))
+    }
+
+    /// Runs an atomic pipeline, and asks this instance's map to reload when
+    /// its outcome is unknown.
+    async fn run_atomic(
+        &self,
+        pipe: &redis::Pipeline,
+        operation: Operation,
+        location: Location,
+    ) -> Result<()> {
+        let mut conn = self.inner.manager.clone();
+        let result: Result<()> = pipe
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(|e| map_redis_error(e, operation, location, &self.inner.endpoint));
+        if let (Err(err), Some(feed)) = (&result, &self.inner.feed) {
+            if outcome_unknown(err) {
+                feed.resync_after_doubt();
+            }
+        }
+        result
+    }
+}
+
+fn invalid_url() -> PersistentError {
+    // The URL may hold a password: it is not repeated in the error.
+    PersistentError::backend(
+        BACKEND,
+        Operation::Open,
+        Location::new("connection url"),
+        "invalid redis connection url (expected redis://[user][:password@]host[:port][/db])",
+    )
+}
+
+/// `redis://user:secret@host/0` -> `redis://user:***@host/0`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let (head, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{user}:***@{host}"),
+            None => format!(":***@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let path = match path.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => path.to_owned(),
+    };
+    format!("{head}{authority}{path}")
+}
+
+impl fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("RedisBackend")
+            .field("endpoint", &inner.endpoint)
+            .field("db", &inner.db)
+            .field("hash_key", &inner.hash_key)
+            .field("watch", &inner.watch)
+            .field("instance", &inner.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<K, V> StorageBackend<K, V> for RedisBackend
+where
+    K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+    V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
+{
+    async fn load_all(&self) -> Result<HashMap<K, V>> {
+        let mut all = HashMap::new();
+        self.load_into(&mut |k, v| {
+            all.insert(k, v);
+        })
+        .await?;
+        Ok(all)
+    }
+
+    async fn save(&self, key: K, value: V) -> Result<()> {
+        self.apply_batch(&[BatchOp::Put { key, value }]).await
+    }
+
+    async fn delete(&self, key: &K) -> Result<()> {
+        let op: BatchOp<K, V> = BatchOp::Delete { key: key.clone() };
+        self.apply_batch(std::slice::from_ref(&op)).await
+    }
+
+    /// Redis acknowledges a write once it is in the server's memory; what
+    /// then survives a server crash is the server's persistence setting.
+    /// On Redis 7.2 and later with `appendonly yes`, flush runs `WAITAOF 1 0`
+    /// and returns once the append-only file holding every acknowledged
+    /// write is fsynced. On older servers, or without the append-only file,
+    /// there is nothing a client can wait for: flush only checks that the
+    /// server answers. See the crate documentation.
+    async fn flush(&self) -> Result<()> {
+        let mut conn = self.inner.manager.clone();
+        let waited: redis::RedisResult<(i64, i64)> = redis::cmd("WAITAOF")
+            .arg(1)
+            .arg(0)
+            .arg(0)
+            .query_async(&mut conn)
+            .await;
+        match waited {
+            Ok((local, _)) if local >= 1 => Ok(()),
+            Ok(_) => Err(PersistentError::backend(
+                BACKEND,
+                Operation::Flush,
+                self.location(),
+                "WAITAOF returned before the append-only file was fsynced",
+            )),
+            Err(err) if !crate::error::is_connection_error(&err) => {
+                // Unknown command (before 7.2) or appendonly disabled: the
+                // server answered, and has no fsync to wait for.
+                tracing::trace!(error = %err, "WAITAOF unavailable; flush relies on the server's persistence setting");
+                Ok(())
+            }
+            Err(err) => Err(self.error(err, Operation::Flush)),
+        }
+    }
+
+    async fn contains_key(&self, key: &K) -> Result<bool> {
+        let field = self.encode_key(key)?;
+        let mut command = redis::cmd("HEXISTS");
+        command.arg(&self.inner.hash_key).arg(field);
+        self.read(Operation::Load, &command).await
+    }
+
+    async fn len(&self) -> Result<usize> {
+        let mut command = redis::cmd("HLEN");
+        command.arg(&self.inner.hash_key);
+        self.read(Operation::Load, &command).await
+    }
+
+    /// One `MULTI`/`EXEC` transaction per batch: one `HDEL`, one `HSET` of
+    /// every new value and (with [`Watch::Enabled`]) a `PUBLISH` of the keys.
+    /// Everything is encoded first, so an unencodable key or value fails the
+    /// batch before anything is sent.
+    async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Only the last change per key matters inside one transaction.
+        let mut last: HashMap<String, Option<String>> = HashMap::with_capacity(batch.len());
+        for op in batch {
+            let field = self.encode_key(op.key())?;
+            let value = match op {
+                BatchOp::Put { key, value } => Some(value_to_json(value).map_err(|e| {
+                    PersistentError::encode("value", self.location().with_key(render_key(key)), e)
+                })?),
+                BatchOp::Delete { .. } => None,
+            };
+            last.insert(field, value);
+        }
+        let inner = &*self.inner;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let deletes: Vec<&str> = last
+            .iter()
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.as_str())
+            .collect();
+        if !deletes.is_empty() {
+            pipe.cmd("HDEL").arg(&inner.hash_key).arg(&deletes).ignore();
+        }
+        let mut puts = redis::cmd("HSET");
+        puts.arg(&inner.hash_key);
+        let mut any_put = false;
+        for (field, value) in &last {
+            if let Some(value) = value {
+                puts.arg(field).arg(value);
+                any_put = true;
+            }
+        }
+        if any_put {
+            pipe.add_command(puts).ignore();
+        }
+        if inner.watch == Watch::Enabled {
+            let keys: Vec<&str> = last.keys().map(String::as_str).collect();
+            pipe.cmd("PUBLISH")
+                .arg(&inner.channel)
+                .arg(notify::payload(&inner.instance, &keys))
+                .ignore();
+        }
+        let location = match batch {
+            [op] => self.location().with_key(render_key(op.key())),
+            _ => self.location(),
+        };
+        self.run_atomic(&pipe, Operation::Write, location).await
+    }
+
+    /// Removes the hash with `UNLINK` (the server frees its memory in the
+    /// background) and tells other instances to reload.
+    async fn clear(&self) -> Result<()> {
+        let inner = &*self.inner;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("UNLINK").arg(&inner.hash_key).ignore();
+        if inner.watch == Watch::Enabled {
+            pipe.cmd("PUBLISH")
+                .arg(&inner.channel)
+                .arg(notify::resync(&inner.instance))
+                .ignore();
+        }
+        self.run_atomic(&pipe, Operation::Clear, self.location())
+            .await
+    }
+
+    /// Reads the hash with `HSCAN` in chunks of the configured count, so a
+    /// large map never blocks the server. `HSCAN` is not a snapshot: with
+    /// [`Watch::Enabled`] the change feed subscribes first, so a change made
+    /// by another instance during the scan is followed afterwards.
+    async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
+        if let Some(feed) = &self.inner.feed {
+            feed.prepare()
+                .await
+                .map_err(|e| self.error(e, Operation::Load))?;
+        }
+        let mut cursor: u64 = 0;
+        loop {
+            let mut command = redis::cmd("HSCAN");
+            command
+                .arg(&self.inner.hash_key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(self.inner.scan_count);
+            let (next, flat): (u64, Vec<Vec<u8>>) = self.read(Operation::Load, &command).await?;
+            let mut items = flat.into_iter();
+            while let (Some(field), Some(value)) = (items.next(), items.next()) {
+                // HSCAN may return an entry twice; the sink keeps the last.
+                let (key, value) = self.decode_entry(field, value)?;
+                sink(key, value);
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fields = keys
+            .iter()
+            .map(|k| self.encode_key(k))
+            .collect::<Result<Vec<String>>>()?;
+        let mut command = redis::cmd("HMGET");
+        command.arg(&self.inner.hash_key).arg(&fields);
+        let values: Vec<Option<Vec<u8>>> = self.read(Operation::Load, &command).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for ((key, field), value) in keys.iter().zip(fields).zip(values) {
+            let value = match value {
+                Some(bytes) => Some(self.decode_entry::<K, V>(field.into_bytes(), bytes)?.1),
+                None => None,
+            };
+            out.push((key.clone(), value));
+        }
+        Ok(out)
+    }
+
+    async fn watch(&self) -> Result<Option<RemoteChanges<K>>> {
+        match &self.inner.feed {
+            Some(feed) => feed
+                .take()
+                .await
+                .map(Some)
+                .map_err(|e| self.error(e, Operation::Open)),
+            None => Ok(None),
+        }
+    }
+
+    /// Atomic batches: `MULTI`/`EXEC` applies all of a batch or none of it
+    /// (the server checks every command when it is queued, and with the
+    /// append-only file it replays a transaction whole or not at all).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::new()
+            .with_atomic_batch(true)
+            .with_durable(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("redis://user:s3cret@cache:6379/2"),
+            "redis://user:***@cache:6379/2"
+        );
+        assert_eq!(redact_url("redis://:s3cret@cache"), "redis://:***@cache");
+        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+    }
+}

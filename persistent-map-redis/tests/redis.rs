@@ -1,0 +1,340 @@
+//! Redis-specific behaviour: connection errors, the hash format, coherence
+//! between instances (with its latency), and a server restart in the middle
+//! of a write stream.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::server::{free_port, RedisServer};
+use common::{report, url_or_skip, Scratch};
+use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
+use persistent_map_redis::{RedisBackend, Watch};
+use redis::AsyncCommands;
+
+async fn open(scratch: &Scratch, name: &str) -> RedisBackend {
+    RedisBackend::builder(&scratch.url)
+        .prefix(&scratch.prefix)
+        .name(name)
+        .build()
+        .await
+        .expect("backend opens")
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{what} did not happen within 20 s");
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index]
+}
+
+#[tokio::test]
+async fn connection_refused_names_the_endpoint_and_hides_the_password() {
+    let port = free_port(); // bound then released: nothing listens there
+    let url = format!("redis://user:s3cret@127.0.0.1:{port}/0");
+    let err = RedisBackend::builder(&url)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .expect_err("nothing listens on the port");
+    let PersistentError::Connection {
+        backend, endpoint, ..
+    } = &err
+    else {
+        panic!("expected a connection error, got {err:?}");
+    };
+    assert_eq!(*backend, "redis");
+    assert_eq!(endpoint, &format!("127.0.0.1:{port}"));
+    let mut shown = format!("{err} / {err:?}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        shown.push_str(&format!(" / {cause}"));
+        source = cause.source();
+    }
+    assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+    assert!(!shown.contains("s3cret"), "the password leaked: {shown}");
+    let builder = RedisBackend::builder(&url);
+    assert!(!format!("{builder:?}").contains("s3cret"));
+}
+
+#[tokio::test]
+async fn invalid_names_and_urls_are_refused_before_connecting() {
+    for (prefix, name) in [
+        ("app", "a:b"),
+        ("with space", "kv"),
+        ("", "kv"),
+        ("app", ""),
+    ] {
+        let err = RedisBackend::builder("redis://127.0.0.1:1")
+            .prefix(prefix)
+            .name(name)
+            .build()
+            .await
+            .expect_err("invalid name");
+        assert!(matches!(err, PersistentError::Backend { .. }), "{err:?}");
+    }
+    let err = RedisBackend::new("http://user:s3cret@host")
+        .await
+        .expect_err("not a redis url");
+    assert!(!format!("{err:?}").contains("s3cret"), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_hash_holds_readable_json_and_the_format_is_recorded() {
+    let Some(url) = url_or_skip("the_hash_holds_readable_json_and_the_format_is_recorded") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    let backend = open(&scratch, "users").await;
+    let map: PersistentMap<u32, Vec<String>, _> =
+        PersistentMap::new(backend.clone()).await.expect("map");
+    map.insert(7, vec!["a".into(), "b".into()])
+        .await
+        .expect("insert");
+    let mut conn = backend.connection();
+    let raw: String = conn.hget(backend.hash_key(), "7").await.expect("hget");
+    assert_eq!(raw, r#"["a","b"]"#);
+    let version: u32 = conn
+        .hget(backend.meta_key(), "format_version")
+        .await
+        .expect("meta");
+    assert_eq!(version, 1);
+    map.close().await.expect("close");
+
+    // A key of another type is refused, untouched.
+    let _: () = conn
+        .set(format!("{}:text", scratch.prefix), "x")
+        .await
+        .expect("set");
+    let err = RedisBackend::builder(&scratch.url)
+        .prefix(&scratch.prefix)
+        .name("text")
+        .build()
+        .await
+        .expect_err("not a hash");
+    assert!(matches!(err, PersistentError::Corrupt { .. }), "{err:?}");
+
+    // A hash written by a newer release is refused.
+    let _: () = conn
+        .hset(backend.meta_key(), "format_version", 99)
+        .await
+        .expect("hset");
+    let err = RedisBackend::builder(&scratch.url)
+        .prefix(&scratch.prefix)
+        .name("users")
+        .build()
+        .await
+        .expect_err("newer format");
+    assert!(
+        matches!(err, PersistentError::UnsupportedFormat { found: 99, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_follow_each_other_with_low_latency() {
+    let Some(url) = url_or_skip("two_instances_follow_each_other_with_low_latency") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    // Two backends: two connections and two subscribers, as two processes would have.
+    let a: PersistentMap<String, u64, _> = PersistentMap::new(open(&scratch, "shared").await)
+        .await
+        .expect("a");
+    let b: PersistentMap<String, u64, _> = PersistentMap::new(open(&scratch, "shared").await)
+        .await
+        .expect("b");
+
+    const WRITES: u64 = 200;
+    let mut latencies = Vec::with_capacity(WRITES as usize);
+    let mut round_trips = Vec::with_capacity(WRITES as usize);
+    for i in 0..WRITES {
+        let key = format!("k{}", i % 17);
+        let started = Instant::now();
+        a.insert(key.clone(), i).await.expect("insert");
+        let acknowledged = Instant::now();
+        let deadline = acknowledged + Duration::from_secs(10);
+        while b.get(&key) != Some(i) {
+            assert!(Instant::now() < deadline, "b never saw {key} = {i}");
+            tokio::task::yield_now().await;
+        }
+        latencies.push(acknowledged.elapsed());
+        round_trips.push(started.elapsed());
+    }
+    latencies.sort();
+    round_trips.sort();
+    report(&format!(
+        "redis coherence: write-to-visible latency over {WRITES} writes: median {:?}, p99 {:?}, max {:?}",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    ));
+    report(&format!(
+        "redis coherence: from the start of the write to visible in the other cache: median {:?}, p99 {:?}",
+        percentile(&round_trips, 0.5),
+        percentile(&round_trips, 0.99),
+    ));
+
+    b.insert("from-b".into(), 7).await.expect("insert");
+    eventually("a sees b's write", || a.get("from-b") == Some(7)).await;
+    a.remove(&"from-b".to_string()).await.expect("remove");
+    eventually("b sees a's removal", || !b.contains_key("from-b")).await;
+    a.insert_many((0..20_000).map(|i| (format!("bulk-{i:05}"), i)))
+        .await
+        .expect("insert_many");
+    eventually("b sees the bulk insert", || b.len() == a.len()).await;
+    b.clear().await.expect("clear");
+    eventually("a sees the clear", || a.is_empty()).await;
+
+    let quiet: PersistentMap<String, u64, _> = PersistentMap::new(
+        RedisBackend::builder(&scratch.url)
+            .prefix(&scratch.prefix)
+            .name("shared")
+            .watch(Watch::Disabled)
+            .build()
+            .await
+            .expect("backend"),
+    )
+    .await
+    .expect("quiet");
+    quiet.insert("quiet".into(), 1).await.expect("insert");
+    a.insert("loud".into(), 2).await.expect("insert");
+    eventually("b sees a's write", || b.get("loud") == Some(2)).await;
+    assert_eq!(
+        b.get("quiet"),
+        None,
+        "a write without a message was followed"
+    );
+    assert_eq!(
+        quiet.get("loud"),
+        None,
+        "a map without a feed followed a write"
+    );
+    for map in [&a, &b, &quiet] {
+        map.close().await.expect("close");
+    }
+}
+
+/// Kills the server in the middle of a stream of writes and starts it
+/// again: writes fail while it is down, nothing acknowledged is lost (the
+/// server fsyncs its append-only file on every write), no failed write shows
+/// up, and both instances' caches resynchronise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_restart_in_the_middle_of_a_write_stream() {
+    let server = match tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .expect("join")
+    {
+        Ok(server) => server,
+        Err(reason) => {
+            assert!(
+                std::env::var(common::REQUIRE_VAR).as_deref() != Ok("1"),
+                "cannot start a throwaway server: {reason}"
+            );
+            report(&format!(
+                "SKIP: server_restart_in_the_middle_of_a_write_stream: {reason}"
+            ));
+            return;
+        }
+    };
+    let url = server.url();
+    let backend = || {
+        RedisBackend::builder(&url)
+            .name("restart")
+            .connect_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_secs(2))
+            .build()
+    };
+    let a: PersistentMap<String, u64, _> = PersistentMap::new(backend().await.expect("a"))
+        .await
+        .expect("a");
+    let b: PersistentMap<String, u64, _> = PersistentMap::new(backend().await.expect("b"))
+        .await
+        .expect("b");
+
+    let mut acknowledged: HashMap<String, u64> = HashMap::new();
+    let key = |i: u64| format!("k{}", i % 20);
+    for i in 0..100 {
+        a.insert(key(i), i).await.expect("insert while up");
+        acknowledged.insert(key(i), i);
+    }
+
+    server.kill();
+    for i in 100..105 {
+        let err = a.insert(key(i), i).await.expect_err("insert while down");
+        assert!(
+            matches!(&err, PersistentError::Connection { endpoint, .. } if endpoint == &format!("127.0.0.1:{}", server.port)),
+            "{err:?}"
+        );
+        assert_eq!(
+            a.get(&key(i)),
+            acknowledged.get(&key(i)).copied(),
+            "phantom in the cache"
+        );
+    }
+
+    let server = tokio::task::spawn_blocking(move || server.start_again().map(|()| server))
+        .await
+        .expect("join")
+        .expect("server starts again");
+    // A write no instance announces: only a resync after reconnecting
+    // brings it into the caches.
+    {
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: () = conn
+            .hset("persistent-map:restart", "behind", "1")
+            .await
+            .expect("write behind the maps' backs");
+        acknowledged.insert("behind".into(), 1);
+    }
+    for i in 200..300 {
+        // The manager reconnects on the first command after the restart.
+        let mut tries = 0;
+        while let Err(err) = a.insert(key(i), i).await {
+            tries += 1;
+            assert!(tries < 20, "writes keep failing after the restart: {err}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        acknowledged.insert(key(i), i);
+    }
+
+    let stored: HashMap<String, u64> =
+        StorageBackend::<String, u64>::load_all(&backend().await.expect("c"))
+            .await
+            .expect("load");
+    assert_eq!(stored, acknowledged, "the store lost or invented a write");
+    eventually("a's cache equals the store", || {
+        a.iter().collect::<HashMap<_, _>>() == stored
+    })
+    .await;
+    eventually("b's cache equals the store", || {
+        b.iter().collect::<HashMap<_, _>>() == stored
+    })
+    .await;
+    a.close().await.expect("close");
+    b.close().await.expect("close");
+    drop(server);
+}
+
+#[test]
+fn public_types_are_send_sync_and_debug() {
+    fn check<T: Send + Sync + std::fmt::Debug>() {}
+    check::<RedisBackend>();
+    check::<persistent_map_redis::RedisBuilder>();
+    check::<persistent_map_redis::RedisOptions>();
+    check::<Watch>();
+}
