@@ -150,6 +150,12 @@ where
         config: PipelineConfig,
         behind_capacity: Option<usize>,
     ) -> Result<Self> {
+        // Subscribe before loading: a change made between the load and the
+        // subscription would otherwise never reach this cache.
+        let feed = match behind_capacity {
+            None => backend.watch().await?,
+            Some(_) => None,
+        };
         let cache = Cache::default();
         backend
             .load_into(&mut |k, v| {
@@ -165,10 +171,8 @@ where
             Arc::clone(&health),
             config,
         );
-        if behind_capacity.is_none() {
-            if let Some(feed) = backend.watch().await? {
-                spawn_follower(feed, queue.downgrade());
-            }
+        if let Some(feed) = feed {
+            spawn_follower(feed, queue.downgrade());
         }
         let behind = behind_capacity.map(|capacity| Behind {
             slots: Arc::new(Semaphore::new(capacity)),

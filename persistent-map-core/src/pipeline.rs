@@ -32,6 +32,10 @@ use crate::error::{PersistentError, Result};
 /// random per process, so keys chosen by an attacker cannot force collisions).
 pub(crate) type Cache<K, V> = DashMap<K, V, ahash::RandomState>;
 
+/// How long the writer waits before it retries a failed refresh of the cache
+/// from a shared store.
+const RESYNC_RETRY: Duration = Duration::from_millis(500);
+
 /// A reply channel for one caller.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -185,6 +189,8 @@ where
         config,
         atomic,
         rx,
+        myself: tx.downgrade(),
+        resync_pending: false,
     };
     let handle = tokio::spawn(writer.run());
     (tx, handle)
@@ -197,6 +203,10 @@ struct Writer<K, V, B> {
     config: PipelineConfig,
     atomic: bool,
     rx: mpsc::UnboundedReceiver<Command<K, V>>,
+    /// To queue a retry of a failed refresh behind later commands.
+    myself: mpsc::WeakUnboundedSender<Command<K, V>>,
+    /// A retry of a failed refresh is queued.
+    resync_pending: bool,
 }
 
 /// The batch being gathered.
@@ -284,10 +294,12 @@ where
                     None
                 }
                 Command::Remote(change) => {
+                    if matches!(change, RemoteChange::Resync) {
+                        self.resync_pending = false;
+                    }
                     if let Err(err) = self.follow(change).await {
-                        // The next notification or resync tries again; a
-                        // stale cache is logged, never silent.
-                        tracing::warn!(error = %err, "could not refresh the cache from the shared store");
+                        tracing::warn!(error = %err, "could not refresh the cache from the shared store; retrying");
+                        self.retry_resync();
                     }
                     None
                 }
@@ -554,6 +566,22 @@ where
             .await
             .map_err(|_| PersistentError::Closed)?
             .map(|_| removed)
+    }
+
+    /// Queues a full refresh after a pause, so a cache never stays stale
+    /// because one refresh failed (for example while the server restarts).
+    fn retry_resync(&mut self) {
+        if self.resync_pending {
+            return;
+        }
+        self.resync_pending = true;
+        let myself = self.myself.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(RESYNC_RETRY).await;
+            if let Some(queue) = myself.upgrade() {
+                let _ = queue.send(Command::Remote(RemoteChange::Resync));
+            }
+        });
     }
 
     /// Brings the cache in line with changes another instance made. Runs in

@@ -37,6 +37,7 @@ impl Server {
         Instance {
             server: self.clone(),
             id: self.ids.fetch_add(1, Ordering::SeqCst),
+            failing_reads: Arc::default(),
         }
     }
 }
@@ -44,6 +45,21 @@ impl Server {
 struct Instance {
     server: Server,
     id: u64,
+    /// While positive, reads fail (and count down): a server that is away.
+    failing_reads: Arc<AtomicU64>,
+}
+
+impl Instance {
+    fn read_allowed(&self) -> Result<()> {
+        let left = self.failing_reads.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failing_reads.store(left - 1, Ordering::SeqCst);
+            return Err(persistent_map_core::PersistentError::Other(
+                "server away".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -53,6 +69,7 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     async fn load_all(&self) -> Result<HashMap<K, V>> {
+        self.read_allowed()?;
         self.server.store.load_all().await
     }
 
@@ -142,4 +159,33 @@ async fn each_map_sees_the_other_ones_writes() {
             && b.iter().collect::<HashMap<_, _>>() == stored
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_refresh_is_retried_until_the_cache_catches_up() {
+    let server = Server::new();
+    let a = PersistentMap::<String, u32, _>::new(server.connect())
+        .await
+        .expect("a");
+    let b_backend = server.connect();
+    let b_reads = Arc::clone(&b_backend.failing_reads);
+    let b = PersistentMap::<String, u32, _>::new(b_backend)
+        .await
+        .expect("b");
+
+    // B's next three reads fail, as if its server connection were down.
+    b_reads.store(3, Ordering::SeqCst);
+    a.insert("x".to_string(), 7).await.expect("insert");
+    for _ in 0..400 {
+        if b.get("x") == Some(7) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        b.get("x"),
+        Some(7),
+        "b caught up once its reads worked again"
+    );
+    assert_eq!(b_reads.load(Ordering::SeqCst), 0);
 }
