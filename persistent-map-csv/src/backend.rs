@@ -20,7 +20,7 @@ use crate::config::{CsvBackendBuilder, Options, SyncPolicy};
 use crate::error::at;
 use crate::files::{
     append, create_parent, open_for_append, remove_stale_temp, replace_atomically, sync_data,
-    truncate,
+    truncate, Io,
 };
 use crate::format::{header_line, parse_header, Encoder, Header};
 use crate::lock::LockFile;
@@ -51,6 +51,7 @@ use crate::read::{key_hash, read_legacy, read_start, scan, Change, Scan};
 pub struct CsvBackend {
     path: PathBuf,
     options: Options,
+    io: Io,
     state: Mutex<Option<Store>>,
 }
 
@@ -66,6 +67,11 @@ struct Store {
     /// Set when a failed append could not be cut back: the length to cut to
     /// before the next write.
     dirty_tail: Option<u64>,
+    /// Set when a sync of the file failed. The kernel may have dropped the
+    /// unsynced data and marked it clean, so a later sync could succeed
+    /// without writing it: from then on every write and flush fails, until
+    /// the store is opened again.
+    sync_failed: Option<std::io::ErrorKind>,
 }
 
 enum Kind {
@@ -91,7 +97,7 @@ impl CsvBackend {
     /// checked and locked on first use.
     #[must_use]
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self::with_options(path.into(), Options::default())
+        Self::with_options(path.into(), Options::default(), crate::files::real_io())
     }
 
     /// Starts a [`CsvBackendBuilder`] to set the delimiter, compaction and
@@ -100,10 +106,11 @@ impl CsvBackend {
         CsvBackendBuilder::new(path.into())
     }
 
-    pub(crate) fn with_options(path: PathBuf, options: Options) -> Self {
+    pub(crate) fn with_options(path: PathBuf, options: Options, io: Io) -> Self {
         Self {
             path,
             options,
+            io,
             state: Mutex::new(None),
         }
     }
@@ -171,10 +178,12 @@ impl CsvBackend {
             rows: 0,
             live: HashSet::new(),
             dirty_tail: None,
+            sync_failed: None,
         };
         match read_start(&self.path).await? {
             None => {
-                let file = replace_atomically(&self.path, header_line(store.delimiter)).await?;
+                let file =
+                    replace_atomically(&self.io, &self.path, header_line(store.delimiter)).await?;
                 store.kind = Kind::Ready(file);
             }
             Some(start) => match parse_header(&self.path, &start)? {
@@ -204,7 +213,7 @@ impl CsvBackend {
                 keep_len = torn.keep_len,
                 "discarding an incompletely written record at the end of the file"
             );
-            truncate(&self.path, torn.keep_len).await?;
+            truncate(&self.io, &self.path, torn.keep_len).await?;
             store.dirty_tail = None;
         }
         if !matches!(store.kind, Kind::Ready(_)) {
@@ -291,7 +300,7 @@ impl CsvBackend {
             live.insert(key_hash(&change.key));
         }
         let contents = encoder.finish().await?;
-        let file = replace_atomically(&self.path, contents).await?;
+        let file = replace_atomically(&self.io, &self.path, contents).await?;
         tracing::info!(
             path = %self.path.display(),
             entries = entries.len(),
@@ -315,11 +324,13 @@ impl CsvBackend {
         let rows_before = store.rows;
         let compacted = compact_contents(&self.path, store.delimiter).await?;
         let rows = compacted.rows();
-        let file = replace_atomically(&self.path, compacted.contents).await?;
+        let file = replace_atomically(&self.io, &self.path, compacted.contents).await?;
         store.kind = Kind::Ready(file);
         store.rows = rows;
         store.live = compacted.live;
         store.dirty_tail = None;
+        // Everything the file holds was just rewritten and synced.
+        store.sync_failed = None;
         tracing::debug!(
             path = %self.path.display(),
             rows_before,
@@ -341,6 +352,7 @@ impl CsvBackend {
         }
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
+        self.check_synced(store)?;
         let file = self.ready::<K, V>(store).await?;
 
         let mut encoder = Encoder::new(&self.path, store.delimiter, Vec::new());
@@ -358,8 +370,11 @@ impl CsvBackend {
         let bytes = encoder.finish().await?;
 
         let sync = self.options.sync == SyncPolicy::EveryWrite;
-        let appended = append(&self.path, file, bytes, sync, store.dirty_tail).await;
+        let appended = append(&self.io, &self.path, file, bytes, sync, store.dirty_tail).await;
         store.dirty_tail = appended.dirty_tail;
+        if appended.sync_failed {
+            store.note_failed_sync(&self.path, &appended.result);
+        }
         appended.result?;
 
         store.rows += rows;
@@ -383,6 +398,38 @@ impl CsvBackend {
             }
         }
         Ok(())
+    }
+}
+
+impl CsvBackend {
+    /// Refuses to go on after a failed sync (see [`Store::sync_failed`]).
+    fn check_synced(&self, store: &Store) -> Result<()> {
+        match store.sync_failed {
+            None => Ok(()),
+            Some(kind) => Err(PersistentError::io(
+                &self.path,
+                std::io::Error::new(
+                    kind,
+                    "an earlier sync of this file failed, so data written before it may not be \
+                     on disk; open the store again to go on",
+                ),
+            )),
+        }
+    }
+}
+
+impl Store {
+    /// Remembers a failed sync, so no later flush can claim durability.
+    fn note_failed_sync(&mut self, path: &Path, result: &Result<()>) {
+        if let Err(err) = result {
+            let kind = match err {
+                PersistentError::Io { source, .. }
+                | PersistentError::StorageFull { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::Other,
+            };
+            tracing::error!(path = %path.display(), error = %err, "sync failed; the store refuses writes and flushes until it is opened again");
+            self.sync_failed = Some(kind);
+        }
     }
 }
 
@@ -455,22 +502,29 @@ where
     }
 
     async fn flush(&self) -> Result<()> {
-        let state = self.state.lock().await;
-        match state.as_ref().map(|store| &store.kind) {
-            Some(Kind::Ready(file)) => sync_data(&self.path, Arc::clone(file)).await,
+        let mut state = self.state.lock().await;
+        let Some(store) = state.as_mut() else {
             // Nothing was written through this backend yet: nothing to sync.
-            _ => Ok(()),
-        }
+            return Ok(());
+        };
+        self.check_synced(store)?;
+        let Kind::Ready(file) = &store.kind else {
+            return Ok(());
+        };
+        let result = sync_data(&self.io, &self.path, Arc::clone(file)).await;
+        store.note_failed_sync(&self.path, &result);
+        result
     }
 
     async fn clear(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
-        let file = replace_atomically(&self.path, header_line(store.delimiter)).await?;
+        let file = replace_atomically(&self.io, &self.path, header_line(store.delimiter)).await?;
         store.kind = Kind::Ready(file);
         store.rows = 0;
         store.live.clear();
         store.dirty_tail = None;
+        store.sync_failed = None;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::backend::CsvBackend;
+use crate::files::{real_io, Io};
 
 /// The byte that separates the columns of a record.
 ///
@@ -154,6 +155,7 @@ pub(crate) struct Options {
 pub struct CsvBackendBuilder {
     path: PathBuf,
     options: Options,
+    io: Io,
 }
 
 impl CsvBackendBuilder {
@@ -161,6 +163,7 @@ impl CsvBackendBuilder {
         Self {
             path,
             options: Options::default(),
+            io: real_io(),
         }
     }
 
@@ -186,7 +189,16 @@ impl CsvBackendBuilder {
     /// disk: the file is opened, locked and created on first use.
     #[must_use]
     pub fn build(self) -> CsvBackend {
-        CsvBackend::with_options(self.path, self.options)
+        CsvBackend::with_options(self.path, self.options, self.io)
+    }
+
+    /// Test support (feature `fault-injection`), not part of the stable API:
+    /// routes every file operation that changes the disk through `io`.
+    #[cfg(feature = "fault-injection")]
+    #[doc(hidden)]
+    pub fn file_io(mut self, io: std::sync::Arc<dyn crate::files::FileIo>) -> Self {
+        self.io = io;
+        self
     }
 }
 

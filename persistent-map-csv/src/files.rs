@@ -1,12 +1,81 @@
 //! File operations that block, run off the async runtime: atomic
 //! replacement, appends that leave no torn record behind, and syncs.
+//!
+//! Every operation that changes what the disk holds goes through a
+//! [`FileIo`], so a test can record writes and syncs and build the images a
+//! power cut could leave behind.
 
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use persistent_map_core::{PersistentError, Result};
+
+/// The file operations of the backend that change what the disk holds.
+///
+/// Test support, not part of the stable API: the real implementation is the
+/// default body of every method, and a test implementation (installed with
+/// the `fault-injection` feature) records each call before performing it, or
+/// fails or aborts on purpose.
+#[doc(hidden)]
+pub trait FileIo: Send + Sync + fmt::Debug + 'static {
+    /// Appends `bytes` to `file` (opened for appending) with one write call.
+    fn append(&self, file: &File, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let _ = path;
+        let mut handle = file;
+        handle.write_all(bytes)
+    }
+
+    /// Forces the data written to `file` onto the disk (`fdatasync`).
+    fn sync_data(&self, file: &File, path: &Path) -> std::io::Result<()> {
+        let _ = path;
+        file.sync_data()
+    }
+
+    /// Cuts `file` to `len` bytes.
+    fn set_len(&self, file: &File, path: &Path, len: u64) -> std::io::Result<()> {
+        let _ = path;
+        file.set_len(len)
+    }
+
+    /// Creates (or truncates) the file at `path`, writes `contents` and
+    /// syncs it (`fsync`).
+    fn write_synced(&self, path: &Path, contents: &[u8]) -> std::io::Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)?;
+        file.write_all(contents)?;
+        file.sync_all()
+    }
+
+    /// Renames `from` over `to`.
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        std::fs::rename(from, to)
+    }
+
+    /// Makes the entries of directory `dir` (a rename) durable.
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        sync_dir(dir)
+    }
+}
+
+/// The operating system's file operations, unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RealIo;
+
+impl FileIo for RealIo {}
+
+/// The I/O a backend uses.
+pub(crate) type Io = Arc<dyn FileIo>;
+
+/// The operating system's file operations, for a backend without a test hook.
+pub(crate) fn real_io() -> Io {
+    Arc::new(RealIo)
+}
 
 /// Runs blocking file work on tokio's blocking pool.
 pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
@@ -84,29 +153,26 @@ pub(crate) async fn open_for_append(path: &Path) -> Result<Arc<File>> {
 /// Writes a temporary file next to it, syncs it, renames it over `path`,
 /// and syncs the directory so the rename itself is durable. Returns the new
 /// file opened for appending.
-pub(crate) async fn replace_atomically(path: &Path, contents: Vec<u8>) -> Result<Arc<File>> {
+pub(crate) async fn replace_atomically(
+    io: &Io,
+    path: &Path,
+    contents: Vec<u8>,
+) -> Result<Arc<File>> {
     let path = path.to_owned();
+    let io = Arc::clone(io);
     blocking(move || {
         let temp = temp_path(&path);
-        let write_temp = || -> std::io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&temp)?;
-            file.write_all(&contents)?;
-            file.sync_all()
-        };
-        if let Err(e) = write_temp() {
+        if let Err(e) = io.write_synced(&temp, &contents) {
             let _ = std::fs::remove_file(&temp);
             return Err(PersistentError::io(&temp, e));
         }
-        if let Err(e) = std::fs::rename(&temp, &path) {
+        if let Err(e) = io.rename(&temp, &path) {
             let _ = std::fs::remove_file(&temp);
             return Err(PersistentError::io(&path, e));
         }
         let dir = parent_dir(&path);
-        sync_dir(&dir).map_err(|e| PersistentError::io(&dir, e))?;
+        io.sync_dir(&dir)
+            .map_err(|e| PersistentError::io(&dir, e))?;
         open_append(&path).map(Arc::new)
     })
     .await
@@ -132,6 +198,8 @@ pub(crate) struct Appended {
     /// When a failed append could not be undone, the length the file must
     /// be cut back to before anything else is appended.
     pub(crate) dirty_tail: Option<u64>,
+    /// The bytes were written but syncing them failed.
+    pub(crate) sync_failed: bool,
 }
 
 /// Appends `bytes` with one write call, syncing them if `sync` is set.
@@ -141,6 +209,7 @@ pub(crate) struct Appended {
 /// left over from an earlier append whose cut failed: it is retried first,
 /// and nothing is written while it fails.
 pub(crate) async fn append(
+    io: &Io,
     path: &Path,
     file: Arc<File>,
     bytes: Vec<u8>,
@@ -148,13 +217,15 @@ pub(crate) async fn append(
     dirty_tail: Option<u64>,
 ) -> Appended {
     let path = path.to_owned();
+    let io = Arc::clone(io);
     let outcome = blocking(move || {
-        let mut handle: &File = &file;
+        let handle: &File = &file;
         if let Some(len) = dirty_tail {
-            if let Err(e) = handle.set_len(len) {
+            if let Err(e) = io.set_len(handle, &path, len) {
                 return Ok(Appended {
                     result: Err(PersistentError::io(&path, e)),
                     dirty_tail: Some(len),
+                    sync_failed: false,
                 });
             }
         }
@@ -162,17 +233,24 @@ pub(crate) async fn append(
             .metadata()
             .map_err(|e| PersistentError::io(&path, e))?
             .len();
-        let written =
-            handle
-                .write_all(&bytes)
-                .and_then(|()| if sync { handle.sync_data() } else { Ok(()) });
+        let mut sync_failed = false;
+        let written = io.append(handle, &path, &bytes).and_then(|()| {
+            if sync {
+                let synced = io.sync_data(handle, &path);
+                sync_failed = synced.is_err();
+                synced
+            } else {
+                Ok(())
+            }
+        });
         let Err(e) = written else {
             return Ok(Appended {
                 result: Ok(()),
                 dirty_tail: None,
+                sync_failed: false,
             });
         };
-        let dirty_tail = match handle.set_len(before) {
+        let dirty_tail = match io.set_len(handle, &path, before) {
             Ok(()) => None,
             Err(cut) => {
                 tracing::warn!(
@@ -186,31 +264,39 @@ pub(crate) async fn append(
         Ok(Appended {
             result: Err(PersistentError::io(&path, e)),
             dirty_tail,
+            sync_failed,
         })
     })
     .await;
     outcome.unwrap_or_else(|err| Appended {
         result: Err(err),
         dirty_tail,
+        sync_failed: false,
     })
 }
 
 /// Forces everything written to `file` onto the disk.
-pub(crate) async fn sync_data(path: &Path, file: Arc<File>) -> Result<()> {
+pub(crate) async fn sync_data(io: &Io, path: &Path, file: Arc<File>) -> Result<()> {
     let path = path.to_owned();
-    blocking(move || file.sync_data().map_err(|e| PersistentError::io(&path, e))).await
+    let io = Arc::clone(io);
+    blocking(move || {
+        io.sync_data(&file, &path)
+            .map_err(|e| PersistentError::io(&path, e))
+    })
+    .await
 }
 
 /// Cuts the file at `path` to `len` bytes and syncs the cut.
-pub(crate) async fn truncate(path: &Path, len: u64) -> Result<()> {
+pub(crate) async fn truncate(io: &Io, path: &Path, len: u64) -> Result<()> {
     let path = path.to_owned();
+    let io = Arc::clone(io);
     blocking(move || {
         let file = OpenOptions::new()
             .write(true)
             .open(&path)
             .map_err(|e| PersistentError::io(&path, e))?;
-        file.set_len(len)
-            .and_then(|()| file.sync_data())
+        io.set_len(&file, &path, len)
+            .and_then(|()| io.sync_data(&file, &path))
             .map_err(|e| PersistentError::io(&path, e))
     })
     .await

@@ -11,3 +11,10 @@ mod read;
 
 pub use backend::CsvBackend;
 pub use config::{Compaction, CsvBackendBuilder, Delimiter, SyncPolicy};
+
+/// Test support (feature `fault-injection`), not part of the stable API.
+#[cfg(feature = "fault-injection")]
+#[doc(hidden)]
+pub mod fault {
+    pub use crate::files::FileIo;
+}

@@ -5,6 +5,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
@@ -15,10 +16,10 @@ use persistent_map_core::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::sqlite::{SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{Row, TypeInfo, ValueRef};
+use sqlx::{Connection, Row, TypeInfo, ValueRef};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
-use crate::error::{map_sqlx_error, BACKEND};
+use crate::error::{is_io_error, map_sqlx_error, BACKEND};
 
 /// The table that records, per map table, the format version it was written in.
 pub(crate) const META_TABLE: &str = "persistent_map_meta";
@@ -72,6 +73,8 @@ pub struct SqliteBackend {
 
 struct Inner {
     pool: SqlitePool,
+    /// How long a flush retries a checkpoint that another connection blocks.
+    busy_timeout: Duration,
     path: PathBuf,
     table: String,
     /// `<path> table "<table>"`, the store named in errors.
@@ -213,7 +216,7 @@ impl SqliteBackend {
             .connect_with(options.connect_options(&path))
             .await
             .map_err(|e| map_sqlx_error(e, Operation::Open, file_location(&path), &path))?;
-        Self::prepare(pool, path, table).await
+        Self::prepare(pool, path, table, options.busy_timeout_value()).await
     }
 
     /// Uses an existing pool, for example one shared with the rest of an
@@ -233,15 +236,21 @@ impl SqliteBackend {
         let path = pool.connect_options().get_filename().to_path_buf();
         let table = options.validated_table(&path)?.to_owned();
         warn_on_unsafe_pragmas(&pool, &path).await?;
-        Self::prepare(pool, path, table).await
+        Self::prepare(pool, path, table, options.busy_timeout_value()).await
     }
 
-    async fn prepare(pool: SqlitePool, path: PathBuf, table: String) -> Result<Self> {
+    async fn prepare(
+        pool: SqlitePool,
+        path: PathBuf,
+        table: String,
+        busy_timeout: Duration,
+    ) -> Result<Self> {
         let store = format!("{} table \"{table}\"", path.display());
         let sql = Statements::new(&table);
         let backend = Self {
             inner: Arc::new(Inner {
                 pool,
+                busy_timeout,
                 path,
                 table,
                 store,
@@ -486,6 +495,36 @@ impl SqliteBackend {
     }
 }
 
+/// After a commit that failed with an I/O error: rolls back, then
+/// checkpoints and truncates the WAL on the same connection.
+///
+/// A WAL commit whose last step failed (the fsync at `synchronous = FULL`)
+/// leaves its frames in the WAL file: this process treats the transaction
+/// as rolled back, but the next process to open the file would recover it
+/// as committed. Truncating the WAL erases those frames, so that failed
+/// really means not applied.
+async fn discard_failed_commit(conn: &mut sqlx::SqliteConnection, store: &str) {
+    // Ends the transaction if SQLite left it open; an error only means none was.
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    let truncated: std::result::Result<(i64, i64, i64), _> =
+        sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await;
+    match truncated {
+        Ok((0, _, _)) => {
+            tracing::warn!(
+                store,
+                "a commit failed with an i/o error; its frames were discarded"
+            );
+        }
+        other => tracing::error!(
+            store,
+            outcome = ?other.map_err(|e| e.to_string()),
+            "could not truncate the WAL after a failed commit; a later open may still find that commit"
+        ),
+    }
+}
+
 fn file_location(path: &Path) -> Location {
     Location::new(path.display().to_string())
 }
@@ -557,13 +596,26 @@ where
     /// to finish, so the checkpoint covers everything; if it still cannot
     /// complete, the flush fails rather than claim durability. In rollback
     /// journal modes each commit is already synced and the pragma is a no-op.
+    ///
+    /// A checkpoint that cannot start because another connection (another
+    /// process) is running one returns at once, without SQLite's busy
+    /// handler; it is retried until the busy timeout has passed.
     async fn flush(&self) -> Result<()> {
-        let (busy, wal_frames, checkpointed): (i64, i64, i64) =
-            sqlx::query_as("PRAGMA wal_checkpoint(FULL)")
-                .fetch_one(&self.inner.pool)
-                .await
-                .map_err(|e| self.error(e, Operation::Flush))?;
-        if busy != 0 {
+        let deadline = Instant::now() + self.inner.busy_timeout;
+        loop {
+            let (busy, wal_frames, checkpointed): (i64, i64, i64) =
+                sqlx::query_as("PRAGMA wal_checkpoint(FULL)")
+                    .fetch_one(&self.inner.pool)
+                    .await
+                    .map_err(|e| self.error(e, Operation::Flush))?;
+            if busy == 0 {
+                tracing::trace!(store = %self.inner.store, wal_frames, "checkpointed");
+                return Ok(());
+            }
+            if Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
             return Err(PersistentError::backend(
                 BACKEND,
                 Operation::Flush,
@@ -573,8 +625,6 @@ where
                 ),
             ));
         }
-        tracing::trace!(store = %self.inner.store, wal_frames, "checkpointed");
-        Ok(())
     }
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
@@ -624,16 +674,20 @@ where
                 (None, Some((statement, keys))) => remove(&sql.delete[statement], keys),
                 _ => return Ok(()),
             };
-            return query.execute(&mut *conn).await.map(drop).map_err(fail);
+            return match query.execute(&mut *conn).await {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    if is_io_error(&e) {
+                        discard_failed_commit(&mut conn, &self.inner.store).await;
+                    }
+                    Err(fail(e))
+                }
+            };
         }
         // IMMEDIATE takes the write lock up front, waiting through the busy
         // timeout; a deferred transaction could instead fail mid-batch.
-        let mut tx = self
-            .inner
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(fail)?;
+        let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(fail)?;
         for (statement, keys) in chunks(&deletes) {
             remove(&sql.delete[statement], keys)
                 .execute(&mut *tx)
@@ -646,7 +700,15 @@ where
                 .await
                 .map_err(fail)?;
         }
-        tx.commit().await.map_err(fail)
+        match tx.commit().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if is_io_error(&e) {
+                    discard_failed_commit(&mut conn, &self.inner.store).await;
+                }
+                Err(fail(e))
+            }
+        }
     }
 
     async fn clear(&self) -> Result<()> {

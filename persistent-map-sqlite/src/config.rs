@@ -197,6 +197,10 @@ impl SqliteOptions {
         &self.table
     }
 
+    pub(crate) fn busy_timeout_value(&self) -> Duration {
+        self.busy_timeout
+    }
+
     pub(crate) fn pool_size_value(&self) -> u32 {
         self.pool_size
     }

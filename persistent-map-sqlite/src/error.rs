@@ -63,6 +63,12 @@ pub(crate) fn map_sqlx_error(
     }
 }
 
+/// Whether `err` is an I/O error of SQLite (`SQLITE_IOERR_*`) or of the driver.
+pub(crate) fn is_io_error(err: &sqlx::Error) -> bool {
+    const SQLITE_IOERR: u32 = 10;
+    matches!(err, sqlx::Error::Io(_)) || primary_code(err) == Some(SQLITE_IOERR)
+}
+
 fn primary_code(err: &sqlx::Error) -> Option<u32> {
     let sqlx::Error::Database(db) = err else {
         return None;
