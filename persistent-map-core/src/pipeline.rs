@@ -321,6 +321,7 @@ where
         let mut batch = Gather::new();
         let mut later = None;
         let mut next = Some(first);
+        let mut yielded = false;
         while let Some(command) = next.take() {
             if let Admit::Later(command) = self.admit(&mut batch, command) {
                 later = Some(command);
@@ -338,6 +339,14 @@ where
                             .await
                             .ok()
                             .flatten()
+                    }
+                    _ if !yielded => {
+                        // Group commit: writers woken by the previous batch
+                        // are about to queue their next change; let them run
+                        // once before committing without them.
+                        yielded = true;
+                        tokio::task::yield_now().await;
+                        self.rx.try_recv().ok()
                     }
                     _ => None,
                 },

@@ -130,12 +130,6 @@ fn legacy(dir: &Path, inserts: u64, entries: u64) -> Option<(Run, Run, Run)> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("bulk") {
-        let dir = tempfile::tempdir().expect("dir");
-        let run = ours::bulk_insert_many(&dir.path().join("b.db"), 1_000_000).await;
-        println!("bulk {:.0}/s", run.rate());
-        return;
-    }
     if args.get(1).map(String::as_str) == Some("mem") {
         memory_child(&args).await;
         return;
