@@ -307,6 +307,18 @@ async fn server_restart_in_the_middle_of_a_write_stream() {
         acknowledged.insert(key(i), i);
     }
 
+    // A write no instance announces, made before the server goes away:
+    // only the resync after reconnecting can bring it into the caches.
+    {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
+        sqlx::query("INSERT INTO public.restart (key, value) VALUES ('behind', '1')")
+            .execute(&mut conn)
+            .await
+            .expect("write behind the maps' backs");
+        acknowledged.insert("behind".into(), 1);
+    }
+
     let server = tokio::task::spawn_blocking(move || server.kill().map(|()| server))
         .await
         .expect("join")
@@ -328,17 +340,6 @@ async fn server_restart_in_the_middle_of_a_write_stream() {
         .await
         .expect("join")
         .expect("server starts again");
-    // A write no instance announces: only a resync after reconnecting
-    // brings it into the caches.
-    {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::PgConnection::connect(&url).await.expect("connect");
-        sqlx::query("INSERT INTO public.restart (key, value) VALUES ('behind', '1')")
-            .execute(&mut conn)
-            .await
-            .expect("write behind the maps' backs");
-        acknowledged.insert("behind".into(), 1);
-    }
     for i in 200..300 {
         // The pool may hand out a connection that died with the server once.
         let mut tries = 0;

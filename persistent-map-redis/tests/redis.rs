@@ -269,6 +269,21 @@ async fn server_restart_in_the_middle_of_a_write_stream() {
         acknowledged.insert(key(i), i);
     }
 
+    // A write no instance announces, made before the server goes away:
+    // only the resync after reconnecting can bring it into the caches.
+    {
+        let client = redis::Client::open(url.as_str()).expect("client");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let _: () = conn
+            .hset("persistent-map:restart", "behind", "1")
+            .await
+            .expect("write behind the maps' backs");
+        acknowledged.insert("behind".into(), 1);
+    }
+
     server.kill();
     for i in 100..105 {
         let err = a.insert(key(i), i).await.expect_err("insert while down");
@@ -287,20 +302,6 @@ async fn server_restart_in_the_middle_of_a_write_stream() {
         .await
         .expect("join")
         .expect("server starts again");
-    // A write no instance announces: only a resync after reconnecting
-    // brings it into the caches.
-    {
-        let client = redis::Client::open(url.as_str()).expect("client");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("connect");
-        let _: () = conn
-            .hset("persistent-map:restart", "behind", "1")
-            .await
-            .expect("write behind the maps' backs");
-        acknowledged.insert("behind".into(), 1);
-    }
     for i in 200..300 {
         // The manager reconnects on the first command after the restart.
         let mut tries = 0;
