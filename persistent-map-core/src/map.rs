@@ -647,43 +647,20 @@ where
         }
     }
 
-    /// Write-behind single-key change: the cache is updated and the change
-    /// queued under the key's lock, so the queue order is the cache order.
+    /// Write-behind single-key change.
     async fn queue_one(&self, behind: &Behind, op: BatchOp<K, V>) -> Result<Option<V>> {
-        self.health.check()?;
-        let permit = behind.reserve(1).await?;
-        let _shared = behind.order.read().await;
         match op {
-            BatchOp::Put { key, value } => match self.cache.entry(key.clone()) {
-                Entry::Occupied(mut entry) => {
-                    self.queue_unit(
-                        vec![BatchOp::Put {
-                            key,
-                            value: value.clone(),
-                        }],
-                        permit,
-                    )?;
-                    Ok(Some(entry.insert(value)))
-                }
-                Entry::Vacant(entry) => {
-                    self.queue_unit(
-                        vec![BatchOp::Put {
-                            key,
-                            value: value.clone(),
-                        }],
-                        permit,
-                    )?;
-                    entry.insert(value);
-                    Ok(None)
-                }
-            },
-            BatchOp::Delete { key } => match self.cache.entry(key.clone()) {
-                Entry::Occupied(entry) => {
-                    self.queue_unit(vec![BatchOp::Delete { key }], permit)?;
-                    Ok(Some(entry.remove()))
-                }
-                Entry::Vacant(_) => Ok(None),
-            },
+            BatchOp::Put { key, value } => {
+                self.change_behind(behind, key, |_| Decision::Put(value))
+                    .await
+            }
+            BatchOp::Delete { key } => {
+                self.change_behind(behind, key, |current| match current {
+                    Some(_) => Decision::Delete,
+                    None => Decision::Keep,
+                })
+                .await
+            }
         }
     }
 
@@ -691,42 +668,59 @@ where
         let Some(behind) = &self.behind else {
             return self.send(|reply| Command::Update(key, decide, reply)).await;
         };
+        let mut stored = None;
+        self.change_behind(behind, key, |current| {
+            let decision = decide(current);
+            stored = match &decision {
+                Decision::Keep => current.cloned(),
+                Decision::Put(value) => Some(value.clone()),
+                Decision::Delete => None,
+            };
+            decision
+        })
+        .await?;
+        Ok(stored)
+    }
+
+    /// Write-behind: decides on the key's current value, then updates the
+    /// cache and queues the change while holding the key's lock, so the
+    /// queue order is the cache order. Returns the value it replaced.
+    async fn change_behind(
+        &self,
+        behind: &Behind,
+        key: K,
+        decide: impl FnOnce(Option<&V>) -> Decision<V>,
+    ) -> Result<Option<V>> {
         self.health.check()?;
         let permit = behind.reserve(1).await?;
         let _shared = behind.order.read().await;
-        match self.cache.entry(key.clone()) {
-            Entry::Occupied(mut entry) => match decide(Some(entry.get())) {
-                Decision::Keep => Ok(Some(entry.get().clone())),
-                Decision::Put(value) => {
-                    self.queue_unit(
-                        vec![BatchOp::Put {
-                            key,
-                            value: value.clone(),
-                        }],
-                        permit,
-                    )?;
-                    entry.insert(value.clone());
-                    Ok(Some(value))
-                }
-                Decision::Delete => {
+        let entry = self.cache.entry(key.clone());
+        let current = match &entry {
+            Entry::Occupied(occupied) => Some(occupied.get()),
+            Entry::Vacant(_) => None,
+        };
+        match decide(current) {
+            Decision::Keep => Ok(current.cloned()),
+            Decision::Put(value) => {
+                let op = BatchOp::Put {
+                    key,
+                    value: value.clone(),
+                };
+                self.queue_unit(vec![op], permit)?;
+                Ok(match entry {
+                    Entry::Occupied(mut occupied) => Some(occupied.insert(value)),
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(value);
+                        None
+                    }
+                })
+            }
+            Decision::Delete => match entry {
+                Entry::Occupied(occupied) => {
                     self.queue_unit(vec![BatchOp::Delete { key }], permit)?;
-                    entry.remove();
-                    Ok(None)
+                    Ok(Some(occupied.remove()))
                 }
-            },
-            Entry::Vacant(entry) => match decide(None) {
-                Decision::Keep | Decision::Delete => Ok(None),
-                Decision::Put(value) => {
-                    self.queue_unit(
-                        vec![BatchOp::Put {
-                            key,
-                            value: value.clone(),
-                        }],
-                        permit,
-                    )?;
-                    entry.insert(value.clone());
-                    Ok(Some(value))
-                }
+                Entry::Vacant(_) => Ok(None),
             },
         }
     }
