@@ -5,6 +5,7 @@ mod batch;
 mod builder;
 pub mod codec;
 mod error;
+pub mod feed;
 mod map;
 mod pipeline;
 

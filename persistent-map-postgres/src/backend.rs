@@ -1,5 +1,6 @@
 //! [`PostgresBackend`]: one map per table of a PostgreSQL database, on sqlx.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -7,7 +8,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use futures::TryStreamExt;
-use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
+use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
+use persistent_map_core::feed::Announcement;
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError,
     RemoteChanges, Result, StorageBackend,
@@ -19,9 +21,8 @@ use sqlx::{Connection, Row};
 
 use crate::config::{PostgresBuilder, PostgresOptions, Watch};
 use crate::error::{map_sqlx_error, outcome_unknown, BACKEND};
-use crate::notify;
 use crate::stored::{load_key, load_value, store_key, store_value};
-use crate::watch::Feed;
+use crate::watch::{Feed, Listener};
 
 /// The table that records, per map table of a schema, the format version it
 /// was written in.
@@ -126,6 +127,14 @@ enum Work {
 
 /// Sends every payload of a batch in one statement.
 const NOTIFY: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
+
+/// PostgreSQL refuses notification payloads of 8000 bytes or more; stay
+/// clear of it.
+const MAX_PAYLOAD: usize = 7900;
+
+/// A batch whose keys would need more notifications than this sends one
+/// "reload everything" notification instead.
+const MAX_NOTIFICATIONS: usize = 16;
 
 /// The net effect of a batch, in stored form: rows to upsert and keys to
 /// delete, each key at most once.
@@ -234,7 +243,11 @@ impl PostgresBackend {
                     .max_connections(1)
                     .acquire_timeout(options.connect_timeout_value())
                     .connect_lazy_with((*connect).clone());
-                Some(Feed::new(listen_pool, channel.clone(), instance.clone()))
+                Some(Feed::new(Listener::new(
+                    listen_pool,
+                    channel.clone(),
+                    instance.clone(),
+                )))
             }
             Watch::Disabled => None,
         };
@@ -422,29 +435,13 @@ impl PostgresBackend {
         &self,
         batch: &[BatchOp<K, V>],
     ) -> Result<EncodedBatch> {
-        let mut last: HashMap<String, Option<String>> = HashMap::with_capacity(batch.len());
-        for op in batch {
-            let key = op.key();
-            let encode_err = |what, e| {
-                PersistentError::encode(what, self.location().with_key(render_key(key)), e)
-            };
-            let key_text = key_to_text(key).map_err(|e| encode_err("key", e))?;
-            let value = match op {
-                BatchOp::Put { value, .. } => {
-                    let json = value_to_json(value).map_err(|e| encode_err("value", e))?;
-                    let stored = store_value(&json)
-                        .map_err(|e| encode_err("value", e))?
-                        .into_owned();
-                    Some(stored)
-                }
-                BatchOp::Delete { .. } => None,
-            };
-            last.insert(store_key(&key_text).into_owned(), value);
-        }
         let mut encoded = EncodedBatch::default();
-        for (key, value) in last {
+        for (key_text, value) in encode_batch(batch, &self.inner.store)? {
+            let key = stored(store_key(&key_text)).unwrap_or(key_text);
             match value {
-                Some(value) => {
+                Some(json) => {
+                    let value = store_value(&json).map_err(|e| self.value_error(batch, &key, e))?;
+                    let value = stored(value).unwrap_or(json);
                     encoded.put_keys.push(key);
                     encoded.put_values.push(value);
                 }
@@ -452,6 +449,27 @@ impl PostgresBackend {
             }
         }
         Ok(encoded)
+    }
+
+    /// The error of a value that has JSON but no stored form, naming its key
+    /// (found again in the batch: this never happens in practice).
+    fn value_error<K: Serialize, V>(
+        &self,
+        batch: &[BatchOp<K, V>],
+        stored_key: &str,
+        err: serde_json::Error,
+    ) -> PersistentError {
+        let key = batch
+            .iter()
+            .rev()
+            .map(BatchOp::key)
+            .find(|key| key_to_text(key).is_ok_and(|text| store_key(&text) == stored_key))
+            .map(render_key);
+        let location = match key {
+            Some(key) => self.location().with_key(key),
+            None => self.location(),
+        };
+        PersistentError::encode("value", location, err)
     }
 
     /// Decodes one row of `SELECT key, value::text`.
@@ -527,6 +545,15 @@ impl PostgresBackend {
             }
         }
         result
+    }
+}
+
+/// The owned text of a stored form that differs from its input; `None`
+/// when it is the input itself (which the caller then keeps, uncopied).
+fn stored(form: Cow<'_, str>) -> Option<String> {
+    match form {
+        Cow::Owned(text) => Some(text),
+        Cow::Borrowed(_) => None,
     }
 }
 
@@ -709,7 +736,7 @@ where
                     .chain(encoded.deletes.iter())
                     .map(String::as_str)
                     .collect();
-                notify::payloads(&self.inner.instance, &keys)
+                Announcement::chunked(&self.inner.instance, &keys, MAX_PAYLOAD, MAX_NOTIFICATIONS)
             }
             Watch::Disabled => Vec::new(),
         };
@@ -727,7 +754,7 @@ where
     /// readers of the table) and tells other instances to reload.
     async fn clear(&self) -> Result<()> {
         let payloads = match self.inner.watch {
-            Watch::Enabled => vec![notify::resync(&self.inner.instance)],
+            Watch::Enabled => vec![Announcement::resync(self.inner.instance.as_str()).to_json()],
             Watch::Disabled => Vec::new(),
         };
         self.write(Operation::Clear, self.location(), Work::Clear, payloads)

@@ -3,7 +3,6 @@
 mod backend;
 mod config;
 mod error;
-mod notify;
 mod stored;
 mod watch;
 

@@ -5,7 +5,8 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
+use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
+use persistent_map_core::feed::Announcement;
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError,
     RemoteChanges, Result, StorageBackend,
@@ -17,8 +18,7 @@ use serde::Serialize;
 
 use crate::config::{RedisBuilder, RedisOptions, Watch};
 use crate::error::{map_redis_error, outcome_unknown, BACKEND};
-use crate::notify;
-use crate::watch::Feed;
+use crate::watch::{Feed, Subscriber};
 
 /// The newest format this release reads and the one it writes.
 ///
@@ -29,6 +29,10 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// The field of the meta hash holding the format version.
 const VERSION_FIELD: &str = "format_version";
+
+/// A batch touching more keys than this publishes one "reload everything"
+/// message instead of a long list.
+const MAX_KEYS: usize = 10_000;
 
 /// A [`StorageBackend`] that keeps a map in a Redis hash.
 ///
@@ -155,12 +159,12 @@ impl RedisBackend {
             })?;
         let instance = format!("{:016x}", fastrand::u64(..));
         let feed = match options.watch_value() {
-            Watch::Enabled => Some(Feed::new(
+            Watch::Enabled => Some(Feed::new(Subscriber::new(
                 client,
                 timeout,
                 channel.clone(),
                 instance.clone(),
-            )),
+            ))),
             Watch::Disabled => None,
         };
         let backend = Self {
@@ -345,6 +349,17 @@ impl RedisBackend {
     }
 }
 
+/// The message announcing the keys of a batch's net changes, or a resync
+/// when there are more than [`MAX_KEYS`].
+fn announcement(from: &str, net: &[(String, Option<String>)]) -> String {
+    let announcement = if net.len() > MAX_KEYS {
+        Announcement::resync(from)
+    } else {
+        Announcement::changed(from, net.iter().map(|(key, _)| key.clone()).collect())
+    };
+    announcement.to_json()
+}
+
 fn invalid_url() -> PersistentError {
     // The URL may hold a password: it is not repeated in the error.
     PersistentError::backend(
@@ -471,21 +486,11 @@ where
             return Ok(());
         }
         // Only the last change per key matters inside one transaction.
-        let mut last: HashMap<String, Option<String>> = HashMap::with_capacity(batch.len());
-        for op in batch {
-            let field = self.encode_key(op.key())?;
-            let value = match op {
-                BatchOp::Put { key, value } => Some(value_to_json(value).map_err(|e| {
-                    PersistentError::encode("value", self.location().with_key(render_key(key)), e)
-                })?),
-                BatchOp::Delete { .. } => None,
-            };
-            last.insert(field, value);
-        }
+        let net = encode_batch(batch, &self.inner.store)?;
         let inner = &*self.inner;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let deletes: Vec<&str> = last
+        let deletes: Vec<&str> = net
             .iter()
             .filter(|(_, v)| v.is_none())
             .map(|(k, _)| k.as_str())
@@ -496,7 +501,7 @@ where
         let mut puts = redis::cmd("HSET");
         puts.arg(&inner.hash_key);
         let mut any_put = false;
-        for (field, value) in &last {
+        for (field, value) in &net {
             if let Some(value) = value {
                 puts.arg(field).arg(value);
                 any_put = true;
@@ -506,10 +511,9 @@ where
             pipe.add_command(puts).ignore();
         }
         if inner.watch == Watch::Enabled {
-            let keys: Vec<&str> = last.keys().map(String::as_str).collect();
             pipe.cmd("PUBLISH")
                 .arg(&inner.channel)
-                .arg(notify::payload(&inner.instance, &keys))
+                .arg(announcement(&inner.instance, &net))
                 .ignore();
         }
         let location = match batch {
@@ -529,7 +533,7 @@ where
         if inner.watch == Watch::Enabled {
             pipe.cmd("PUBLISH")
                 .arg(&inner.channel)
-                .arg(notify::resync(&inner.instance))
+                .arg(Announcement::resync(inner.instance.as_str()).to_json())
                 .ignore();
         }
         self.run_atomic(&pipe, Operation::Clear, self.location())
@@ -614,6 +618,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_announce_their_keys_or_a_resync() {
+        let net = vec![
+            ("a".to_owned(), Some("1".to_owned())),
+            ("\u{0}b".to_owned(), None),
+        ];
+        let sent = Announcement::parse(announcement("me", &net).as_bytes()).expect("parses");
+        assert_eq!(
+            sent,
+            Announcement::changed("me", vec!["a".into(), "\u{0}b".into()])
+        );
+        let net: Vec<(String, Option<String>)> =
+            (0..=MAX_KEYS).map(|i| (i.to_string(), None)).collect();
+        let sent = Announcement::parse(announcement("me", &net).as_bytes()).expect("parses");
+        assert_eq!(sent, Announcement::resync("me"));
+    }
 
     #[test]
     fn urls_are_redacted() {

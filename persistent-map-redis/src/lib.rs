@@ -3,7 +3,6 @@
 mod backend;
 mod config;
 mod error;
-mod notify;
 mod watch;
 
 pub use backend::{RedisBackend, FORMAT_VERSION};

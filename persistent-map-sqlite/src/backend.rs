@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
+use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError, Result,
     StorageBackend,
@@ -415,46 +415,18 @@ impl SqliteBackend {
 
     /// Encodes a batch before any transaction opens, keeping only the last
     /// change per key: inside one transaction only the final state of each
-    /// key matters, and distinct keys can then be written in any order.
+    /// key matters, and distinct keys can then be written in any order. The
+    /// caller's order is kept, so B-tree inserts stay local when keys arrive
+    /// sorted.
     fn encode_batch<K: Serialize, V: Serialize>(
         &self,
         batch: &[BatchOp<K, V>],
     ) -> Result<EncodedBatch> {
-        let mut encoded = Vec::with_capacity(batch.len());
-        for op in batch {
-            let key = op.key();
-            let key_text = key_to_text(key).map_err(|e| {
-                PersistentError::encode("key", self.location().with_key(render_key(key)), e)
-            })?;
-            let value_text = match op {
-                BatchOp::Put { value, .. } => Some(value_to_json(value).map_err(|e| {
-                    PersistentError::encode("value", self.location().with_key(render_key(key)), e)
-                })?),
-                BatchOp::Delete { .. } => None,
-            };
-            encoded.push((key_text, value_text));
-        }
-        // Only the last change per key counts (deletes and upserts then run as
-        // separate statements). The caller's order is kept, so B-tree inserts
-        // stay local when keys arrive sorted.
-        let keep: Vec<bool> = if encoded.len() == 1 {
-            vec![true]
-        } else {
-            let mut last: HashMap<&str, usize, ahash::RandomState> =
-                HashMap::with_capacity_and_hasher(encoded.len(), ahash::RandomState::new());
-            for (i, (key, _)) in encoded.iter().enumerate() {
-                last.insert(key.as_str(), i);
-            }
-            (0..encoded.len())
-                .map(|i| last.get(encoded[i].0.as_str()) == Some(&i))
-                .collect()
-        };
         let mut net = EncodedBatch::default();
-        for ((key, value), keep) in encoded.into_iter().zip(keep) {
-            match (keep, value) {
-                (false, _) => {}
-                (true, Some(value)) => net.puts.push((key, value)),
-                (true, None) => net.deletes.push(key),
+        for (key, value) in encode_batch(batch, &self.inner.store)? {
+            match value {
+                Some(value) => net.puts.push((key, value)),
+                None => net.deletes.push(key),
             }
         }
         Ok(net)
