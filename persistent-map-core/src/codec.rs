@@ -18,6 +18,13 @@ use crate::error::{render_key, Location, PersistentError};
 /// (`key.to_string()`). Every other key is stored as its JSON text: `42`,
 /// `[1,"a"]`, `{"id":7}`.
 ///
+/// The encoding is one-to-one for every key type whose values are all
+/// strings or all non-strings, which covers the usual key types. A type that
+/// can be both, such as `Option<String>` (`None` and `Some("null")` both
+/// become `null`) or an untagged enum of a string and a number (`"42"` and
+/// `42`), can map two keys to one stored text: do not use such a type as a
+/// key on a text backend.
+///
 /// ```
 /// use persistent_map_core::codec::{key_from_text, key_to_text};
 ///
@@ -300,6 +307,15 @@ mod tests {
             matches!(&err, PersistentError::Codec { decoding: false, what: "value", location, .. }
                 if location.key.as_deref() == Some("\"bad\"")),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn keys_that_are_both_strings_and_not_can_collide() {
+        // The documented limit of the readable encoding.
+        assert_eq!(
+            key_to_text(&None::<String>).expect("encodes"),
+            key_to_text(&Some("null".to_string())).expect("encodes")
         );
     }
 
