@@ -370,10 +370,7 @@ pub async fn unencodable_value_is_rejected_without_trace<F: StoreFactory>(mut fa
 /// "The map calls the write methods in the order its cache saw the changes;
 /// a backend must not reorder them": within one batch, later changes to a key win.
 pub async fn batch_is_ordered<F: StoreFactory>(mut factory: F) {
-    let backend = factory.fresh().await.expect("fresh store");
-    let _ = StorageBackend::<String, String>::load_all(&backend)
-        .await
-        .expect("load");
+    let backend = loaded_backend::<F, String, String>(&mut factory).await;
     let batch: Vec<BatchOp<String, String>> = vec![
         put("a", "1"),
         put("a", "2"),
@@ -399,11 +396,8 @@ pub async fn batch_is_ordered<F: StoreFactory>(mut factory: F) {
 /// "For a batch on a backend without atomic batches, a prefix of the batch
 /// may have been applied"; with `atomic_batch`, none of it.
 pub async fn failed_batch_applies_all_or_a_prefix<F: StoreFactory>(mut factory: F) {
-    let backend = factory.fresh().await.expect("fresh store");
+    let backend = loaded_backend::<F, String, Fragile>(&mut factory).await;
     let atomic = StorageBackend::<String, Fragile>::capabilities(&backend).atomic_batch;
-    let _ = StorageBackend::<String, Fragile>::load_all(&backend)
-        .await
-        .expect("load");
     let batch = vec![
         BatchOp::Put {
             key: "first".to_string(),
@@ -442,10 +436,7 @@ pub async fn failed_batch_applies_all_or_a_prefix<F: StoreFactory>(mut factory: 
 /// "Idempotent: deleting a missing key is not an error, saving the same value
 /// twice leaves the same state."
 pub async fn delete_is_idempotent<F: StoreFactory>(mut factory: F) {
-    let backend = factory.fresh().await.expect("fresh store");
-    let _ = StorageBackend::<String, String>::load_all(&backend)
-        .await
-        .expect("load");
+    let backend = loaded_backend::<F, String, String>(&mut factory).await;
     StorageBackend::<String, String>::delete(&backend, &"missing".to_string())
         .await
         .expect("delete of a missing key");
@@ -472,10 +463,7 @@ pub async fn delete_is_idempotent<F: StoreFactory>(mut factory: F) {
 
 /// The 0.1.x query methods (`len`, `is_empty`, `contains_key`) agree with `load_all`.
 pub async fn legacy_query_methods_agree<F: StoreFactory>(mut factory: F) {
-    let backend = factory.fresh().await.expect("fresh store");
-    let _ = StorageBackend::<String, String>::load_all(&backend)
-        .await
-        .expect("load");
+    let backend = loaded_backend::<F, String, String>(&mut factory).await;
     assert!(StorageBackend::<String, String>::is_empty(&backend)
         .await
         .expect("is_empty"));
@@ -540,6 +528,30 @@ pub async fn second_opener_is_locked_out<F: StoreFactory>(mut factory: F) {
     let map = reopen(&mut factory, map).await;
     assert_eq!(map.get("k"), Some("v".into()));
     map.close().await.expect("close");
+}
+
+/// A fresh store's backend, used directly, after the first call a map
+/// would make (`load_all`), which is where lazy backends open their files.
+async fn loaded_backend<F, K, V>(factory: &mut F) -> F::Backend
+where
+    F: StoreFactory,
+    K: Eq
+        + std::hash::Hash
+        + Clone
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    V: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    F::Backend: StorageBackend<K, V>,
+{
+    let backend = factory.fresh().await.expect("fresh store");
+    let stored = StorageBackend::<K, V>::load_all(&backend)
+        .await
+        .expect("a fresh store loads");
+    assert!(stored.is_empty(), "a fresh store must be empty");
+    backend
 }
 
 fn put(k: &str, v: &str) -> BatchOp<String, String> {

@@ -339,49 +339,30 @@ async fn an_undecodable_row_names_table_and_key_and_deletes_nothing() {
 async fn null_and_blob_cells_are_typed_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
 
-    let null_key = dir.path().join("null.db");
-    exec(&null_key, "INSERT INTO kv (key, value) VALUES (NULL, '1')").await;
-    let err = open_err::<String, u32>(&null_key).await;
-    assert!(
-        matches!(
-            &err,
-            PersistentError::Codec {
-                decoding: true,
-                what: "key",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        source_chain(&err).contains("NULL"),
-        "{}",
-        source_chain(&err)
-    );
-
-    let blob_key = dir.path().join("blob-key.db");
-    exec(
-        &blob_key,
-        "INSERT INTO kv (key, value) VALUES (X'00FF', '1')",
-    )
-    .await;
-    let err = open_err::<String, u32>(&blob_key).await;
-    assert!(
-        matches!(
-            &err,
-            PersistentError::Codec {
-                decoding: true,
-                what: "key",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert!(
-        source_chain(&err).contains("BLOB"),
-        "{}",
-        source_chain(&err)
-    );
+    for (file, key_sql, kind) in [
+        ("null.db", "NULL", "NULL"),
+        ("blob-key.db", "X'00FF'", "BLOB"),
+    ] {
+        let path = dir.path().join(file);
+        exec(
+            &path,
+            &format!("INSERT INTO kv (key, value) VALUES ({key_sql}, '1')"),
+        )
+        .await;
+        let err = open_err::<String, u32>(&path).await;
+        assert!(
+            matches!(
+                &err,
+                PersistentError::Codec {
+                    decoding: true,
+                    what: "key",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(source_chain(&err).contains(kind), "{}", source_chain(&err));
+    }
 
     let blob_value = dir.path().join("blob-value.db");
     exec(
