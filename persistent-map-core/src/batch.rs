@@ -6,7 +6,7 @@ use std::fmt;
 use std::hash::Hash;
 
 use crate::backend::BatchOp;
-use crate::pipeline::Cache;
+use crate::queue::Cache;
 
 /// An ordered list of puts and removes, applied atomically by
 /// [`PersistentMap::apply`](crate::PersistentMap::apply).

@@ -11,10 +11,13 @@ use serde::Serialize;
 use crate::backend::StorageBackend;
 use crate::error::Result;
 use crate::map::PersistentMap;
-use crate::pipeline::PipelineConfig;
+use crate::queue::PipelineConfig;
 
 /// The default upper bound on changes per backend batch.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
+
+/// The default bound on changes queued and not yet settled, in both modes.
+pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
 /// Write-behind mode: writes return as soon as the cache is updated and the
 /// change is queued; a background task persists queued changes in batches.
@@ -27,12 +30,16 @@ pub const DEFAULT_MAX_BATCH: usize = 1024;
 ///   one.
 /// * The queue is bounded ([`max_pending`](Self::max_pending)): a writer
 ///   faster than the disk waits for room instead of growing memory.
+/// * The cache and the store see the same changes in the same order:
+///   `transaction`, `update`, `retain` and `clear` apply to the cache at
+///   once, like `insert`, and later writes decide on what they left.
 /// * A background write error is never swallowed: the next `flush` and every
 ///   later write return it, and nothing queued after it is persisted (that
 ///   would leave a hole). [`reload`](PersistentMap::reload) brings the cache
 ///   back to what the store holds and accepts writes again.
-/// * [`close`](PersistentMap::close) flushes and stops the task; dropping a map
-///   with unflushed changes logs a warning.
+/// * [`close`](PersistentMap::close) flushes and stops the task. Dropping
+///   the last handle of a map with unflushed changes logs a warning; the
+///   queued changes are still written while the runtime keeps running.
 ///
 /// ```
 /// use std::time::Duration;
@@ -51,26 +58,30 @@ pub struct WriteBehind {
 
 impl WriteBehind {
     /// Defaults: batches written at most 10 ms after their first change, at
-    /// most 100,000 changes queued.
+    /// most [`DEFAULT_MAX_PENDING`] changes queued.
     #[must_use]
     pub const fn new() -> Self {
         Self {
             max_delay: Duration::from_millis(10),
-            max_pending: 100_000,
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 
     /// How long the writer waits for more changes before it writes a batch
     /// that is not full (the batch size limit is
-    /// [`PersistentMapBuilder::max_batch`]).
+    /// [`PersistentMapBuilder::max_batch`]). [`Duration::MAX`] means no
+    /// limit: a batch is written when it is full or when someone waits
+    /// (`flush`, `close`, `reload`).
     #[must_use]
     pub const fn max_delay(mut self, delay: Duration) -> Self {
         self.max_delay = delay;
         self
     }
 
-    /// How many changes may wait in the queue before writers are slowed
-    /// (values below 1 count as 1).
+    /// How many changes may wait in the queue before writers wait for room
+    /// (values below 1 count as 1). A single write larger than the room left
+    /// (an `insert_many`, a transaction) is admitted whole once the queue is
+    /// below the bound.
     #[must_use]
     pub const fn max_pending(mut self, changes: usize) -> Self {
         self.max_pending = if changes == 0 { 1 } else { changes };
@@ -129,7 +140,8 @@ where
     }
 
     /// Write-through (the default): every write returns once the backend
-    /// accepted it.
+    /// accepted it. At most [`DEFAULT_MAX_PENDING`] changes wait in the queue
+    /// (only cancelled calls can leave that many).
     pub fn write_through(mut self) -> Self {
         self.write_behind = None;
         self
@@ -149,14 +161,12 @@ where
     pub async fn build(self) -> Result<PersistentMap<K, V, B>> {
         let config = PipelineConfig {
             max_batch: self.max_batch,
+            max_pending: self
+                .write_behind
+                .map_or(DEFAULT_MAX_PENDING, |mode| mode.max_pending),
             behind_delay: self.write_behind.map(|mode| mode.max_delay),
         };
-        PersistentMap::open(
-            self.backend,
-            config,
-            self.write_behind.map(|mode| mode.max_pending),
-        )
-        .await
+        PersistentMap::open(self.backend, config).await
     }
 }
 

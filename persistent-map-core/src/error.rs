@@ -234,9 +234,18 @@ pub enum PersistentError {
         feature: &'static str,
     },
 
-    /// The map was closed, or its write pipeline stopped.
+    /// The map was closed.
     #[error("the map is closed")]
     Closed,
+
+    /// The map's writer task stopped for a reason other than `close` (its
+    /// tokio runtime shut down, or it panicked): every later write fails
+    /// with this error, which says why. Reads keep working.
+    #[error("the map's writer stopped: {reason}")]
+    WriterStopped {
+        /// What stopped it.
+        reason: String,
+    },
 
     /// One failure reported to several callers, e.g. every change of a failed
     /// batch or every caller waiting on one failed flush.

@@ -2,16 +2,20 @@
 
 mod backend;
 mod batch;
+mod behind;
 mod builder;
+mod closure;
 pub mod codec;
 mod error;
 pub mod feed;
+mod health;
 mod map;
-mod pipeline;
+mod queue;
+mod writer;
 
 pub use backend::{BatchOp, Capabilities, RemoteChange, RemoteChanges, StorageBackend};
 pub use batch::{Batch, Transaction};
-pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH};
+pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING};
 pub use error::{render_key, BoxError, Location, Operation, PersistentError, Result};
 pub use map::PersistentMap;
 

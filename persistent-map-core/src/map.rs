@@ -3,20 +3,22 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
-use std::sync::atomic::Ordering;
+use std::any::Any;
 use std::sync::Arc;
 
-use dashmap::mapref::entry::Entry;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, Mutex, OwnedSemaphorePermit, RwLock, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 
-use crate::backend::{BatchOp, RemoteChanges, StorageBackend};
+use crate::backend::{BatchOp, StorageBackend};
 use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
+use crate::closure::{guarded, Panic};
 use crate::error::{PersistentError, Result};
-use crate::pipeline::{self, Cache, Command, Decision, Health, PipelineConfig, Unit, Waiter};
+use crate::queue::{
+    Cache, Command, Decision, Keep, Pipeline, PipelineConfig, Reply, TxFn, Unit, UpdateFn, Waiter,
+};
+use crate::writer;
 
 /// A concurrent map whose entries survive restarts.
 ///
@@ -74,32 +76,25 @@ use crate::pipeline::{self, Cache, Command, Decision, Health, PipelineConfig, Un
 /// # }
 /// ```
 pub struct PersistentMap<K, V, B> {
-    cache: Arc<Cache<K, V>>,
+    inner: Arc<Inner<K, V, B>>,
+}
+
+/// What the handles of one map share.
+struct Inner<K, V, B> {
+    pipeline: Arc<Pipeline<K, V>>,
     backend: Arc<B>,
-    queue: mpsc::UnboundedSender<Command<K, V>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
-    health: Arc<Health>,
-    behind: Option<Behind>,
+    /// The same backend, type-erased, to keep it alive for the writer when
+    /// the last handle is dropped with work still queued.
+    keepalive: Arc<dyn Any + Send + Sync>,
 }
 
-/// The caller side of write-behind mode.
-struct Behind {
-    /// One permit per queued change: a writer faster than the disk waits here.
-    slots: Arc<Semaphore>,
-    capacity: usize,
-    /// Single-key writes take it shared; writes that span keys (batches,
-    /// transactions, clear) take it exclusively, so the queue order stays the
-    /// cache order across keys.
-    order: RwLock<()>,
-}
-
-impl Behind {
-    async fn reserve(&self, changes: usize) -> Result<OwnedSemaphorePermit> {
-        let wanted = u32::try_from(changes.clamp(1, self.capacity)).unwrap_or(u32::MAX);
-        Arc::clone(&self.slots)
-            .acquire_many_owned(wanted)
-            .await
-            .map_err(|_| PersistentError::Closed)
+impl<K, V, B> Clone for PersistentMap<K, V, B> {
+    /// Another handle on the same map: clones share the cache, the queue and
+    /// the backend, as clones of sqlx's `Pool` do.
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
     }
 }
 
@@ -145,16 +140,14 @@ where
         PersistentMapBuilder::new(backend)
     }
 
-    pub(crate) async fn open(
-        backend: B,
-        config: PipelineConfig,
-        behind_capacity: Option<usize>,
-    ) -> Result<Self> {
+    pub(crate) async fn open(backend: B, config: PipelineConfig) -> Result<Self> {
         // Subscribe before loading: a change made between the load and the
-        // subscription would otherwise never reach this cache.
-        let feed = match behind_capacity {
-            None => backend.watch().await?,
-            Some(_) => None,
+        // subscription would otherwise never reach this cache. Write-behind
+        // maps do not follow a feed (their cache may be ahead of the store).
+        let feed = if config.behind_delay.is_none() {
+            backend.watch().await?
+        } else {
+            None
         };
         let cache = Cache::default();
         backend
@@ -162,31 +155,26 @@ where
                 cache.insert(k, v);
             })
             .await?;
-        let cache = Arc::new(cache);
+        let exclusive = backend.capabilities().exclusive_lock;
+        let pipeline = Arc::new(Pipeline::new(cache, config, exclusive));
         let backend = Arc::new(backend);
-        let health = Arc::new(Health::default());
-        let (queue, handle) = pipeline::spawn_writer(
-            Arc::clone(&cache),
-            Arc::clone(&backend),
-            Arc::clone(&health),
-            config,
-        );
-        if let Some(feed) = feed {
-            spawn_follower(feed, queue.downgrade());
-        }
-        let behind = behind_capacity.map(|capacity| Behind {
-            slots: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            order: RwLock::new(()),
-        });
+        writer::spawn(Arc::clone(&pipeline), &backend, feed);
+        let keepalive: Arc<dyn Any + Send + Sync> = Arc::clone(&backend) as _;
         Ok(Self {
-            cache,
-            backend,
-            queue,
-            writer: Mutex::new(Some(handle)),
-            health,
-            behind,
+            inner: Arc::new(Inner {
+                pipeline,
+                backend,
+                keepalive,
+            }),
         })
+    }
+
+    fn pipeline(&self) -> &Pipeline<K, V> {
+        &self.inner.pipeline
+    }
+
+    fn write_behind(&self) -> bool {
+        self.pipeline().write_behind()
     }
 
     /// Inserts `value` under `key` and persists it; returns the value it replaced.
@@ -196,26 +184,27 @@ where
     /// When the backend refused the change; the map is then unchanged.
     /// Write-behind: when an earlier background write failed.
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        let op = BatchOp::Put { key, value };
-        match &self.behind {
-            None => self.commit_one(op).await,
-            Some(behind) => self.queue_one(behind, op).await,
+        if self.write_behind() {
+            return self.pipeline().insert_behind(key, value).await;
         }
+        self.commit_one(BatchOp::Put { key, value }).await
     }
 
     /// Removes `key` from the map and the store; returns the value it had.
     ///
-    /// Removing a missing key writes nothing and returns `None`.
+    /// On a store this map holds exclusively (it takes a lock, as the CSV
+    /// backend does), removing a key the map lacks writes nothing. On a store
+    /// others may write, the removal is always written, so it also removes a
+    /// row another instance added that this cache has not seen yet.
     ///
     /// # Errors
     ///
     /// As [`insert`](Self::insert).
     pub async fn remove(&self, key: &K) -> Result<Option<V>> {
-        let op = BatchOp::Delete { key: key.clone() };
-        match &self.behind {
-            None => self.commit_one(op).await,
-            Some(behind) => self.queue_one(behind, op).await,
+        if self.write_behind() {
+            return self.pipeline().remove_behind(key.clone()).await;
         }
+        self.commit_one(BatchOp::Delete { key: key.clone() }).await
     }
 
     /// Inserts every pair, persisted as one backend batch; returns the values
@@ -289,7 +278,10 @@ where
     /// happens while it runs, and its changes are applied atomically (all or
     /// none, in the store and in the cache). Returns what `body` returns.
     ///
-    /// `body` runs on the map's writer task: keep it short and do not block.
+    /// `body` holds no lock of the cache, so it may read the map, but no
+    /// other write of this map can proceed while it runs: keep it short and
+    /// do not block. If it panics, nothing of it is applied, the map carries
+    /// on, and the panic resumes in the caller.
     ///
     /// ```
     /// use persistent_map_core::PersistentMap;
@@ -326,27 +318,21 @@ where
         R: Send + 'static,
     {
         self.require_atomic()?;
-        match &self.behind {
-            None => {
-                let (result_tx, result_rx) = oneshot::channel();
-                let job: pipeline::TxFn<K, V> = Box::new(move |tx| {
-                    let _ = result_tx.send(body(tx));
-                });
-                self.send(|reply| Command::Transaction(job, reply)).await?;
-                result_rx.await.map_err(|_| PersistentError::Closed)
-            }
-            Some(behind) => {
-                self.health.check()?;
-                let _exclusive = behind.order.write().await;
-                let mut tx = Transaction::new(&self.cache);
-                let result = body(&mut tx);
-                let ops = tx.into_ops();
-                if !ops.is_empty() {
-                    let permit = behind.reserve(ops.len()).await?;
-                    self.queue_unit(ops, permit)?;
-                }
-                Ok(result)
-            }
+        if self.write_behind() {
+            return self.pipeline().transaction_behind(body).await;
+        }
+        let (outcome_tx, outcome_rx) = oneshot::channel();
+        let job: TxFn<K, V> = Box::new(move |tx| {
+            let outcome = guarded(|| body(tx));
+            let completed = outcome.is_ok();
+            let _ = outcome_tx.send(outcome);
+            completed
+        });
+        let committed = self.request(|reply| Command::Transaction(job, reply)).await;
+        match outcome_rx.await {
+            Ok(Err(panic)) => std::panic::resume_unwind(panic),
+            Ok(Ok(answer)) => committed.map(|()| answer),
+            Err(_) => committed.and(Err(PersistentError::Closed)),
         }
     }
 
@@ -354,7 +340,9 @@ where
     /// current one (`None` removes the key); returns the new value.
     ///
     /// No other write of this key happens between reading the current value
-    /// and storing the new one.
+    /// and storing the new one. `f` holds no lock of the cache, so it may read
+    /// the map; if it panics, nothing is changed and the panic resumes in the
+    /// caller.
     ///
     /// # Errors
     ///
@@ -363,15 +351,17 @@ where
     where
         F: FnOnce(Option<&V>) -> Option<V> + Send + 'static,
     {
-        let decide = move |current: Option<&V>| match f(current) {
-            Some(value) => Decision::Put(value),
-            None if current.is_some() => Decision::Delete,
-            None => Decision::Keep,
-        };
-        self.read_modify_write(key.clone(), Box::new(decide)).await
+        self.read_modify_write(key.clone(), move |current: Option<&V>| {
+            match f(current) {
+                Some(value) => Decision::Put(value),
+                None => Decision::Delete,
+            }
+        })
+        .await
     }
 
     /// Returns the value under `key`, first inserting `f()` if there is none.
+    /// If `f` panics, nothing is changed and the panic resumes in the caller.
     ///
     /// # Errors
     ///
@@ -383,11 +373,12 @@ where
         if let Some(value) = self.get(&key) {
             return Ok(value);
         }
-        let decide = move |current: Option<&V>| match current {
-            Some(_) => Decision::Keep,
-            None => Decision::Put(f()),
-        };
-        let value = self.read_modify_write(key, Box::new(decide)).await?;
+        let value = self
+            .read_modify_write(key, move |current: Option<&V>| match current {
+                Some(_) => Decision::Keep,
+                None => Decision::Put(f()),
+            })
+            .await?;
         // Keep answers with the present value and Put with the new one.
         Ok(value.expect("get_or_insert_with always leaves a value"))
     }
@@ -398,7 +389,10 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.cache.get(key).map(|entry| entry.value().clone())
+        self.pipeline()
+            .cache
+            .get(key)
+            .map(|entry| entry.value().clone())
     }
 
     /// Returns whether `key` is in the map.
@@ -407,17 +401,17 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.cache.contains_key(key)
+        self.pipeline().cache.contains_key(key)
     }
 
     /// Returns the number of entries.
     pub fn len(&self) -> usize {
-        self.cache.len()
+        self.pipeline().cache.len()
     }
 
     /// Returns whether the map has no entries.
     pub fn is_empty(&self) -> bool {
-        self.cache.is_empty()
+        self.pipeline().cache.is_empty()
     }
 
     /// Removes every entry from the map **and from the store**.
@@ -429,62 +423,50 @@ where
     ///
     /// When the backend could not clear the store; the map is then unchanged.
     pub async fn clear(&self) -> Result<()> {
-        match &self.behind {
-            None => self.send(|reply| Command::Clear(Some(reply))).await,
-            Some(behind) => {
-                self.health.check()?;
-                let _exclusive = behind.order.write().await;
-                self.queue
-                    .send(Command::Clear(None))
-                    .map_err(|_| PersistentError::Closed)?;
-                self.cache.clear();
-                Ok(())
-            }
+        if self.write_behind() {
+            return self.pipeline().clear_behind().await;
         }
+        self.request(|reply| Command::Clear(Some(reply))).await
     }
 
     /// Removes every entry for which `keep` returns `false`, from the map and
     /// the store, as one batch; returns how many were removed.
     ///
     /// `keep` runs against a consistent view: no other write of this map is
-    /// applied while it runs.
+    /// applied while it runs. It may read the map. If it panics, nothing is
+    /// removed and the panic resumes in the caller.
     ///
     /// # Errors
     ///
     /// As [`insert_many`](Self::insert_many).
-    pub async fn retain<F>(&self, mut keep: F) -> Result<usize>
+    pub async fn retain<F>(&self, keep: F) -> Result<usize>
     where
         F: FnMut(&K, &V) -> bool + Send + 'static,
     {
-        match &self.behind {
-            None => {
-                self.send(|reply| Command::Retain(Box::new(keep), reply))
-                    .await
-            }
-            Some(behind) => {
-                self.health.check()?;
-                let _exclusive = behind.order.write().await;
-                let doomed: Vec<K> = self
-                    .cache
-                    .iter()
-                    .filter(|entry| !keep(entry.key(), entry.value()))
-                    .map(|entry| entry.key().clone())
-                    .collect();
-                if doomed.is_empty() {
-                    return Ok(0);
-                }
-                let permit = behind.reserve(doomed.len()).await?;
-                let ops = doomed
-                    .iter()
-                    .map(|key| BatchOp::Delete { key: key.clone() })
-                    .collect();
-                self.queue_unit(ops, permit)?;
-                for key in &doomed {
-                    self.cache.remove(key);
-                }
-                Ok(doomed.len())
-            }
+        if self.write_behind() {
+            return self.pipeline().retain_behind(keep).await;
         }
+        let (panic_tx, panic_rx) = oneshot::channel::<Panic>();
+        let mut panic_tx = Some(panic_tx);
+        let mut keep = keep;
+        let guarded_keep: Keep<K, V> = Box::new(move |key, value| {
+            match guarded(|| keep(key, value)) {
+                Ok(verdict) => Some(verdict),
+                Err(panic) => {
+                    if let Some(tx) = panic_tx.take() {
+                        let _ = tx.send(panic);
+                    }
+                    None
+                }
+            }
+        });
+        let removed = self
+            .request(|reply| Command::Retain(guarded_keep, reply))
+            .await;
+        if let Ok(panic) = panic_rx.await {
+            std::panic::resume_unwind(panic);
+        }
+        removed
     }
 
     /// Makes every change acknowledged before this call durable on the medium.
@@ -495,8 +477,8 @@ where
     /// or, write-behind, when a background write failed since the map opened
     /// or was last reloaded.
     pub async fn flush(&self) -> Result<()> {
-        self.health.check()?;
-        self.send(Command::Flush).await
+        self.pipeline().health.check()?;
+        self.request(Command::Flush).await
     }
 
     /// Replaces the cache with what the store holds now, after every earlier
@@ -504,17 +486,20 @@ where
     /// recover a write-behind map whose background write failed: it drops the
     /// changes that were not stored and accepts writes again.
     ///
+    /// Writes of this map made after `reload` was called wait until it is
+    /// done, even if the `reload` future is dropped.
+    ///
     /// # Errors
     ///
     /// As [`new`](Self::new); the cache is then unchanged.
     pub async fn reload(&self) -> Result<()> {
-        match &self.behind {
-            None => self.send(Command::Reload).await,
-            Some(behind) => {
-                let _exclusive = behind.order.write().await;
-                self.send(Command::Reload).await
-            }
+        let (reply, answer) = oneshot::channel();
+        if self.write_behind() {
+            self.pipeline().reload_behind(Command::Reload(reply)).await?;
+        } else {
+            self.pipeline().submit(Command::Reload(reply)).await?;
         }
+        self.answer(answer).await
     }
 
     /// 0.1.x name of [`reload`](Self::reload).
@@ -526,40 +511,65 @@ where
         self.reload().await
     }
 
-    /// Flushes, then stops the writer task. Later writes return
-    /// [`PersistentError::Closed`]; reads keep working. Once `close` returned,
-    /// dropping the map releases the backend at once (files, locks, pools).
+    /// Flushes every change accepted so far, then stops the writer, for
+    /// every clone of this map. Later writes and flushes return
+    /// [`PersistentError::Closed`]; reads keep working. The backend is
+    /// released (files, locks, pools) when the last clone is dropped.
+    ///
+    /// Closing a closed map does nothing and returns `Ok`.
     ///
     /// # Errors
     ///
     /// As [`flush`](Self::flush); the writer is stopped either way.
     pub async fn close(&self) -> Result<()> {
-        let flushed = match self.send(Command::Close).await {
+        let (reply, answer) = oneshot::channel();
+        let queued = {
+            let pipeline = self.pipeline();
+            let mut state = pipeline.lock();
+            if state.closing {
+                false
+            } else {
+                state.closing = true;
+                pipeline.enqueue(&mut state, Command::Close(reply), true);
+                true
+            }
+        };
+        let flushed = if queued {
+            match answer.await {
+                Ok(result) => result,
+                Err(_) => Err(self.pipeline().gone().await),
+            }
+        } else {
+            Err(self.pipeline().gone().await)
+        };
+        // Once this returns the writer has let go of the backend.
+        self.pipeline().health.wait_stopped().await;
+        match flushed {
             Err(PersistentError::Closed) => Ok(()),
             other => other,
-        };
-        let mut writer = self.writer.lock().await;
-        if let Some(handle) = writer.take() {
-            // Wait until the writer has dropped its handle on the backend.
-            let _ = handle.await;
         }
-        flushed
+    }
+
+    /// Whether the map was closed (by any clone), or its writer stopped.
+    pub fn is_closed(&self) -> bool {
+        self.pipeline().health.is_stopped() || self.pipeline().lock().closing
     }
 
     /// Write-behind: the number of changes accepted but not yet covered by a
     /// successful flush. Always 0 in write-through mode.
     pub fn unflushed(&self) -> u64 {
-        self.health.unflushed()
+        self.pipeline().health.unflushed()
     }
 
     /// The backend, for backend-specific calls.
     pub fn backend(&self) -> &B {
-        &self.backend
+        &self.inner.backend
     }
 
     /// Clones of every key, from a snapshot of the cache.
     pub fn keys(&self) -> std::vec::IntoIter<K> {
-        self.cache
+        self.pipeline()
+            .cache
             .iter()
             .map(|entry| entry.key().clone())
             .collect::<Vec<_>>()
@@ -568,7 +578,8 @@ where
 
     /// Clones of every value, from a snapshot of the cache.
     pub fn values(&self) -> std::vec::IntoIter<V> {
-        self.cache
+        self.pipeline()
+            .cache
             .iter()
             .map(|entry| entry.value().clone())
             .collect::<Vec<_>>()
@@ -578,7 +589,8 @@ where
     /// Owned `(key, value)` pairs of a snapshot of the cache. No lock is held
     /// once this returns, so the iterator can be used across `.await`.
     pub fn iter(&self) -> std::vec::IntoIter<(K, V)> {
-        self.cache
+        self.pipeline()
+            .cache
             .iter()
             .map(|entry| (entry.key().clone(), entry.value().clone()))
             .collect::<Vec<_>>()
@@ -586,15 +598,16 @@ where
     }
 
     /// Calls `f` on every entry without cloning. `f` runs while a shard of the
-    /// cache is read-locked: it must not call back into this map's writes.
+    /// cache is read-locked: it may read the map, but must not wait for a
+    /// write of this map.
     pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        for entry in self.cache.iter() {
+        for entry in self.pipeline().cache.iter() {
             f(entry.key(), entry.value());
         }
     }
 
     fn require_atomic(&self) -> Result<()> {
-        if self.backend.capabilities().atomic_batch {
+        if self.inner.backend.capabilities().atomic_batch {
             Ok(())
         } else {
             Err(PersistentError::Unsupported {
@@ -605,7 +618,7 @@ where
     }
 
     async fn commit_one(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
-        self.send(|reply| {
+        self.request(|reply| {
             Command::Commit(Unit {
                 ops: vec![op],
                 waiter: Waiter::One(reply),
@@ -618,173 +631,86 @@ where
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        match &self.behind {
-            None => {
-                self.send(|reply| {
-                    Command::Commit(Unit {
-                        ops,
-                        waiter: Waiter::Many(reply),
-                    })
-                })
-                .await
-            }
-            Some(behind) => {
-                self.health.check()?;
-                let permit = behind.reserve(ops.len()).await?;
-                let _exclusive = behind.order.write().await;
-                let replaced = ops
-                    .iter()
-                    .map(|op| match op {
-                        BatchOp::Put { key, value } => {
-                            self.cache.insert(key.clone(), value.clone())
-                        }
-                        BatchOp::Delete { key } => self.cache.remove(key).map(|(_, v)| v),
-                    })
-                    .collect();
-                self.queue_unit(ops, permit)?;
-                Ok(replaced)
-            }
+        if self.write_behind() {
+            return self.pipeline().many_behind(ops).await;
         }
-    }
-
-    /// Write-behind single-key change.
-    async fn queue_one(&self, behind: &Behind, op: BatchOp<K, V>) -> Result<Option<V>> {
-        match op {
-            BatchOp::Put { key, value } => {
-                self.change_behind(behind, key, |_| Decision::Put(value))
-                    .await
-            }
-            BatchOp::Delete { key } => {
-                self.change_behind(behind, key, |current| match current {
-                    Some(_) => Decision::Delete,
-                    None => Decision::Keep,
-                })
-                .await
-            }
-        }
-    }
-
-    async fn read_modify_write(&self, key: K, decide: pipeline::UpdateFn<V>) -> Result<Option<V>> {
-        let Some(behind) = &self.behind else {
-            return self.send(|reply| Command::Update(key, decide, reply)).await;
-        };
-        let mut stored = None;
-        self.change_behind(behind, key, |current| {
-            let decision = decide(current);
-            stored = match &decision {
-                Decision::Keep => current.cloned(),
-                Decision::Put(value) => Some(value.clone()),
-                Decision::Delete => None,
-            };
-            decision
-        })
-        .await?;
-        Ok(stored)
-    }
-
-    /// Write-behind: decides on the key's current value, then updates the
-    /// cache and queues the change while holding the key's lock, so the
-    /// queue order is the cache order. Returns the value it replaced.
-    async fn change_behind(
-        &self,
-        behind: &Behind,
-        key: K,
-        decide: impl FnOnce(Option<&V>) -> Decision<V>,
-    ) -> Result<Option<V>> {
-        self.health.check()?;
-        let permit = behind.reserve(1).await?;
-        let _shared = behind.order.read().await;
-        let entry = self.cache.entry(key.clone());
-        let current = match &entry {
-            Entry::Occupied(occupied) => Some(occupied.get()),
-            Entry::Vacant(_) => None,
-        };
-        match decide(current) {
-            Decision::Keep => Ok(current.cloned()),
-            Decision::Put(value) => {
-                let op = BatchOp::Put {
-                    key,
-                    value: value.clone(),
-                };
-                self.queue_unit(vec![op], permit)?;
-                Ok(match entry {
-                    Entry::Occupied(mut occupied) => Some(occupied.insert(value)),
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(value);
-                        None
-                    }
-                })
-            }
-            Decision::Delete => match entry {
-                Entry::Occupied(occupied) => {
-                    self.queue_unit(vec![BatchOp::Delete { key }], permit)?;
-                    Ok(Some(occupied.remove()))
-                }
-                Entry::Vacant(_) => Ok(None),
-            },
-        }
-    }
-
-    fn queue_unit(&self, ops: Vec<BatchOp<K, V>>, permit: OwnedSemaphorePermit) -> Result<()> {
-        let changes = ops.len() as u64;
-        self.queue
-            .send(Command::Persist(Unit {
+        self.request(|reply| {
+            Command::Commit(Unit {
                 ops,
-                waiter: Waiter::Detached { _slots: permit },
-            }))
-            .map_err(|_| PersistentError::Closed)?;
-        self.health.queued.fetch_add(changes, Ordering::AcqRel);
-        Ok(())
+                waiter: Waiter::Many(reply),
+            })
+        })
+        .await
     }
 
-    async fn send<T>(
+    async fn read_modify_write(
         &self,
-        command: impl FnOnce(pipeline::Reply<T>) -> Command<K, V>,
-    ) -> Result<T> {
+        key: K,
+        decide: impl FnOnce(Option<&V>) -> Decision<V> + Send + 'static,
+    ) -> Result<Option<V>> {
+        // `Delete` of a missing key changes nothing.
+        let decide = move |current: Option<&V>| match decide(current) {
+            Decision::Delete if current.is_none() => Decision::Keep,
+            decision => decision,
+        };
+        if self.write_behind() {
+            return self.pipeline().update_behind(key, decide).await;
+        }
+        let (panic_tx, panic_rx) = oneshot::channel::<Panic>();
+        let guarded_decide: UpdateFn<V> = Box::new(move |current| {
+            guarded(|| decide(current)).unwrap_or_else(|panic| {
+                let _ = panic_tx.send(panic);
+                Decision::Keep
+            })
+        });
+        let stored = self
+            .request(|reply| Command::Update(key, guarded_decide, reply))
+            .await;
+        if let Ok(panic) = panic_rx.await {
+            std::panic::resume_unwind(panic);
+        }
+        stored
+    }
+
+    /// Queues a command someone waits for and waits for its answer.
+    async fn request<T>(&self, command: impl FnOnce(Reply<T>) -> Command<K, V>) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(command(reply))
-            .map_err(|_| PersistentError::Closed)?;
-        answer.await.map_err(|_| PersistentError::Closed)?
+        self.pipeline().submit(command(reply)).await?;
+        self.answer(answer).await
+    }
+
+    async fn answer<T>(&self, answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+        match answer.await {
+            Ok(result) => result,
+            Err(_) => Err(self.pipeline().gone().await),
+        }
     }
 }
 
-/// Forwards another instance's changes to the writer, until the feed or the
-/// map goes away.
-fn spawn_follower<K, V>(mut feed: RemoteChanges<K>, queue: mpsc::WeakUnboundedSender<Command<K, V>>)
-where
-    K: Send + 'static,
-    V: Send + 'static,
-{
-    tokio::spawn(async move {
-        while let Some(change) = feed.recv().await {
-            let Some(queue) = queue.upgrade() else { break };
-            if queue.send(Command::Remote(change)).is_err() {
-                break;
-            }
-        }
-    });
-}
-
-impl<K, V, B> Drop for PersistentMap<K, V, B> {
+impl<K, V, B> Drop for Inner<K, V, B> {
     fn drop(&mut self) {
-        let unflushed = self.health.unflushed();
-        if self.behind.is_some() && unflushed > 0 {
+        let unflushed = self.pipeline.health.unflushed();
+        if self.pipeline.write_behind() && unflushed > 0 && !self.pipeline.health.is_stopped() {
             tracing::warn!(
                 unflushed,
                 "write-behind map dropped with changes not yet flushed; they are written \
                  only while the runtime keeps running: call close().await to keep them"
             );
         }
+        self.pipeline
+            .handles_dropped(Arc::clone(&self.keepalive));
     }
 }
 
-impl<K: Eq + Hash, V, B> fmt::Debug for PersistentMap<K, V, B> {
+impl<K, V, B> fmt::Debug for PersistentMap<K, V, B>
+where
+    K: Eq + Hash,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PersistentMap")
-            .field("len", &self.cache.len())
+            .field("len", &self.inner.pipeline.cache.len())
             .field("backend", &std::any::type_name::<B>())
-            .field("write_behind", &self.behind.is_some())
+            .field("write_behind", &self.inner.pipeline.write_behind())
             .finish_non_exhaustive()
     }
 }
