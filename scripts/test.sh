@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: formatting, lints, every test (unit,
-# integration, conformance, doctests), docs without warnings, and each crate
-# checked on its own so none compiles only thanks to another's features.
+# integration, conformance, doctests), docs without warnings, each crate
+# checked on its own so none compiles only thanks to another's features, and
+# each published crate packaged and built from its package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,5 +35,15 @@ cargo check --quiet -p persistent-map --no-default-features
 for feature in sqlite csv_backend in_memory postgres redis; do
     cargo check --quiet -p persistent-map --no-default-features --features "$feature"
 done
+
+# As `cargo publish --workspace` would: each crate is packaged and built from its
+# package, its sibling crates taken from the packages beside it, so a file left
+# out of a package or a dependency cycle between crates fails here, not at release
+# time. --all-features builds the facade with every backend, as docs.rs does.
+# --allow-dirty lets the script run before a commit; a release runs without it.
+step "cargo package (every crate meant for the registry, verified)"
+cargo package --workspace --all-features --allow-dirty \
+    --exclude persistent-map-benches --exclude persistent-map-reliability \
+    --exclude persistent-map-examples
 
 step "all checks passed"
