@@ -9,6 +9,13 @@ use std::sync::Arc;
 
 use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBackend};
 
+pub use crate::modes::{
+    acknowledged_before_close_is_kept, clones_share_one_map, closures_may_read_the_map,
+    drop_then_reopen_releases_the_store, mixed_writers_with_a_tiny_queue_finish,
+    panicking_closures_leave_the_map_working, remove_reaches_a_shared_store,
+    transactions_reach_the_cache_in_every_mode,
+};
+
 use crate::factory::StoreFactory;
 use crate::harness::{assert_same, contents, open_fresh, reopen};
 use crate::types::{awkward_strings, record, Fragile, Point, Record};

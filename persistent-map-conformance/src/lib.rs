@@ -3,6 +3,7 @@
 pub mod cases;
 mod factory;
 mod harness;
+mod modes;
 pub mod types;
 
 pub use factory::{ConformanceBackend, StoreFactory};
@@ -64,6 +65,14 @@ macro_rules! conformance_tests {
             delete_is_idempotent,
             legacy_query_methods_agree,
             second_opener_is_locked_out,
+            transactions_reach_the_cache_in_every_mode,
+            mixed_writers_with_a_tiny_queue_finish,
+            panicking_closures_leave_the_map_working,
+            closures_may_read_the_map,
+            acknowledged_before_close_is_kept,
+            clones_share_one_map,
+            drop_then_reopen_releases_the_store,
+            remove_reaches_a_shared_store,
         }
     };
 }

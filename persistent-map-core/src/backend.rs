@@ -315,6 +315,12 @@ where
     /// of the keys other instances change, so this instance's cache follows
     /// them. The default (and any backend that returns `None`) has no feed.
     ///
+    /// A write-through map calls it once, when it opens, **before** it loads
+    /// the store with [`load_into`](Self::load_into): a feed subscribed when
+    /// `watch` returns misses nothing, since the load covers what happened
+    /// before and the feed what happens after. Write-behind maps do not call
+    /// it (their cache may be ahead of the store).
+    ///
     /// The backend must leave out changes made through itself, and must send
     /// [`RemoteChange::Resync`] whenever notifications may have been missed
     /// (for example after a reconnect). The map reacts from its writer task,

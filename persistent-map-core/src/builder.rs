@@ -53,17 +53,17 @@ pub const DEFAULT_MAX_PENDING: usize = 100_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteBehind {
     max_delay: Duration,
-    max_pending: usize,
+    max_pending: Option<usize>,
 }
 
 impl WriteBehind {
     /// Defaults: batches written at most 10 ms after their first change, at
-    /// most [`DEFAULT_MAX_PENDING`] changes queued.
+    /// most [`PersistentMapBuilder::max_pending`] changes queued.
     #[must_use]
     pub const fn new() -> Self {
         Self {
             max_delay: Duration::from_millis(10),
-            max_pending: DEFAULT_MAX_PENDING,
+            max_pending: None,
         }
     }
 
@@ -81,10 +81,10 @@ impl WriteBehind {
     /// How many changes may wait in the queue before writers wait for room
     /// (values below 1 count as 1). A single write larger than the room left
     /// (an `insert_many`, a transaction) is admitted whole once the queue is
-    /// below the bound.
+    /// below the bound. Overrides [`PersistentMapBuilder::max_pending`].
     #[must_use]
     pub const fn max_pending(mut self, changes: usize) -> Self {
-        self.max_pending = if changes == 0 { 1 } else { changes };
+        self.max_pending = Some(if changes == 0 { 1 } else { changes });
         self
     }
 
@@ -94,9 +94,9 @@ impl WriteBehind {
         self.max_delay
     }
 
-    /// The configured queue bound.
+    /// The queue bound set with [`max_pending`](Self::max_pending), if any.
     #[must_use]
-    pub const fn pending(&self) -> usize {
+    pub const fn pending(&self) -> Option<usize> {
         self.max_pending
     }
 }
@@ -112,6 +112,7 @@ impl Default for WriteBehind {
 pub struct PersistentMapBuilder<K, V, B> {
     backend: B,
     max_batch: usize,
+    max_pending: usize,
     write_behind: Option<WriteBehind>,
     _types: PhantomData<fn() -> (K, V)>,
 }
@@ -126,6 +127,7 @@ where
         Self {
             backend,
             max_batch: DEFAULT_MAX_BATCH,
+            max_pending: DEFAULT_MAX_PENDING,
             write_behind: None,
             _types: PhantomData,
         }
@@ -139,9 +141,19 @@ where
         self
     }
 
+    /// How many changes may wait in the queue, in either mode, before
+    /// writers wait for room (default [`DEFAULT_MAX_PENDING`]; values below
+    /// 1 count as 1). In write-through mode callers wait for their own
+    /// change anyway, so only many concurrent or cancelled calls reach it.
+    /// A single write larger than the room left is admitted whole once the
+    /// queue is below the bound.
+    pub fn max_pending(mut self, changes: usize) -> Self {
+        self.max_pending = changes.max(1);
+        self
+    }
+
     /// Write-through (the default): every write returns once the backend
-    /// accepted it. At most [`DEFAULT_MAX_PENDING`] changes wait in the queue
-    /// (only cancelled calls can leave that many).
+    /// accepted it.
     pub fn write_through(mut self) -> Self {
         self.write_behind = None;
         self
@@ -163,7 +175,8 @@ where
             max_batch: self.max_batch,
             max_pending: self
                 .write_behind
-                .map_or(DEFAULT_MAX_PENDING, |mode| mode.max_pending),
+                .and_then(|mode| mode.max_pending)
+                .unwrap_or(self.max_pending),
             behind_delay: self.write_behind.map(|mode| mode.max_delay),
         };
         PersistentMap::open(self.backend, config).await
@@ -175,6 +188,7 @@ impl<K, V, B> fmt::Debug for PersistentMapBuilder<K, V, B> {
         f.debug_struct("PersistentMapBuilder")
             .field("backend", &std::any::type_name::<B>())
             .field("max_batch", &self.max_batch)
+            .field("max_pending", &self.max_pending)
             .field("write_behind", &self.write_behind)
             .finish()
     }

@@ -10,11 +10,11 @@
 //!   backend implements [`Listen`] to start it;
 //! * the message format, [`Announcement`]: `{"from":"<instance>","keys":[..]}`
 //!   or `{"from":"<instance>","resync":true}`, as JSON;
-//! * the hand-over to the map: a [`Feed`] starts the listener before the map
-//!   loads the store ([`Feed::prepare`], from
-//!   [`load_into`](crate::StorageBackend::load_into)), hands it to the map
-//!   ([`Feed::take`], from `watch`) and asks the map to reload after a write
-//!   whose outcome is unknown ([`Feed::resync_after_doubt`]).
+//! * the hand-over to the map: a [`Feed`] starts the listener and hands it to
+//!   the map ([`Feed::take`], from [`watch`](crate::StorageBackend::watch),
+//!   which the map calls before it loads the store, so nothing announced
+//!   during or after the load is missed) and asks the map to reload after a
+//!   write whose outcome is unknown ([`Feed::resync_after_doubt`]).
 //!
 //! The listener keeps reading whatever the map does: announcements pile up
 //! in the inbox, which collapses them into a single "reload everything" when
@@ -431,7 +431,6 @@ impl Drop for Reader {
 /// # async fn main() -> Result<(), PersistentError> {
 /// let (tx, _) = broadcast::channel(16);
 /// let feed = Feed::new(Bus { tx: tx.clone(), instance: "me".into() });
-/// feed.prepare().await?; // in load_into, before reading the store
 /// let mut changes = feed.take::<String>().await?; // in watch
 ///
 /// tx.send(Announcement::changed("me", vec!["mine".into()]).to_json()).ok();
@@ -472,11 +471,8 @@ pub trait Listen: Send + Sync + 'static {
 }
 
 enum State {
-    /// No listener yet.
+    /// No map follows.
     Idle,
-    /// A listener started before the map loaded (so nothing announced
-    /// between the load and the feed is missed), waiting for `take`.
-    Pending(Reader),
     /// A map follows the feed.
     Taken(Arc<Inbox>),
 }
@@ -485,10 +481,9 @@ enum State {
 /// the hand-over to the map. See the [module documentation](self) and the
 /// example on [`Listen`].
 ///
-/// At most one listener runs per feed: the one started by [`prepare`]
-/// (or by [`take`]) stops when the map that took it stops following.
+/// At most one listener runs per map: the one started by [`take`] stops
+/// when the map that took it stops following.
 ///
-/// [`prepare`]: Self::prepare
 /// [`take`]: Self::take
 pub struct Feed<L> {
     listen: Arc<L>,
@@ -513,53 +508,25 @@ impl<L: Listen> Feed<L> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts a listener before a map loads the store, so that what other
-    /// instances announce during and after the load is followed; does
-    /// nothing when one is already waiting or a map already follows.
+    /// Starts a listener and hands it to a map: the changes other instances
+    /// announce, keys decoded with [`key_from_text`] (after
+    /// [`Listen::key_text`]); a key that does not decode as a `K` turns the
+    /// batch into a resync.
+    ///
+    /// The map calls [`watch`](crate::StorageBackend::watch), and so this,
+    /// before it loads the store: the listener is subscribed when this
+    /// returns, so the load that follows plus the announcements cover every
+    /// change, and no initial resync (a second full load) is needed. A
+    /// previous map's listener stops when that map drops its receiver.
     ///
     /// # Errors
     ///
     /// When the listener cannot start ([`Listen::start`]).
-    pub async fn prepare(&self) -> Result<(), L::Error> {
-        if !matches!(*self.state(), State::Idle) {
-            return Ok(());
-        }
-        let reader = self.start().await?;
-        let mut state = self.state();
-        if matches!(*state, State::Idle) {
-            *state = State::Pending(reader);
-        }
-        Ok(())
-    }
-
-    /// Hands the feed to a map: the changes other instances announce, keys
-    /// decoded with [`key_from_text`] (after [`Listen::key_text`]); a key
-    /// that does not decode as a `K` turns the batch into a resync.
-    ///
-    /// Takes the listener [`prepare`](Self::prepare) started; without one, a
-    /// new listener starts and the first change is a resync, as changes
-    /// between the map's load and now were not followed. A previous map's
-    /// listener stops when that map drops its receiver.
-    ///
-    /// # Errors
-    ///
-    /// When a new listener cannot start ([`Listen::start`]).
     pub async fn take<K>(&self) -> Result<RemoteChanges<K>, L::Error>
     where
         K: DeserializeOwned + Send + 'static,
     {
-        let pending = match std::mem::replace(&mut *self.state(), State::Idle) {
-            State::Pending(reader) => Some(reader),
-            State::Idle | State::Taken(_) => None,
-        };
-        let reader = match pending {
-            Some(reader) => reader,
-            None => {
-                let reader = self.start().await?;
-                reader.0.push_resync();
-                reader
-            }
-        };
+        let reader = self.start().await?;
         *self.state() = State::Taken(Arc::clone(&reader.0));
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         tokio::spawn(forward(reader, Arc::clone(&self.listen), tx));
@@ -589,7 +556,6 @@ impl<L: Listen> fmt::Debug for Feed<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &*self.state() {
             State::Idle => "idle",
-            State::Pending(_) => "pending",
             State::Taken(_) => "taken",
         };
         f.debug_struct("Feed")

@@ -1,9 +1,9 @@
 //! [`PersistentMap`]: the cache that readers hit, and the API that feeds the write pipeline.
 
+use std::any::Any;
 use std::borrow::Borrow;
 use std::fmt;
 use std::hash::Hash;
-use std::any::Any;
 use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
@@ -351,11 +351,9 @@ where
     where
         F: FnOnce(Option<&V>) -> Option<V> + Send + 'static,
     {
-        self.read_modify_write(key.clone(), move |current: Option<&V>| {
-            match f(current) {
-                Some(value) => Decision::Put(value),
-                None => Decision::Delete,
-            }
+        self.read_modify_write(key.clone(), move |current: Option<&V>| match f(current) {
+            Some(value) => Decision::Put(value),
+            None => Decision::Delete,
         })
         .await
     }
@@ -449,8 +447,8 @@ where
         let (panic_tx, panic_rx) = oneshot::channel::<Panic>();
         let mut panic_tx = Some(panic_tx);
         let mut keep = keep;
-        let guarded_keep: Keep<K, V> = Box::new(move |key, value| {
-            match guarded(|| keep(key, value)) {
+        let guarded_keep: Keep<K, V> =
+            Box::new(move |key, value| match guarded(|| keep(key, value)) {
                 Ok(verdict) => Some(verdict),
                 Err(panic) => {
                     if let Some(tx) = panic_tx.take() {
@@ -458,8 +456,7 @@ where
                     }
                     None
                 }
-            }
-        });
+            });
         let removed = self
             .request(|reply| Command::Retain(guarded_keep, reply))
             .await;
@@ -495,7 +492,9 @@ where
     pub async fn reload(&self) -> Result<()> {
         let (reply, answer) = oneshot::channel();
         if self.write_behind() {
-            self.pipeline().reload_behind(Command::Reload(reply)).await?;
+            self.pipeline()
+                .reload_behind(Command::Reload(reply))
+                .await?;
         } else {
             self.pipeline().submit(Command::Reload(reply)).await?;
         }
@@ -697,8 +696,7 @@ impl<K, V, B> Drop for Inner<K, V, B> {
                  only while the runtime keeps running: call close().await to keep them"
             );
         }
-        self.pipeline
-            .handles_dropped(Arc::clone(&self.keepalive));
+        self.pipeline.handles_dropped(Arc::clone(&self.keepalive));
     }
 }
 

@@ -314,10 +314,7 @@ impl<K, V> Pipeline<K, V> {
             state.closing = true;
             state.reloading = false;
             state.changes = 0;
-            (
-                std::mem::take(&mut state.commands),
-                state.keepalive.take(),
-            )
+            (std::mem::take(&mut state.commands), state.keepalive.take())
         };
         self.health.mark_stopped(stop);
         // Dropped outside the lock: dropping the backend may take a while.

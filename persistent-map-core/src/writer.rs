@@ -33,9 +33,7 @@ use crate::batch::Transaction;
 use crate::closure::panic_message;
 use crate::error::{PersistentError, Result};
 use crate::health::Stop;
-use crate::queue::{
-    Cache, Command, Decision, Keep, Pipeline, Reply, Unit, Waiter, WriterState,
-};
+use crate::queue::{Cache, Command, Decision, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
 
 /// How long the writer waits before it retries a failed refresh of the cache
 /// from a shared store.

@@ -169,7 +169,7 @@ impl CsvBackend {
 
     async fn open_store(&self) -> Result<Store> {
         create_parent(&self.path).await?;
-        let lock = LockFile::acquire(&self.path).await?;
+        let lock = LockFile::acquire(&self.path, self.options.lock_timeout).await?;
         remove_stale_temp(&self.path).await;
         let mut store = Store {
             lock,
@@ -457,6 +457,7 @@ impl fmt::Debug for CsvBackend {
             .field("delimiter", &self.options.delimiter)
             .field("compaction", &self.options.compaction)
             .field("sync", &self.options.sync)
+            .field("lock_timeout", &self.options.lock_timeout)
             .finish_non_exhaustive()
     }
 }

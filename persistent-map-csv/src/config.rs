@@ -1,6 +1,7 @@
 //! Options of a [`CsvBackend`] and the builder that sets them.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::backend::CsvBackend;
 use crate::files::{real_io, Io};
@@ -130,12 +131,28 @@ pub enum SyncPolicy {
     EveryWrite,
 }
 
+/// How long opening a store waits for another holder to release its lock,
+/// by default.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The options of one backend, as set by [`CsvBackendBuilder`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Options {
     pub(crate) delimiter: Delimiter,
     pub(crate) compaction: Compaction,
     pub(crate) sync: SyncPolicy,
+    pub(crate) lock_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            delimiter: Delimiter::default(),
+            compaction: Compaction::default(),
+            sync: SyncPolicy::default(),
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+        }
+    }
 }
 
 /// Sets the options of a [`CsvBackend`]; start it with [`CsvBackend::builder`].
@@ -147,6 +164,7 @@ pub(crate) struct Options {
 ///     .delimiter(Delimiter::Semicolon)
 ///     .compaction(Compaction::when_dead(500, 50))
 ///     .sync(SyncPolicy::EveryWrite)
+///     .lock_timeout(std::time::Duration::from_secs(1))
 ///     .build();
 /// assert_eq!(backend.path(), std::path::Path::new("data/users.csv"));
 /// ```
@@ -182,6 +200,18 @@ impl CsvBackendBuilder {
     /// When writes are synced to the disk (default [`SyncPolicy::OnFlush`]).
     pub fn sync(mut self, sync: SyncPolicy) -> Self {
         self.options.sync = sync;
+        self
+    }
+
+    /// How long opening the store waits for another holder of its lock to
+    /// release it before failing with
+    /// [`PersistentError::Locked`](persistent_map_core::PersistentError::Locked)
+    /// (default [`DEFAULT_LOCK_TIMEOUT`]). The wait covers a map that was
+    /// just dropped and is still letting go of the file; a second writer
+    /// that keeps the store open is still refused. `Duration::ZERO` fails at
+    /// once.
+    pub fn lock_timeout(mut self, timeout: Duration) -> Self {
+        self.options.lock_timeout = timeout;
         self
     }
 

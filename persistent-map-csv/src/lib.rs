@@ -10,7 +10,7 @@ mod lock;
 mod read;
 
 pub use backend::CsvBackend;
-pub use config::{Compaction, CsvBackendBuilder, Delimiter, SyncPolicy};
+pub use config::{Compaction, CsvBackendBuilder, Delimiter, SyncPolicy, DEFAULT_LOCK_TIMEOUT};
 
 /// Test support (feature `fault-injection`), not part of the stable API.
 #[cfg(feature = "fault-injection")]

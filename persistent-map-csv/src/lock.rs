@@ -2,6 +2,9 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use persistent_map_core::{PersistentError, Result};
 
@@ -26,13 +29,42 @@ pub(crate) struct LockFile {
 }
 
 impl LockFile {
-    /// Takes the lock of the store at `data_path` without waiting.
+    /// Takes the lock of the store at `data_path`, waiting up to `timeout`
+    /// for another holder to release it (a map that was just dropped may
+    /// still be letting go of it).
     ///
     /// # Errors
     ///
     /// [`PersistentError::Locked`] naming `data_path` when another backend
-    /// holds it; an I/O error when the lock file cannot be opened.
-    pub(crate) async fn acquire(data_path: &Path) -> Result<Self> {
+    /// still holds it after `timeout`; an I/O error when the lock file cannot
+    /// be opened.
+    pub(crate) async fn acquire(data_path: &Path, timeout: Duration) -> Result<Self> {
+        // Short pauses first: a release under way usually takes well under
+        // a millisecond.
+        const FIRST_PAUSE: Duration = Duration::from_millis(1);
+        const LAST_PAUSE: Duration = Duration::from_millis(50);
+        let deadline = Instant::now().checked_add(timeout);
+        let mut pause = FIRST_PAUSE;
+        loop {
+            match Self::try_acquire(data_path).await? {
+                Some(lock) => return Ok(lock),
+                None => {
+                    let now = Instant::now();
+                    if deadline.is_some_and(|deadline| now >= deadline) {
+                        return Err(PersistentError::Locked {
+                            path: data_path.to_owned(),
+                        });
+                    }
+                    let wake = deadline.map_or(now + pause, |deadline| deadline.min(now + pause));
+                    tokio::time::sleep_until(wake).await;
+                    pause = (pause * 2).min(LAST_PAUSE);
+                }
+            }
+        }
+    }
+
+    /// One attempt: `None` when another backend holds the lock.
+    async fn try_acquire(data_path: &Path) -> Result<Option<Self>> {
         let data_path = data_path.to_owned();
         blocking(move || {
             let path = sidecar(&data_path, ".lock");
@@ -44,8 +76,8 @@ impl LockFile {
                 .open(&path)
                 .map_err(|e| PersistentError::io(&path, e))?;
             match file.try_lock() {
-                Ok(()) => Ok(Self { _file: file, path }),
-                Err(TryLockError::WouldBlock) => Err(PersistentError::Locked { path: data_path }),
+                Ok(()) => Ok(Some(Self { _file: file, path })),
+                Err(TryLockError::WouldBlock) => Ok(None),
                 Err(TryLockError::Error(e)) => Err(PersistentError::io(&path, e)),
             }
         })

@@ -763,14 +763,10 @@ where
 
     /// Streams the rows, decoding each as it arrives. A row that does not
     /// decode stops the load with an error naming the table and key; nothing
-    /// is changed. With [`Watch::Enabled`] the change feed starts listening
-    /// first, so no change made during or after the load is missed.
+    /// is changed. With [`Watch::Enabled`] the map subscribes to the change
+    /// feed (`watch`) before it loads, so no change made during or after the
+    /// load is missed.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
-        if let Some(feed) = &self.inner.feed {
-            feed.prepare()
-                .await
-                .map_err(|e| self.error(e, Operation::Load))?;
-        }
         let mut rows = sqlx::query(&self.inner.sql.select_all).fetch(&self.inner.pool);
         while let Some(row) = rows
             .try_next()

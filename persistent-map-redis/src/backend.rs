@@ -542,14 +542,10 @@ where
 
     /// Reads the hash with `HSCAN` in chunks of the configured count, so a
     /// large map never blocks the server. `HSCAN` is not a snapshot: with
-    /// [`Watch::Enabled`] the change feed subscribes first, so a change made
-    /// by another instance during the scan is followed afterwards.
+    /// [`Watch::Enabled`] the map subscribes to the change feed (`watch`)
+    /// before it loads, so a change made by another instance during the scan
+    /// is followed afterwards.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
-        if let Some(feed) = &self.inner.feed {
-            feed.prepare()
-                .await
-                .map_err(|e| self.error(e, Operation::Load))?;
-        }
         let mut cursor: u64 = 0;
         loop {
             let mut command = redis::cmd("HSCAN");

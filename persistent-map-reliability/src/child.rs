@@ -103,7 +103,7 @@ pub struct ChildArgs {
     pub exit: Exit,
     /// SQLite: `synchronous = FULL` instead of `NORMAL`.
     pub sync_full: bool,
-    /// SQLite: the busy timeout in milliseconds.
+    /// SQLite: the busy timeout; CSV: the lock timeout; in milliseconds.
     pub busy_ms: u64,
     /// After opening, wait for a line (or EOF) on stdin before writing.
     pub hold: bool,

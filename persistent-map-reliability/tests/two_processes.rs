@@ -54,6 +54,9 @@ async fn csv_second_process_is_locked_out() {
                 args.key_prefix = (*prefix).to_owned();
                 args.ops = 20;
                 args.hold = true;
+                // Refuse at once: the other child holds the lock until the
+                // test lets it write, so waiting would only slow the trial.
+                args.busy_ms = 0;
                 args
             })
             .collect();

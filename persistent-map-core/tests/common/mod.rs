@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use persistent_map_core::{
     async_trait, BatchOp, Capabilities, PersistentError, Result, StorageBackend,
@@ -25,6 +25,12 @@ pub struct Switchable {
     pub batches: Arc<AtomicUsize>,
     pub changes: Arc<AtomicUsize>,
     pub flushes: Arc<AtomicUsize>,
+    pub loads: Arc<AtomicUsize>,
+    /// While gated, every load waits for a `release_loads`.
+    pub load_gate: Arc<Semaphore>,
+    pub loads_gated: Arc<AtomicBool>,
+    /// A change to this key (as JSON) is refused.
+    pub refused_key: Arc<Mutex<Option<String>>>,
     pub atomic: bool,
 }
 
@@ -38,8 +44,34 @@ impl Switchable {
             batches: Arc::default(),
             changes: Arc::default(),
             flushes: Arc::default(),
+            loads: Arc::default(),
+            load_gate: Arc::new(Semaphore::new(0)),
+            loads_gated: Arc::default(),
+            refused_key: Arc::default(),
             atomic,
         }
+    }
+
+    /// While on, loads wait until it is turned off.
+    pub fn gate_loads(&self, on: bool) {
+        self.loads_gated.store(on, Ordering::SeqCst);
+        if !on {
+            self.load_gate.add_permits(1_000_000);
+        }
+    }
+
+    /// Refuse every change to `key` (a non-atomic backend applies the
+    /// changes of a batch before it).
+    pub fn refuse<K: Serialize>(&self, key: &K) {
+        *self.refused_key.lock().expect("not poisoned") =
+            Some(serde_json::to_string(key).expect("key encodes"));
+    }
+
+    fn refused<K: Serialize>(&self, key: &K) -> bool {
+        let refused = self.refused_key.lock().expect("not poisoned");
+        refused
+            .as_deref()
+            .is_some_and(|text| serde_json::to_string(key).is_ok_and(|k| k == text))
     }
 
     pub fn fail(&self, on: bool) {
@@ -72,6 +104,10 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     async fn load_all(&self) -> Result<HashMap<K, V>> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        if self.loads_gated.load(Ordering::SeqCst) {
+            let _ = self.load_gate.acquire().await.expect("gate").forget();
+        }
         self.inner.load_all().await
     }
 
@@ -94,9 +130,15 @@ where
         self.batches.fetch_add(1, Ordering::SeqCst);
         self.changes.fetch_add(batch.len(), Ordering::SeqCst);
         if self.atomic {
+            if batch.iter().any(|op| self.refused(op.key())) {
+                return Err(PersistentError::Other("refused key".into()));
+            }
             self.inner.apply_batch(batch).await
         } else {
             for op in batch {
+                if self.refused(op.key()) {
+                    return Err(PersistentError::Other("refused key".into()));
+                }
                 match op {
                     BatchOp::Put { key, value } => {
                         self.inner.save(key.clone(), value.clone()).await?

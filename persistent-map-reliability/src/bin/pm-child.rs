@@ -261,6 +261,7 @@ async fn open_and_run(args: &ChildArgs, out: &mut Vectored) -> i32 {
                 // Compaction runs when the stream asks for it, or with
                 // the default policy; small thresholds make it frequent.
                 .compaction(Compaction::when_dead(200, 50))
+                .lock_timeout(Duration::from_millis(args.busy_ms))
                 .file_io(io)
                 .build();
             run(args, backend, out).await
