@@ -50,7 +50,7 @@ fn get_under_writes(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let dir = tempfile::tempdir().expect("dir");
-    let map = Arc::new(rt.block_on(async {
+    let map = rt.block_on(async {
         let backend =
             persistent_map_benches::sqlite(dir.path(), persistent_map_sqlite::Synchronous::Normal)
                 .await;
@@ -59,7 +59,7 @@ fn get_under_writes(c: &mut Criterion) {
             .await
             .expect("fill");
         map
-    }));
+    });
     let keys: Vec<String> = (0..ENTRIES).map(|i| key((i * 7919) % ENTRIES)).collect();
 
     let mut group = c.benchmark_group("get_with_writers");
@@ -67,7 +67,7 @@ fn get_under_writes(c: &mut Criterion) {
         let stop = Arc::new(AtomicBool::new(false));
         let tasks: Vec<_> = (0..writers)
             .map(|w| {
-                let map = Arc::clone(&map);
+                let map = map.clone();
                 let stop = Arc::clone(&stop);
                 rt.spawn(async move {
                     let mut i = w;

@@ -2,7 +2,6 @@
 //! loads, on every backend.
 #![allow(missing_docs)] // criterion_group! generates undocumented functions
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -39,7 +38,7 @@ fn concurrent_inserts(c: &mut Criterion) {
     const PER_ROUND: u64 = 1_600;
     group.throughput(Throughput::Elements(PER_ROUND));
     for_each_backend!(rt, |name, backend| {
-        let map = Arc::new(rt.block_on(open(backend)));
+        let map = rt.block_on(open(backend));
         for tasks in [1_u64, 4, 16] {
             let mut round = 0_u64;
             group.bench_with_input(BenchmarkId::new(name, tasks), &tasks, |b, &tasks| {
@@ -52,7 +51,7 @@ fn concurrent_inserts(c: &mut Criterion) {
                         rt.block_on(async {
                             let handles: Vec<_> = (0..tasks)
                                 .map(|t| {
-                                    let map = Arc::clone(&map);
+                                    let map = map.clone();
                                     tokio::spawn(async move {
                                         for i in (t..PER_ROUND).step_by(tasks as usize) {
                                             let n = base + i;

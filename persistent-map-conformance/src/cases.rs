@@ -5,7 +5,6 @@
 //! [`conformance_tests!`](crate::conformance_tests), or directly with a factory.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBackend};
 
@@ -286,10 +285,10 @@ pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut 
     const TASKS: u64 = 16;
     const OPS: u64 = 150;
     const KEYS: u64 = 8;
-    let map = Arc::new(open_fresh::<F, u64, Record>(&mut factory).await);
+    let map = open_fresh::<F, u64, Record>(&mut factory).await;
     let mut handles = Vec::new();
     for task in 0..TASKS {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         handles.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(task);
             for op in 0..OPS {
@@ -309,7 +308,7 @@ pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut 
     for round in 0..20 {
         let burst: Vec<_> = (0..32)
             .map(|i| {
-                let map = Arc::clone(&map);
+                let map = map.clone();
                 tokio::spawn(async move { map.insert(KEYS, record(round * 100 + i)).await })
             })
             .collect();
@@ -321,7 +320,6 @@ pub async fn concurrent_writers_leave_store_equal_to_cache<F: StoreFactory>(mut 
         handle.await.expect("writer task");
     }
     let cached = contents(&map);
-    let map = Arc::into_inner(map).expect("every writer finished");
     let map = reopen(&mut factory, map).await;
     assert_same(
         "store after concurrent writers vs cache",

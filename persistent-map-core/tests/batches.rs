@@ -83,12 +83,12 @@ async fn atomic_writes_are_refused_on_a_backend_without_atomic_batches() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn transactions_are_serializable() {
     let backend = Switchable::new(true);
-    let map = Arc::new(PersistentMap::new(backend.clone()).await.expect("open"));
+    let map = PersistentMap::new(backend.clone()).await.expect("open");
     map.insert("a".to_string(), 1000_i64).await.expect("insert");
     map.insert("b".to_string(), 1000).await.expect("insert");
     let mut tasks = Vec::new();
     for t in 0..16 {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50 {
                 let (from, to) = if (t + i) % 2 == 0 {
@@ -121,10 +121,10 @@ async fn transactions_are_serializable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn update_is_atomic_per_key() {
     let backend = Switchable::new(true);
-    let map = Arc::new(PersistentMap::new(backend.clone()).await.expect("open"));
+    let map = PersistentMap::new(backend.clone()).await.expect("open");
     let mut tasks = Vec::new();
     for _ in 0..16 {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         tasks.push(tokio::spawn(async move {
             for _ in 0..100 {
                 map.update(&"counter".to_string(), |old| {
@@ -156,11 +156,11 @@ async fn update_is_atomic_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn get_or_insert_with_runs_once() {
     let backend = Switchable::new(true);
-    let map = Arc::new(PersistentMap::new(backend.clone()).await.expect("open"));
+    let map = PersistentMap::new(backend.clone()).await.expect("open");
     let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for t in 0..16_u32 {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         let calls = Arc::clone(&calls);
         tasks.push(tokio::spawn(async move {
             map.get_or_insert_with("config".to_string(), move || {

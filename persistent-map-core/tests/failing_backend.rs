@@ -113,10 +113,10 @@ async fn failed_write_returns_error_and_leaves_no_phantom() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_bad_change_in_a_group_commit_fails_only_its_caller() {
     let backend = Flaky::default();
-    let map = Arc::new(PersistentMap::new(backend.clone()).await.expect("open"));
+    let map = PersistentMap::new(backend.clone()).await.expect("open");
     let mut tasks = Vec::new();
     for i in 0..64_u32 {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         tasks.push(tokio::spawn(async move {
             let key = if i == 31 {
                 "poison".to_string()
@@ -138,7 +138,6 @@ async fn one_bad_change_in_a_group_commit_fails_only_its_caller() {
     }
     assert_eq!(acknowledged.len(), 63);
     assert!(!map.contains_key("poison"));
-    let map = Arc::into_inner(map).expect("tasks done");
     map.close().await.expect("close");
     let reopened: PersistentMap<String, u32, _> =
         PersistentMap::new(backend).await.expect("reopen");
@@ -151,10 +150,10 @@ async fn one_bad_change_in_a_group_commit_fails_only_its_caller() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writers_share_backend_batches() {
     let backend = Flaky::default();
-    let map = Arc::new(PersistentMap::new(backend.clone()).await.expect("open"));
+    let map = PersistentMap::new(backend.clone()).await.expect("open");
     let mut tasks = Vec::new();
     for t in 0..32_u32 {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         tasks.push(tokio::spawn(async move {
             for i in 0..50_u32 {
                 map.insert(format!("k{t}-{i}"), i).await.expect("insert");

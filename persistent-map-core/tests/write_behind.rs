@@ -5,7 +5,6 @@ mod common;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::Switchable;
@@ -53,7 +52,7 @@ async fn writes_return_before_the_backend_and_flush_persists_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_slows_writers_down() {
     let backend = Switchable::new(true);
-    let map = Arc::new(open(&backend, WriteBehind::new().max_pending(10)).await);
+    let map = open(&backend, WriteBehind::new().max_pending(10)).await;
     backend.gate(true);
     for i in 0..10 {
         map.insert(format!("k{i}"), i)
@@ -61,7 +60,7 @@ async fn a_full_queue_slows_writers_down() {
             .expect("room in the queue");
     }
     let blocked = {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         tokio::spawn(async move { map.insert("one too many".to_string(), 0).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -141,10 +140,10 @@ async fn close_persists_everything_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_write_behind_writers_leave_store_equal_to_cache() {
     let backend = Switchable::new(true);
-    let map = Arc::new(open(&backend, WriteBehind::new().max_pending(64)).await);
+    let map = open(&backend, WriteBehind::new().max_pending(64)).await;
     let mut tasks = Vec::new();
     for t in 0..8_u32 {
-        let map = Arc::clone(&map);
+        let map = map.clone();
         tasks.push(tokio::spawn(async move {
             let mut rng = fastrand::Rng::with_seed(u64::from(t));
             for i in 0..500_u32 {

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
 use persistent_map_csv::CsvBackend;
@@ -26,6 +27,18 @@ async fn open(
     path: &Path,
 ) -> persistent_map_core::Result<PersistentMap<String, String, CsvBackend>> {
     PersistentMap::new(CsvBackend::new(path)).await
+}
+
+/// Opens with a short lock timeout, where a test expects to be locked out.
+async fn open_impatient(
+    path: &Path,
+) -> persistent_map_core::Result<PersistentMap<String, String, CsvBackend>> {
+    PersistentMap::new(
+        CsvBackend::builder(path)
+            .lock_timeout(Duration::from_millis(100))
+            .build(),
+    )
+    .await
 }
 
 /// Writes `a` and `b` through a map and closes it; returns the file's text.
@@ -212,7 +225,7 @@ async fn a_second_opener_in_this_process_is_locked_out() {
     let first = open(&path).await.expect("opens");
     first.insert("k".into(), "v".into()).await.expect("inserts");
 
-    let err = open(&path).await.expect_err("second writer");
+    let err = open_impatient(&path).await.expect_err("second writer");
     match &err {
         PersistentError::Locked { path: locked } => assert_eq!(locked, &path),
         other => panic!("unexpected error {other:?}"),
@@ -220,7 +233,9 @@ async fn a_second_opener_in_this_process_is_locked_out() {
     assert!(err.to_string().contains("locked.csv"), "{err}");
 
     // A write on a second backend is refused too, and nothing is interleaved.
-    let second = CsvBackend::new(&path);
+    let second = CsvBackend::builder(&path)
+        .lock_timeout(Duration::ZERO)
+        .build();
     let err = StorageBackend::<String, String>::save(&second, "x".into(), "y".into())
         .await
         .expect_err("second writer");
@@ -233,6 +248,48 @@ async fn a_second_opener_in_this_process_is_locked_out() {
     assert_eq!(again.len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opener_waits_for_a_lock_being_released() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("handover.csv");
+    let first = open(&path).await.expect("opens");
+    first.insert("k".into(), "v".into()).await.expect("inserts");
+    assert!(
+        matches!(
+            open_impatient(&path).await,
+            Err(PersistentError::Locked { .. })
+        ),
+        "held by the first map"
+    );
+    // The second opener starts waiting while the first map still holds the
+    // lock; the first lets go meanwhile.
+    let second = tokio::spawn({
+        let path = path.clone();
+        async move { open(&path).await }
+    });
+    tokio::task::yield_now().await;
+    drop(first);
+    let second = second
+        .await
+        .expect("task")
+        .expect("the lock released during the wait is taken");
+    assert_eq!(second.get("k"), Some("v".into()));
+}
+
+#[tokio::test]
+async fn a_writer_that_keeps_the_lock_is_refused_after_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("held.csv");
+    let _first = open(&path).await.expect("opens");
+    let started = std::time::Instant::now();
+    let err = open_impatient(&path).await.expect_err("still held");
+    assert!(matches!(err, PersistentError::Locked { .. }), "{err:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(100),
+        "the opener waited for the lock timeout before giving up"
+    );
+}
+
 const PROBE_ENV: &str = "PERSISTENT_MAP_CSV_LOCK_PROBE";
 
 /// Run by [`a_second_process_is_locked_out`] in a child process; a no-op otherwise.
@@ -241,7 +298,7 @@ async fn lock_probe() {
     let Ok(path) = std::env::var(PROBE_ENV) else {
         return;
     };
-    match open(Path::new(&path)).await {
+    match open_impatient(Path::new(&path)).await {
         Ok(map) => println!("probe: opened with {} entries", map.len()),
         Err(PersistentError::Locked { .. }) => println!("probe: locked"),
         Err(other) => println!("probe: error {other}"),

@@ -594,13 +594,12 @@ async fn concurrent_inserts_share_commits() {
             .expect("opens"),
         batches: Arc::clone(&batches),
     };
-    let map: Arc<PersistentMap<u32, String, _>> =
-        Arc::new(PersistentMap::new(backend).await.expect("map"));
+    let map: PersistentMap<u32, String, _> = PersistentMap::new(backend).await.expect("map");
 
     const OPS: u32 = 2000;
     let tasks: Vec<_> = (0..OPS)
         .map(|i| {
-            let map = Arc::clone(&map);
+            let map = map.clone();
             tokio::spawn(async move { map.insert(i, format!("value {i}")).await })
         })
         .collect();

@@ -158,11 +158,10 @@ async fn main() {
         ratio: (mine.secs / mine.ops as f64) / (bare.secs / bare.ops as f64),
         target: ("<=", 1.3),
     });
-    let map = Arc::new(map);
-    let idle = ours::gets_with_writers(Arc::clone(&map), warm, 0, 2_000_000).await;
-    let busy = ours::gets_with_writers(Arc::clone(&map), warm, 4, 2_000_000).await;
+    let idle = ours::gets_with_writers(map.clone(), warm, 0, 2_000_000).await;
+    let busy = ours::gets_with_writers(map.clone(), warm, 4, 2_000_000).await;
     checks.push(Check::rates("get throughput with 4 write-through writers vs none", busy, "no writers", idle, (">=", 0.5)));
-    Arc::into_inner(map).expect("alone").close().await.expect("close");
+    map.close().await.expect("close");
 
     // Sequential acknowledged inserts.
     let ours_full = ours::sequential_inserts(&file("seq-full.db"), Synchronous::Full, scale.seq_full).await;

@@ -35,11 +35,11 @@ pub async fn sequential_inserts(path: &Path, level: Synchronous, n: u64) -> Run 
 }
 
 pub async fn concurrent_inserts(path: &Path, level: Synchronous, tasks: u64, n: u64) -> Run {
-    let map = Arc::new(sqlite_map(path, level).await);
+    let map = sqlite_map(path, level).await;
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|t| {
-            let map = Arc::clone(&map);
+            let map = map.clone();
             tokio::spawn(async move {
                 for i in (t..n).step_by(tasks as usize) {
                     map.insert(key(i), value(i)).await.expect("insert");
@@ -103,11 +103,11 @@ pub fn gets(map: &SqliteMap, entries: u64, n: u64) -> Run {
 }
 
 /// `get` throughput on a warm map while `writers` write-through writers run.
-pub async fn gets_with_writers(map: Arc<SqliteMap>, entries: u64, writers: u64, n: u64) -> Run {
+pub async fn gets_with_writers(map: SqliteMap, entries: u64, writers: u64, n: u64) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
-            let map = Arc::clone(&map);
+            let map = map.clone();
             let stop = Arc::clone(&stop);
             tokio::spawn(async move {
                 let mut i = w;
@@ -120,7 +120,7 @@ pub async fn gets_with_writers(map: Arc<SqliteMap>, entries: u64, writers: u64, 
         .collect();
     // Let the writers get going before the clock starts.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let reader = Arc::clone(&map);
+    let reader = map.clone();
     let run = tokio::task::spawn_blocking(move || gets(&reader, entries, n))
         .await
         .expect("reader");
