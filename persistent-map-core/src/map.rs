@@ -42,10 +42,60 @@ use crate::writer;
 /// * Concurrent writers share backend commits (group commit).
 ///
 /// A change whose future is dropped after it was queued may still be applied;
-/// the cache and the store stay equal either way.
+/// the cache and the store stay equal either way. The queue is bounded
+/// ([`PersistentMapBuilder::max_pending`]): beyond it, writers wait for room.
 ///
 /// Write-behind mode ([`PersistentMapBuilder::write_behind`]) trades the first
-/// guarantee for speed: see [`WriteBehind`](crate::WriteBehind).
+/// guarantee for speed: see [`WriteBehind`](crate::WriteBehind). In both
+/// modes the cache and the store see the same changes in the same order.
+///
+/// # Handles
+///
+/// A `PersistentMap` is a cheap handle: [`clone`](Clone::clone) it to use
+/// the map from many tasks (no `Arc` needed). Clones share the cache, the
+/// queue and the backend; [`close`](Self::close) on any of them closes the
+/// map for all. The backend is released when the last clone is dropped: at
+/// once when the map is idle, otherwise as soon as the writer task has
+/// written what was queued, so the same store can be opened again right
+/// after `drop(map)`.
+///
+/// # User closures
+///
+/// The closures given to [`update`](Self::update),
+/// [`get_or_insert_with`](Self::get_or_insert_with), [`retain`](Self::retain)
+/// and [`transaction`](Self::transaction) run with no lock of the cache held,
+/// so they may read the map; no other write of the map proceeds while one
+/// runs, so keep them short. A panic inside one applies nothing of that call,
+/// leaves the map working for every other caller, and resumes in the
+/// caller's task.
+///
+/// ```
+/// use persistent_map_core::PersistentMap;
+/// use persistent_map_memory::InMemoryBackend;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> persistent_map_core::Result<()> {
+/// let map = PersistentMap::new(InMemoryBackend::new()).await?;
+/// let counter = map.clone();
+/// let task = tokio::spawn(async move {
+///     counter
+///         .update(&"hits".to_string(), |n: Option<&u64>| Some(n.copied().unwrap_or(0) + 1))
+///         .await
+/// });
+/// task.await.expect("no panic")?;
+/// assert_eq!(map.get("hits"), Some(1));
+///
+/// let panicked = tokio::spawn({
+///     let map = map.clone();
+///     async move { map.update(&"hits".to_string(), |_| -> Option<u64> { panic!("bug") }).await }
+/// })
+/// .await;
+/// assert!(panicked.is_err_and(|e| e.is_panic()));
+/// assert_eq!(map.get("hits"), Some(1)); // nothing applied, and the map still works
+/// map.insert("hits".to_string(), 5).await?;
+/// # Ok(())
+/// # }
+/// ```
 ///
 /// # Shared stores
 ///

@@ -4,6 +4,7 @@ use std::fs::OpenOptions;
 use std::hint::black_box;
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -160,6 +161,33 @@ pub fn dashmap_gets(entries: u64, n: u64) -> Run {
         black_box(map.get(&keys[(i % entries) as usize]).map(|v| v.value().clone()));
     }
     Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// Bare `DashMap::insert` of owned clones of prepared keys and values, from
+/// `tasks` tokio tasks each inserting its share.
+pub async fn dashmap_inserts(tasks: u64, n: u64) -> Run {
+    let map: Arc<DashMap<String, String>> = Arc::new(DashMap::new());
+    let data = Arc::new(prepared(n));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (map, data) = (Arc::clone(&map), Arc::clone(&data));
+            tokio::spawn(async move {
+                for (k, v) in data.iter().skip(t as usize).step_by(tasks as usize) {
+                    black_box(map.insert(k.clone(), v.clone()));
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("task");
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// The keys and values an insert workload clones from.
+pub fn prepared(n: u64) -> Vec<(String, String)> {
+    (0..n).map(|i| (key(i), value(i))).collect()
 }
 
 /// The floor for surviving a power cut record by record: append, fdatasync.

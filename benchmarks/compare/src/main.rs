@@ -10,7 +10,6 @@ mod ours;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
 use persistent_map_sqlite::Synchronous;
 use sqlx::sqlite::SqliteSynchronous;
@@ -23,6 +22,7 @@ struct Scale {
     seq_normal: u64,
     concurrent: u64,
     csv: u64,
+    behind: u64,
     legacy_inserts: u64,
 }
 
@@ -38,6 +38,7 @@ impl Scale {
             seq_normal: 20_000,
             concurrent: 8_000,
             csv: 50_000,
+            behind: 200_000,
             legacy_inserts: 500,
         }
     }
@@ -162,6 +163,23 @@ async fn main() {
     let busy = ours::gets_with_writers(map.clone(), warm, 4, 2_000_000).await;
     checks.push(Check::rates("get throughput with 4 write-through writers vs none", busy, "no writers", idle, (">=", 0.5)));
     map.close().await.expect("close");
+
+    // Write-behind inserts: the caller's cost against a bare DashMap insert.
+    for tasks in [1, 4] {
+        let n = scale.behind;
+        let bare = best(baselines::dashmap_inserts(tasks, n).await, baselines::dashmap_inserts(tasks, n).await);
+        let mine = best(
+            ours::behind_inserts(&file(&format!("behind-{tasks}-a.db")), tasks, n).await,
+            ours::behind_inserts(&file(&format!("behind-{tasks}-b.db")), tasks, n).await,
+        );
+        checks.push(Check {
+            what: format!("write-behind insert, {tasks} task(s), time per insert vs bare DashMap insert"),
+            ours: format!("{:.0} ns", mine.secs / mine.ops as f64 * 1e9),
+            reference: format!("DashMap: {:.0} ns", bare.secs / bare.ops as f64 * 1e9),
+            ratio: mine.secs / bare.secs,
+            target: ("<=", 3.0),
+        });
+    }
 
     // Sequential acknowledged inserts.
     let ours_full = ours::sequential_inserts(&file("seq-full.db"), Synchronous::Full, scale.seq_full).await;

@@ -84,6 +84,38 @@ pub async fn bulk_write_behind(path: &Path, n: u64) -> Run {
     run
 }
 
+/// Write-behind inserts on SQLite from `tasks` tasks, of owned clones of
+/// prepared keys and values (as [`crate::baselines::dashmap_inserts`]); the
+/// queue holds them all, so this is the caller's cost. The flush after the
+/// timed part is not counted.
+pub async fn behind_inserts(path: &Path, tasks: u64, n: u64) -> Run {
+    let backend = SqliteBackend::new(path).await.expect("sqlite opens");
+    let map: SqliteMap = PersistentMap::builder(backend)
+        .max_batch(16_384)
+        .write_behind(WriteBehind::new().max_pending(n as usize + 1))
+        .build()
+        .await
+        .expect("map opens");
+    let data = Arc::new(crate::baselines::prepared(n));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|t| {
+            let (map, data) = (map.clone(), Arc::clone(&data));
+            tokio::spawn(async move {
+                for (k, v) in data.iter().skip(t as usize).step_by(tasks as usize) {
+                    black_box(map.insert(k.clone(), v.clone()).await.expect("insert"));
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("task");
+    }
+    let run = Run { ops: n, secs: start.elapsed().as_secs_f64() };
+    map.close().await.expect("close");
+    run
+}
+
 pub async fn reopen(path: &Path, expected: u64) -> Run {
     let start = Instant::now();
     let map = sqlite_map(path, Synchronous::Normal).await;
