@@ -63,10 +63,18 @@ async fn a_cancelled_write_behind_reload_still_holds_writes_back_until_done() {
         }
     }
     // A write made now must not be wiped out by the reload under way.
-    let writer = {
+    let mut writer = {
         let map = map.clone();
         tokio::spawn(async move { map.insert("during".into(), 2).await })
     };
+    // Held back while the reload runs (this cannot pass by chance: the load
+    // stays gated until below).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut writer)
+            .await
+            .is_err(),
+        "a write made during a reload must wait for it"
+    );
     backend.gate_loads(false);
     writer.await.expect("task").expect("insert");
     map.flush().await.expect("flush");
@@ -391,6 +399,8 @@ async fn dropping_the_last_handle_of_an_idle_map_releases_the_backend_at_once() 
     );
 }
 
+/// Not a regression test (0.2 passed it): it guards the release-on-drop
+/// design, which must not let queued changes go with the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn write_behind_changes_queued_when_the_last_handle_drops_are_still_written() {
     let backend = Switchable::new(true);
