@@ -15,8 +15,9 @@ use persistent_map_core::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sqlx::sqlite::{SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{Connection, Row, TypeInfo, ValueRef};
+use sqlx::sqlite::{SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow};
+use sqlx::{ConnectOptions, Connection, Row, TypeInfo, ValueRef};
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
 use crate::error::{is_io_error, map_sqlx_error, BACKEND};
@@ -50,7 +51,7 @@ const CHUNK_SIZES: usize = MAX_CHUNK.trailing_zeros() as usize + 1;
 /// hands over is one transaction. See the crate documentation for the
 /// durability guarantees and the file format.
 ///
-/// Clones share one connection pool and one table.
+/// Clones share one connection pool, one write connection and one table.
 ///
 /// ```
 /// use persistent_map_core::PersistentMap;
@@ -72,7 +73,12 @@ pub struct SqliteBackend {
 }
 
 struct Inner {
+    /// Reads (loading, counting) run on the pool.
     pool: SqlitePool,
+    /// Writes, clears and flushes run on one connection the backend holds,
+    /// opened on first use: no pool acquire (and its ping) per commit, and
+    /// its statements stay prepared. SQLite runs one writer at a time anyway.
+    writer: Mutex<Option<SqliteConnection>>,
     /// How long a flush retries a checkpoint that another connection blocks.
     busy_timeout: Duration,
     path: PathBuf,
@@ -250,6 +256,7 @@ impl SqliteBackend {
         let backend = Self {
             inner: Arc::new(Inner {
                 pool,
+                writer: Mutex::new(None),
                 busy_timeout,
                 path,
                 table,
@@ -399,10 +406,34 @@ impl SqliteBackend {
         &self.inner.pool
     }
 
-    /// Closes every pooled connection; later calls fail. Optional: dropping
-    /// the last clone closes the pool too, but without waiting for it.
+    /// Closes the write connection and every pooled connection; later calls
+    /// fail. Optional: dropping the last clone closes them too, but without
+    /// waiting for it.
     pub async fn close(&self) {
+        if let Some(conn) = self.inner.writer.lock().await.take() {
+            let _ = conn.close().await;
+        }
         self.inner.pool.close().await;
+    }
+
+    /// The write connection, opened with the pool's options on first use.
+    async fn writer(
+        &self,
+        operation: Operation,
+        location: &Location,
+    ) -> Result<MutexGuard<'_, Option<SqliteConnection>>> {
+        let mut writer = self.inner.writer.lock().await;
+        if writer.is_none() {
+            let conn = self
+                .inner
+                .pool
+                .connect_options()
+                .connect()
+                .await
+                .map_err(|e| map_sqlx_error(e, operation, location.clone(), &self.inner.path))?;
+            *writer = Some(conn);
+        }
+        Ok(writer)
     }
 
     fn location(&self) -> Location {
@@ -465,6 +496,36 @@ impl SqliteBackend {
         row.try_get::<String, _>(index)
             .map_err(|e| PersistentError::decode(what, location(), e))
     }
+}
+
+/// Writes a batch's net changes on `conn`: one statement alone (atomic on
+/// its own, without BEGIN/COMMIT round trips), or a `BEGIN IMMEDIATE`
+/// transaction of multi-row deletes and upserts.
+async fn write_batch(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    puts: &[(String, String)],
+    deletes: &[String],
+) -> std::result::Result<(), sqlx::Error> {
+    let statements = chunks(deletes).count() + chunks(puts).count();
+    if statements == 1 {
+        let query = match (chunks(puts).next(), chunks(deletes).next()) {
+            (Some((statement, rows)), None) => upsert(&sql.upsert[statement], rows),
+            (None, Some((statement, keys))) => remove(&sql.delete[statement], keys),
+            _ => return Ok(()),
+        };
+        return query.execute(&mut *conn).await.map(drop);
+    }
+    // IMMEDIATE takes the write lock up front, waiting through the busy
+    // timeout; a deferred transaction could instead fail mid-batch.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    for (statement, keys) in chunks(deletes) {
+        remove(&sql.delete[statement], keys).execute(&mut *tx).await?;
+    }
+    for (statement, rows) in chunks(puts) {
+        upsert(&sql.upsert[statement], rows).execute(&mut *tx).await?;
+    }
+    tx.commit().await
 }
 
 /// After a commit that failed with an I/O error: rolls back, then
@@ -574,10 +635,14 @@ where
     /// handler; it is retried until the busy timeout has passed.
     async fn flush(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.busy_timeout;
+        let mut writer = self.writer(Operation::Flush, &self.location()).await?;
+        let Some(conn) = writer.as_mut() else {
+            return Err(PersistentError::Closed);
+        };
         loop {
             let (busy, wal_frames, checkpointed): (i64, i64, i64) =
                 sqlx::query_as("PRAGMA wal_checkpoint(FULL)")
-                    .fetch_one(&self.inner.pool)
+                    .fetch_one(&mut *conn)
                     .await
                     .map_err(|e| self.error(e, Operation::Flush))?;
             if busy == 0 {
@@ -637,46 +702,18 @@ where
             _ => self.location(),
         };
         let fail = |e| map_sqlx_error(e, Operation::Write, location.clone(), &self.inner.path);
-        let statements = chunks(&deletes).count() + chunks(&puts).count();
-        if statements == 1 {
-            // One statement is atomic on its own: no BEGIN/COMMIT round trips.
-            let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
-            let query = match (chunks(&puts).next(), chunks(&deletes).next()) {
-                (Some((statement, rows)), None) => upsert(&sql.upsert[statement], rows),
-                (None, Some((statement, keys))) => remove(&sql.delete[statement], keys),
-                _ => return Ok(()),
-            };
-            return match query.execute(&mut *conn).await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    if is_io_error(&e) {
-                        discard_failed_commit(&mut conn, &self.inner.store).await;
-                    }
-                    Err(fail(e))
-                }
-            };
-        }
-        // IMMEDIATE takes the write lock up front, waiting through the busy
-        // timeout; a deferred transaction could instead fail mid-batch.
-        let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(fail)?;
-        for (statement, keys) in chunks(&deletes) {
-            remove(&sql.delete[statement], keys)
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-        }
-        for (statement, rows) in chunks(&puts) {
-            upsert(&sql.upsert[statement], rows)
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-        }
-        match tx.commit().await {
+        let mut writer = self.writer(Operation::Write, &location).await?;
+        let Some(conn) = writer.as_mut() else {
+            return Err(PersistentError::Closed);
+        };
+        let result = write_batch(conn, sql, &puts, &deletes).await;
+        match result {
             Ok(()) => Ok(()),
             Err(e) => {
                 if is_io_error(&e) {
-                    discard_failed_commit(&mut conn, &self.inner.store).await;
+                    discard_failed_commit(conn, &self.inner.store).await;
+                    // Start the next write on a fresh connection.
+                    *writer = None;
                 }
                 Err(fail(e))
             }
@@ -685,12 +722,11 @@ where
 
     async fn clear(&self) -> Result<()> {
         let fail = |e| self.error(e, Operation::Clear);
-        let mut tx = self
-            .inner
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(fail)?;
+        let mut writer = self.writer(Operation::Clear, &self.location()).await?;
+        let Some(conn) = writer.as_mut() else {
+            return Err(PersistentError::Closed);
+        };
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.map_err(fail)?;
         sqlx::query(&self.inner.sql.delete_all)
             .execute(&mut *tx)
             .await

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use futures::TryStreamExt;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::Row;
+use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::data::{key, value, Run};
 
@@ -48,6 +48,43 @@ pub async fn sqlx_sequential_inserts(path: &Path, sync: SqliteSynchronous, n: u6
             .await
             .expect("insert");
     }
+    let run = Run { ops: n, secs: start.elapsed().as_secs_f64() };
+    pool.close().await;
+    run
+}
+
+/// One autocommit single-row upsert per acknowledged insert, on one
+/// connection held for the whole run (no pool acquire per statement).
+pub async fn sqlx_held_sequential_inserts(path: &Path, sync: SqliteSynchronous, n: u64) -> Run {
+    let pool = sqlx_pool(path, sync).await;
+    let mut conn = pool.connect_options().connect().await.expect("connect");
+    let start = Instant::now();
+    for i in 0..n {
+        sqlx::query("INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+            .bind(key(i))
+            .bind(serde_json::to_string(&value(i)).expect("json"))
+            .execute(&mut conn)
+            .await
+            .expect("insert");
+    }
+    let run = Run { ops: n, secs: start.elapsed().as_secs_f64() };
+    conn.close().await.expect("close");
+    pool.close().await;
+    run
+}
+
+/// A full-table scan that only reads the rows (key and value text), as
+/// `SELECT key, value` returns them: the floor of any reopen.
+pub async fn sqlx_row_scan(path: &Path) -> Run {
+    let start = Instant::now();
+    let pool = sqlx_pool(path, SqliteSynchronous::Normal).await;
+    let mut rows = sqlx::query("SELECT key, value FROM kv").fetch(&pool);
+    let mut n = 0_u64;
+    while let Some(row) = rows.try_next().await.expect("row") {
+        black_box((row.get::<&str, _>(0), row.get::<&str, _>(1)));
+        n += 1;
+    }
+    drop(rows);
     let run = Run { ops: n, secs: start.elapsed().as_secs_f64() };
     pool.close().await;
     run
