@@ -1,10 +1,15 @@
-//! Running user closures (`update`, `transaction`, `retain`,
-//! `get_or_insert_with`) so that a panic in one cannot hurt the map: it is
-//! caught where the closure runs, nothing of that call is applied, and the
-//! panic resumes in the caller's task.
+//! Keeping panics from hurting the map. A panic in a user closure
+//! (`update`, `transaction`, `retain`, `get_or_insert_with`) is caught where
+//! the closure runs, nothing of that call is applied, and the panic resumes
+//! in the caller's task. A panic in a backend call becomes that call's error.
 
 use std::any::Any;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use futures::FutureExt;
+
+use crate::error::{PersistentError, Result};
 
 /// What a panicking closure left behind, to resume in its caller.
 pub(crate) type Panic = Box<dyn Any + Send + 'static>;
@@ -27,6 +32,25 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     } else {
         String::from("a panic with a non-text payload")
     }
+}
+
+/// Runs a backend call, turning a panic in the backend into an error.
+pub(crate) async fn guard_backend<T>(
+    call: impl Future<Output = Result<T>>,
+    what: &str,
+) -> Result<T> {
+    AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|payload| {
+            Err(PersistentError::Other(
+                format!(
+                    "the backend panicked while trying to {what}: {}",
+                    panic_message(payload.as_ref())
+                )
+                .into(),
+            ))
+        })
 }
 
 #[cfg(test)]

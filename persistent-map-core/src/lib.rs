@@ -6,6 +6,7 @@ mod behind;
 mod builder;
 mod closure;
 pub mod codec;
+mod detached;
 mod error;
 pub mod feed;
 mod health;

@@ -13,7 +13,8 @@ use tokio::sync::oneshot;
 use crate::backend::{BatchOp, StorageBackend};
 use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
-use crate::closure::{guarded, Panic};
+use crate::closure::{guard_backend, guarded, Panic};
+use crate::detached::Detached;
 use crate::error::{PersistentError, Result};
 use crate::queue::{
     Cache, Command, Decision, Keep, Pipeline, PipelineConfig, Reply, TxFn, Unit, UpdateFn, Waiter,
@@ -206,7 +207,7 @@ where
             })
             .await?;
         let exclusive = backend.capabilities().exclusive_lock;
-        let pipeline = Arc::new(Pipeline::new(cache, config, exclusive));
+        let pipeline = Arc::new(Pipeline::new(cache, config, exclusive, feed.is_none()));
         let backend = Arc::new(backend);
         writer::spawn(Arc::clone(&pipeline), &backend, feed);
         let keepalive: Arc<dyn Any + Send + Sync> = Arc::clone(&backend) as _;
@@ -667,12 +668,45 @@ where
     }
 
     async fn commit_one(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
+        if self.pipeline().try_lead() {
+            return self.lead(op).await;
+        }
         self.request(|reply| {
             Command::Commit(Unit {
                 ops: vec![op],
                 waiter: Waiter::One(reply),
             })
         })
+        .await
+    }
+
+    /// Commits `op` in the caller's task, which [`Pipeline::try_lead`] made
+    /// the only writer for now: the same steps as the writer task's, without
+    /// the two hand-offs. The commit finishes even if this future is dropped.
+    async fn lead(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
+        let pipeline = Arc::clone(&self.inner.pipeline);
+        if let BatchOp::Delete { key } = &op {
+            if pipeline.exclusive && !pipeline.cache.contains_key(key) {
+                // The store is this map's alone and lacks the key.
+                pipeline.end_lead();
+                return Ok(None);
+            }
+        }
+        let backend = Arc::clone(&self.inner.backend);
+        let abandoned = Arc::clone(&pipeline);
+        Detached::new(
+            async move {
+                let stored = guard_backend(
+                    backend.apply_batch(std::slice::from_ref(&op)),
+                    "apply a batch",
+                )
+                .await;
+                let answer = stored.map(|()| pipeline.apply(op));
+                pipeline.end_lead();
+                answer
+            },
+            move || abandoned.abandoned_lead(),
+        )
         .await
     }
 

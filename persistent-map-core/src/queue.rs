@@ -142,6 +142,10 @@ pub(crate) enum WriterState {
     /// Write-behind: gathering a batch until its delay ends; only a full
     /// batch or a command that someone waits for wakes it early.
     Delaying,
+    /// Write-through: the writer task waits, and a caller that found the
+    /// map idle commits its own change (no hand-off); commands queued
+    /// meanwhile go to the writer task when it is done.
+    Leading,
 }
 
 /// The part of the pipeline behind the lock.
@@ -156,6 +160,10 @@ pub(crate) struct State<K, V> {
     pub(crate) dropped: bool,
     /// Write-behind: a reload is replacing the cache; writers wait for it.
     pub(crate) reloading: bool,
+    /// Callers may lead commits: off while writers run concurrently, since
+    /// their changes are better gathered into one batch by the writer task
+    /// (group commit) than committed one by one by leaders.
+    pub(crate) lead_ok: bool,
     /// The backend, kept alive for the writer when the last handle is
     /// dropped with work still queued.
     pub(crate) keepalive: Option<Arc<dyn Any + Send + Sync>>,
@@ -170,6 +178,10 @@ pub(crate) struct Pipeline<K, V> {
     /// cache knows every stored key and a removal of a key it lacks can be
     /// skipped. On a store others may write, the removal is always written.
     pub(crate) exclusive: bool,
+    /// Callers may commit their own change when the map is idle: only
+    /// without a change feed, whose events the writer task must handle in
+    /// order with every commit.
+    lead_allowed: bool,
     state: Mutex<State<K, V>>,
     /// Wakes the writer.
     pub(crate) wake: Notify,
@@ -180,12 +192,18 @@ pub(crate) struct Pipeline<K, V> {
 }
 
 impl<K, V> Pipeline<K, V> {
-    pub(crate) fn new(cache: Cache<K, V>, config: PipelineConfig, exclusive: bool) -> Self {
+    pub(crate) fn new(
+        cache: Cache<K, V>,
+        config: PipelineConfig,
+        exclusive: bool,
+        lead_allowed: bool,
+    ) -> Self {
         Self {
             cache,
             health: Health::default(),
             config,
             exclusive,
+            lead_allowed: lead_allowed && config.behind_delay.is_none(),
             state: Mutex::new(State {
                 commands: VecDeque::new(),
                 changes: 0,
@@ -193,6 +211,7 @@ impl<K, V> Pipeline<K, V> {
                 closing: false,
                 dropped: false,
                 reloading: false,
+                lead_ok: true,
                 keepalive: None,
             }),
             wake: Notify::new(),
@@ -254,7 +273,8 @@ impl<K, V> Pipeline<K, V> {
         let wake = match state.writer {
             WriterState::Idle => true,
             WriterState::Delaying => urgent || state.changes >= self.config.max_batch,
-            WriterState::Running => false,
+            // A leader hands over to the writer task when it is done.
+            WriterState::Running | WriterState::Leading => false,
         };
         if wake {
             state.writer = WriterState::Running;
@@ -267,6 +287,48 @@ impl<K, V> Pipeline<K, V> {
         let mut state = self.admit().await?;
         self.enqueue(&mut state, command, true);
         Ok(())
+    }
+
+    /// Write-through: when nothing is queued or being written, makes the
+    /// caller the one that commits its own change, with no hand-off to the
+    /// writer task and back. Returns whether it leads; it must then call
+    /// [`end_lead`](Self::end_lead) once its change is settled.
+    pub(crate) fn try_lead(&self) -> bool {
+        if !self.lead_allowed {
+            return false;
+        }
+        let mut state = self.lock();
+        let idle = state.lead_ok && state.writer == WriterState::Idle && state.commands.is_empty();
+        if !idle || state.closing || state.dropped || self.health.is_stopped() {
+            return false;
+        }
+        state.writer = WriterState::Leading;
+        true
+    }
+
+    /// The leading caller is done: hands what was queued meanwhile (or the
+    /// news that every handle is gone) to the writer task.
+    pub(crate) fn end_lead(&self) {
+        let mut state = self.lock();
+        if state.writer != WriterState::Leading {
+            return;
+        }
+        if state.commands.is_empty() && !state.dropped {
+            state.writer = WriterState::Idle;
+        } else {
+            // Others wrote meanwhile: let the writer task batch them.
+            state.lead_ok = false;
+            state.writer = WriterState::Running;
+            self.wake.notify_one();
+        }
+    }
+
+    /// A leading caller's commit was abandoned with no runtime to finish it:
+    /// its outcome is unknown, so the map stops rather than guess.
+    pub(crate) fn abandoned_lead(&self) {
+        self.writer_stopped(crate::health::Stop::Failed(String::from(
+            "a commit was interrupted with no tokio runtime left to finish it",
+        )));
     }
 
     /// The writer settled commands of this total weight.
@@ -302,8 +364,11 @@ impl<K, V> Pipeline<K, V> {
         if busy && !self.health.is_stopped() {
             state.keepalive = Some(backend);
         }
-        state.writer = WriterState::Running;
-        self.wake.notify_one();
+        // A leader wakes the writer task itself when it is done.
+        if state.writer != WriterState::Leading {
+            state.writer = WriterState::Running;
+            self.wake.notify_one();
+        }
     }
 
     /// The writer stopped: refuse everything from now on, drop what is queued
@@ -321,5 +386,18 @@ impl<K, V> Pipeline<K, V> {
         drop(commands);
         drop(keepalive);
         self.room.notify_waiters();
+    }
+}
+
+impl<K, V> Pipeline<K, V>
+where
+    K: Eq + std::hash::Hash,
+{
+    /// Applies a committed change to the cache; returns the value it replaced.
+    pub(crate) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
+        match op {
+            BatchOp::Put { key, value } => self.cache.insert(key, value),
+            BatchOp::Delete { key } => self.cache.remove(&key).map(|(_, v)| v),
+        }
     }
 }

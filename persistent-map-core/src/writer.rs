@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use crate::backend::{BatchOp, RemoteChange, RemoteChanges, StorageBackend};
 use crate::batch::Transaction;
-use crate::closure::panic_message;
+use crate::closure::{guard_backend, panic_message};
 use crate::error::{PersistentError, Result};
 use crate::health::Stop;
 use crate::queue::{Cache, Command, Decision, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
@@ -56,6 +56,7 @@ pub(crate) fn spawn<K, V, B>(
         feed,
         local: VecDeque::new(),
         resync_at: None,
+        last_batch_units: 0,
     };
     tokio::spawn(async move {
         let mut guard = StopGuard {
@@ -100,6 +101,9 @@ struct Writer<K, V, B> {
     local: VecDeque<Command<K, V>>,
     /// When to retry a refresh from the shared store that failed.
     resync_at: Option<Instant>,
+    /// Callers whose changes the last write-through batch carried: one
+    /// means no concurrent writers, so callers may lead again.
+    last_batch_units: usize,
 }
 
 /// The write-through batch being gathered.
@@ -136,25 +140,6 @@ enum Admit<K, V> {
     Taken,
     /// It must run after the current batch commits.
     Later(Command<K, V>),
-}
-
-/// Runs a backend call, turning a panic in the backend into an error.
-async fn guard_backend<T>(
-    call: impl std::future::Future<Output = Result<T>>,
-    what: &str,
-) -> Result<T> {
-    AssertUnwindSafe(call)
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|payload| {
-            Err(PersistentError::Other(
-                format!(
-                    "the backend panicked while trying to {what}: {}",
-                    panic_message(payload.as_ref())
-                )
-                .into(),
-            ))
-        })
 }
 
 async fn next_remote<K>(feed: &mut Option<RemoteChanges<K>>) -> Option<RemoteChange<K>> {
@@ -259,16 +244,20 @@ where
             }
             {
                 let mut state = self.pipeline.lock();
-                if !state.commands.is_empty() {
-                    std::mem::swap(&mut self.local, &mut state.commands);
-                    state.changes = 0;
-                    state.writer = WriterState::Running;
-                    continue;
+                // While a caller leads a commit, the queue waits for it.
+                if state.writer != WriterState::Leading {
+                    if !state.commands.is_empty() {
+                        std::mem::swap(&mut self.local, &mut state.commands);
+                        state.changes = 0;
+                        state.writer = WriterState::Running;
+                        continue;
+                    }
+                    if state.dropped {
+                        return None;
+                    }
+                    state.writer = WriterState::Idle;
+                    state.lead_ok = self.last_batch_units <= 1;
                 }
-                if state.dropped {
-                    return None;
-                }
-                state.writer = WriterState::Idle;
             }
             self.idle().await;
         }
@@ -432,7 +421,12 @@ where
     async fn commit_through(&mut self, first: Command<K, V>) -> usize {
         let mut batch = Gather::new();
         let mut weight = 0;
-        let mut yielded = false;
+        // Up to as many pauses as callers the last batch answered (at least
+        // one, at most 8): each lets more of the woken callers queue their
+        // next change. A lone writer pays one pause; it mostly commits its
+        // own changes anyway (`Pipeline::try_lead`).
+        let max_yields = self.last_batch_units.clamp(1, 8);
+        let mut yields = 0;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             let command_weight = command.weight();
@@ -448,17 +442,18 @@ where
             }
             next = match self.next_ready() {
                 Some(command) => Some(command),
-                None if !yielded => {
+                None if yields < max_yields => {
                     // Group commit: writers woken by the previous batch are
-                    // about to queue their next change; let them run once
-                    // before committing without them.
-                    yielded = true;
+                    // about to queue their next change; let them run before
+                    // committing without them.
+                    yields += 1;
                     tokio::task::yield_now().await;
                     self.next_ready()
                 }
                 None => None,
             };
         }
+        self.last_batch_units = batch.units.len();
         self.commit(batch).await;
         weight
     }
@@ -593,22 +588,15 @@ where
                     tracing::debug!(error = %e, "change of a failed batch refused on replay");
                     break;
                 }
-                self.apply_to_cache(op);
+                self.pipeline.apply(op);
             }
         }
         reply_error(unit.waiter, err);
     }
 
     fn settle(&self, unit: Unit<K, V>, ops: Vec<BatchOp<K, V>>) {
-        let replaced = ops.into_iter().map(|op| self.apply_to_cache(op)).collect();
+        let replaced = ops.into_iter().map(|op| self.pipeline.apply(op)).collect();
         settle_reply(unit.waiter, replaced);
-    }
-
-    fn apply_to_cache(&self, op: BatchOp<K, V>) -> Option<V> {
-        match op {
-            BatchOp::Put { key, value } => self.cache().insert(key, value),
-            BatchOp::Delete { key } => self.cache().remove(&key).map(|(_, v)| v),
-        }
     }
 
     async fn retain(&mut self, mut keep: Keep<K, V>) -> Result<usize> {

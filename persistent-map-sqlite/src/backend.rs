@@ -520,10 +520,14 @@ async fn write_batch(
     // timeout; a deferred transaction could instead fail mid-batch.
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     for (statement, keys) in chunks(deletes) {
-        remove(&sql.delete[statement], keys).execute(&mut *tx).await?;
+        remove(&sql.delete[statement], keys)
+            .execute(&mut *tx)
+            .await?;
     }
     for (statement, rows) in chunks(puts) {
-        upsert(&sql.upsert[statement], rows).execute(&mut *tx).await?;
+        upsert(&sql.upsert[statement], rows)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await
 }
