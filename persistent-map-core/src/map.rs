@@ -3,6 +3,7 @@
 use std::any::Any;
 use std::borrow::Borrow;
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -526,6 +527,13 @@ where
     /// or was last reloaded.
     pub async fn flush(&self) -> Result<()> {
         self.pipeline().health.check()?;
+        if self.pipeline().try_lead() {
+            // Nothing is queued or being written: every acknowledged change
+            // is in the backend, so the caller can flush it directly.
+            return self
+                .lead(|backend, _| async move { guard_backend(backend.flush(), "flush").await })
+                .await;
+        }
         self.request(Command::Flush).await
     }
 
@@ -669,7 +677,7 @@ where
 
     async fn commit_one(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
         if self.pipeline().try_lead() {
-            return self.lead(op).await;
+            return self.commit_led(op).await;
         }
         self.request(|reply| {
             Command::Commit(Unit {
@@ -682,26 +690,42 @@ where
 
     /// Commits `op` in the caller's task, which [`Pipeline::try_lead`] made
     /// the only writer for now: the same steps as the writer task's, without
-    /// the two hand-offs. The commit finishes even if this future is dropped.
-    async fn lead(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
-        let pipeline = Arc::clone(&self.inner.pipeline);
+    /// the two hand-offs.
+    async fn commit_led(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
         if let BatchOp::Delete { key } = &op {
+            let pipeline = self.pipeline();
             if pipeline.exclusive && !pipeline.cache.contains_key(key) {
                 // The store is this map's alone and lacks the key.
                 pipeline.end_lead();
                 return Ok(None);
             }
         }
-        let backend = Arc::clone(&self.inner.backend);
+        self.lead(|backend, pipeline| async move {
+            guard_backend(
+                backend.apply_batch(std::slice::from_ref(&op)),
+                "apply a batch",
+            )
+            .await
+            .map(|()| pipeline.apply(op))
+        })
+        .await
+    }
+
+    /// Runs `work` as the leader [`Pipeline::try_lead`] made the caller,
+    /// then hands over to the writer task. The work finishes even if this
+    /// future is dropped (it is then spawned), so a commit is never cut off.
+    async fn lead<T, W, F>(&self, work: W) -> Result<T>
+    where
+        T: Send + 'static,
+        W: FnOnce(Arc<B>, Arc<Pipeline<K, V>>) -> F,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let pipeline = Arc::clone(&self.inner.pipeline);
         let abandoned = Arc::clone(&pipeline);
+        let work = work(Arc::clone(&self.inner.backend), Arc::clone(&pipeline));
         Detached::new(
             async move {
-                let stored = guard_backend(
-                    backend.apply_batch(std::slice::from_ref(&op)),
-                    "apply a batch",
-                )
-                .await;
-                let answer = stored.map(|()| pipeline.apply(op));
+                let answer = work.await;
                 pipeline.end_lead();
                 answer
             },

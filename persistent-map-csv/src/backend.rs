@@ -25,6 +25,7 @@ use crate::files::{
 use crate::format::{header_line, parse_header, Encoder, Header};
 use crate::lock::LockFile;
 use crate::read::{key_hash, read_legacy, read_start, scan, Change, Scan};
+use crate::thread::FileThread;
 
 /// A [`StorageBackend`] that keeps a map in one CSV file, appending a record
 /// per change.
@@ -58,6 +59,8 @@ pub struct CsvBackend {
 /// An open, locked file.
 struct Store {
     lock: LockFile,
+    /// Does the appends and syncs.
+    thread: FileThread,
     delimiter: u8,
     kind: Kind,
     /// Data rows and batch markers in the file.
@@ -67,6 +70,9 @@ struct Store {
     /// Set when a failed append could not be cut back: the length to cut to
     /// before the next write.
     dirty_tail: Option<u64>,
+    /// The file's length, once an append told it; forgotten whenever the
+    /// file is replaced.
+    len: Option<u64>,
     /// Set when a sync of the file failed. The kernel may have dropped the
     /// unsynced data and marked it clean, so a later sync could succeed
     /// without writing it: from then on every write and flush fails, until
@@ -173,11 +179,13 @@ impl CsvBackend {
         remove_stale_temp(&self.path).await;
         let mut store = Store {
             lock,
+            thread: FileThread::start(&self.path)?,
             delimiter: self.options.delimiter.as_byte(),
             kind: Kind::Unscanned,
             rows: 0,
             live: HashSet::new(),
             dirty_tail: None,
+            len: None,
             sync_failed: None,
         };
         match read_start(&self.path).await? {
@@ -185,6 +193,7 @@ impl CsvBackend {
                 let file =
                     replace_atomically(&self.io, &self.path, header_line(store.delimiter)).await?;
                 store.kind = Kind::Ready(file);
+                store.len = None;
             }
             Some(start) => match parse_header(&self.path, &start)? {
                 Header::Current { delimiter } => store.delimiter = delimiter,
@@ -215,6 +224,7 @@ impl CsvBackend {
             );
             truncate(&self.io, &self.path, torn.keep_len).await?;
             store.dirty_tail = None;
+            store.len = None;
         }
         if !matches!(store.kind, Kind::Ready(_)) {
             store.kind = Kind::Ready(open_for_append(&self.path).await?);
@@ -307,6 +317,7 @@ impl CsvBackend {
             "migrated a persistent-map 0.1.x csv file to format version 2"
         );
         store.kind = Kind::Ready(file);
+        store.len = None;
         store.rows = live.len() as u64;
         store.live = live;
         store.dirty_tail = None;
@@ -326,6 +337,7 @@ impl CsvBackend {
         let rows = compacted.rows();
         let file = replace_atomically(&self.io, &self.path, compacted.contents).await?;
         store.kind = Kind::Ready(file);
+        store.len = None;
         store.rows = rows;
         store.live = compacted.live;
         store.dirty_tail = None;
@@ -370,8 +382,19 @@ impl CsvBackend {
         let bytes = encoder.finish().await?;
 
         let sync = self.options.sync == SyncPolicy::EveryWrite;
-        let appended = append(&self.io, &self.path, file, bytes, sync, store.dirty_tail).await;
+        let appended = append(
+            &store.thread,
+            &self.io,
+            &self.path,
+            file,
+            bytes,
+            sync,
+            store.dirty_tail,
+            store.len,
+        )
+        .await;
         store.dirty_tail = appended.dirty_tail;
+        store.len = appended.len;
         if appended.sync_failed {
             store.note_failed_sync(&self.path, &appended.result);
         }
@@ -512,7 +535,7 @@ where
         let Kind::Ready(file) = &store.kind else {
             return Ok(());
         };
-        let result = sync_data(&self.io, &self.path, Arc::clone(file)).await;
+        let result = sync_data(&store.thread, &self.io, &self.path, Arc::clone(file)).await;
         store.note_failed_sync(&self.path, &result);
         result
     }
@@ -522,6 +545,7 @@ where
         let store = self.open(&mut state).await?;
         let file = replace_atomically(&self.io, &self.path, header_line(store.delimiter)).await?;
         store.kind = Kind::Ready(file);
+        store.len = None;
         store.rows = 0;
         store.live.clear();
         store.dirty_tail = None;

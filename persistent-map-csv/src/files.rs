@@ -1,5 +1,6 @@
-//! File operations that block, run off the async runtime: atomic
-//! replacement, appends that leave no torn record behind, and syncs.
+//! File operations that block, run off the async runtime (appends and syncs
+//! on the store's [`FileThread`], the rare rest on tokio's blocking pool):
+//! atomic replacement, appends that leave no torn record behind, and syncs.
 //!
 //! Every operation that changes what the disk holds goes through a
 //! [`FileIo`], so a test can record writes and syncs and build the images a
@@ -12,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use persistent_map_core::{PersistentError, Result};
+
+use crate::thread::FileThread;
 
 /// The file operations of the backend that change what the disk holds.
 ///
@@ -200,6 +203,8 @@ pub(crate) struct Appended {
     pub(crate) dirty_tail: Option<u64>,
     /// The bytes were written but syncing them failed.
     pub(crate) sync_failed: bool,
+    /// The file's length afterwards, where known.
+    pub(crate) len: Option<u64>,
 }
 
 /// Appends `bytes` with one write call, syncing them if `sync` is set.
@@ -207,83 +212,103 @@ pub(crate) struct Appended {
 /// If the write (or the sync) fails, the file is cut back to its previous
 /// length so no partial record stays behind. `dirty_tail` is the length
 /// left over from an earlier append whose cut failed: it is retried first,
-/// and nothing is written while it fails.
+/// and nothing is written while it fails. `len` is the file's length when
+/// the caller knows it (it saves a `stat` per append).
+#[allow(clippy::too_many_arguments)] // one call site; a struct would only rename them
 pub(crate) async fn append(
+    thread: &FileThread,
     io: &Io,
     path: &Path,
     file: Arc<File>,
     bytes: Vec<u8>,
     sync: bool,
     dirty_tail: Option<u64>,
+    len: Option<u64>,
 ) -> Appended {
     let path = path.to_owned();
     let io = Arc::clone(io);
-    let outcome = blocking(move || {
-        let handle: &File = &file;
-        if let Some(len) = dirty_tail {
-            if let Err(e) = io.set_len(handle, &path, len) {
-                return Ok(Appended {
-                    result: Err(PersistentError::io(&path, e)),
-                    dirty_tail: Some(len),
-                    sync_failed: false,
-                });
+    let outcome = thread
+        .run(move || {
+            let handle: &File = &file;
+            let mut known = len;
+            if let Some(tail) = dirty_tail {
+                if let Err(e) = io.set_len(handle, &path, tail) {
+                    return Ok(Appended {
+                        result: Err(PersistentError::io(&path, e)),
+                        dirty_tail: Some(tail),
+                        sync_failed: false,
+                        len: None,
+                    });
+                }
+                known = Some(tail);
             }
-        }
-        let before = handle
-            .metadata()
-            .map_err(|e| PersistentError::io(&path, e))?
-            .len();
-        let mut sync_failed = false;
-        let written = io.append(handle, &path, &bytes).and_then(|()| {
-            if sync {
-                let synced = io.sync_data(handle, &path);
-                sync_failed = synced.is_err();
-                synced
-            } else {
-                Ok(())
-            }
-        });
-        let Err(e) = written else {
-            return Ok(Appended {
-                result: Ok(()),
-                dirty_tail: None,
-                sync_failed: false,
+            let before = match known {
+                Some(len) => len,
+                None => handle
+                    .metadata()
+                    .map_err(|e| PersistentError::io(&path, e))?
+                    .len(),
+            };
+            let mut sync_failed = false;
+            let written = io.append(handle, &path, &bytes).and_then(|()| {
+                if sync {
+                    let synced = io.sync_data(handle, &path);
+                    sync_failed = synced.is_err();
+                    synced
+                } else {
+                    Ok(())
+                }
             });
-        };
-        let dirty_tail = match io.set_len(handle, &path, before) {
-            Ok(()) => None,
-            Err(cut) => {
-                tracing::warn!(
-                    path = %path.display(),
-                    error = %cut,
-                    "cannot cut a failed append back; retrying before the next write"
-                );
-                Some(before)
-            }
-        };
-        Ok(Appended {
-            result: Err(PersistentError::io(&path, e)),
-            dirty_tail,
-            sync_failed,
+            let Err(e) = written else {
+                return Ok(Appended {
+                    result: Ok(()),
+                    dirty_tail: None,
+                    sync_failed: false,
+                    len: Some(before + bytes.len() as u64),
+                });
+            };
+            let dirty_tail = match io.set_len(handle, &path, before) {
+                Ok(()) => None,
+                Err(cut) => {
+                    tracing::warn!(
+                        path = %path.display(),
+                        error = %cut,
+                        "cannot cut a failed append back; retrying before the next write"
+                    );
+                    Some(before)
+                }
+            };
+            Ok(Appended {
+                result: Err(PersistentError::io(&path, e)),
+                len: dirty_tail.is_none().then_some(before),
+                dirty_tail,
+                sync_failed,
+            })
         })
-    })
-    .await;
+        .await;
     outcome.unwrap_or_else(|err| Appended {
         result: Err(err),
         dirty_tail,
         sync_failed: false,
+        len: None,
     })
 }
 
 /// Forces everything written to `file` onto the disk.
-pub(crate) async fn sync_data(io: &Io, path: &Path, file: Arc<File>) -> Result<()> {
+pub(crate) async fn sync_data(
+    thread: &FileThread,
+    io: &Io,
+    path: &Path,
+    file: Arc<File>,
+) -> Result<()> {
     let path = path.to_owned();
     let io = Arc::clone(io);
-    blocking(move || {
-        io.sync_data(&file, &path)
-            .map_err(|e| PersistentError::io(&path, e))
-    })
-    .await
+    thread
+        .sync(move || {
+            io.sync_data(&file, &path)
+                .map_err(|e| PersistentError::io(&path, e))
+        })
+        .await
 }
 
 /// Cuts the file at `path` to `len` bytes and syncs the cut.

@@ -8,6 +8,7 @@ mod files;
 mod format;
 mod lock;
 mod read;
+mod thread;
 
 pub use backend::CsvBackend;
 pub use config::{Compaction, CsvBackendBuilder, Delimiter, SyncPolicy, DEFAULT_LOCK_TIMEOUT};
