@@ -63,10 +63,58 @@ pub fn key_to_text<K: Serialize + ?Sized>(key: &K) -> Result<String, serde_json:
 ///
 /// When neither reading gives a `K`; the error is the one of reading it as JSON.
 pub fn key_from_text<K: DeserializeOwned>(text: &str) -> Result<K, serde_json::Error> {
-    let quoted = serde_json::Value::String(text.to_owned());
-    match K::deserialize(quoted) {
+    // Read as a string without copying or parsing it first: most keys are
+    // strings, and a key type that is not one refuses it at once.
+    match K::deserialize(KeyText(text)) {
         Ok(key) => Ok(key),
         Err(_) => serde_json::from_str(text),
+    }
+}
+
+/// Reads a key's stored text as a JSON string holding it would read
+/// (newtypes, unit enum variants and `Some` included), without copying it
+/// into one first.
+struct KeyText<'a>(&'a str);
+
+impl<'de> serde::Deserializer<'de> for KeyText<'_> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_str(self.0)
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        serde::de::value::StrDeserializer::<Self::Error>::new(self.0)
+            .deserialize_enum(name, variants, visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map struct
+        identifier ignored_any
     }
 }
 

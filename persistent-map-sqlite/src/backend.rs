@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
 use crate::error::{is_io_error, map_sqlx_error, BACKEND};
+use crate::load;
 
 /// The table that records, per map table, the format version it was written in.
 pub(crate) const META_TABLE: &str = "persistent_map_meta";
@@ -91,6 +92,10 @@ struct Inner {
 /// The SQL texts this backend runs, built once for its table.
 struct Statements {
     select_all: String,
+    /// Rows after rowid `?1`, at most `?2`, in rowid order.
+    select_after: String,
+    /// A chunk of rows packed as JSON (see [`crate::load`]).
+    load_chunk: String,
     count: String,
     contains: String,
     delete_all: String,
@@ -122,6 +127,10 @@ impl Statements {
             .collect();
         Self {
             select_all: format!("SELECT key, value FROM {t}"),
+            select_after: format!(
+                "SELECT key, value FROM {t} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
+            ),
+            load_chunk: crate::load::chunk_sql(table),
             count: format!("SELECT COUNT(*) FROM {t}"),
             contains: format!("SELECT 1 FROM {t} WHERE key = ?1 LIMIT 1"),
             delete_all: format!("DELETE FROM {t}"),
@@ -463,14 +472,49 @@ impl SqliteBackend {
         Ok(net)
     }
 
-    /// Reads column `index` of `row` as text, refusing NULL and BLOB.
-    fn text_column(
+    /// Streams rows one by one into `sink`, decoding each: the whole table,
+    /// or `(after, limit)`: at most `limit` rows after that rowid. A row
+    /// that does not decode is an error naming the table and key.
+    async fn load_rows<K: DeserializeOwned, V: DeserializeOwned>(
         &self,
-        row: &SqliteRow,
+        conn: &mut SqliteConnection,
+        range: Option<(i64, i64)>,
+        sink: &mut (dyn FnMut(K, V) + Send),
+    ) -> Result<()> {
+        let query = match range {
+            None => sqlx::query(&self.inner.sql.select_all),
+            Some((after, limit)) => sqlx::query(&self.inner.sql.select_after)
+                .bind(after)
+                .bind(limit),
+        };
+        let mut rows = query.fetch(conn);
+        while let Some(row) = rows
+            .try_next()
+            .await
+            .map_err(|e| self.error(e, Operation::Load))?
+        {
+            let key_text = self.text_column(&row, 0, "key", None)?;
+            let key: K = key_from_text(key_text).map_err(|e| {
+                PersistentError::decode("key", self.location().with_key(render_key(key_text)), e)
+            })?;
+            let value_text = self.text_column(&row, 1, "value", Some(key_text))?;
+            let value: V = value_from_json(value_text).map_err(|e| {
+                PersistentError::decode("value", self.location().with_key(render_key(key_text)), e)
+            })?;
+            sink(key, value);
+        }
+        Ok(())
+    }
+
+    /// Reads column `index` of `row` as text borrowed from the row, refusing
+    /// NULL and BLOB.
+    fn text_column<'r>(
+        &self,
+        row: &'r SqliteRow,
         index: usize,
         what: &'static str,
         key_text: Option<&str>,
-    ) -> Result<String> {
+    ) -> Result<&'r str> {
         let location = || match key_text {
             Some(key) => self.location().with_key(render_key(key)),
             None => self.location(),
@@ -485,15 +529,14 @@ impl SqliteBackend {
                 format!("the stored {what} is NULL"),
             ));
         }
-        let storage = raw.type_info().name().to_owned();
-        if storage == "BLOB" {
+        if raw.type_info().name() == "BLOB" {
             return Err(PersistentError::decode(
                 what,
                 location(),
                 format!("the stored {what} is a BLOB, not text"),
             ));
         }
-        row.try_get::<String, _>(index)
+        row.try_get::<&str, _>(index)
             .map_err(|e| PersistentError::decode(what, location(), e))
     }
 }
@@ -738,27 +781,44 @@ where
         tx.commit().await.map_err(fail)
     }
 
-    /// Streams the rows, decoding each as it arrives. A row that does not
-    /// decode stops the load with an error naming the table and key; nothing
-    /// is changed.
+    /// Reads the table in one snapshot, in chunks that SQLite packs as JSON
+    /// and that are decoded while the next one is read (see [`crate::load`]).
+    /// A row that does not decode stops the load with an error naming the
+    /// table and key; nothing is changed.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
-        let mut rows = sqlx::query(&self.inner.sql.select_all).fetch(&self.inner.pool);
-        while let Some(row) = rows
-            .try_next()
-            .await
-            .map_err(|e| self.error(e, Operation::Load))?
-        {
-            let key_text = self.text_column(&row, 0, "key", None)?;
-            let key: K = key_from_text(&key_text).map_err(|e| {
-                PersistentError::decode("key", self.location().with_key(render_key(&key_text)), e)
-            })?;
-            let value_text = self.text_column(&row, 1, "value", Some(&key_text))?;
-            let value: V = value_from_json(&value_text).map_err(|e| {
-                PersistentError::decode("value", self.location().with_key(render_key(&key_text)), e)
-            })?;
-            sink(key, value);
+        let fail = |e| self.error(e, Operation::Load);
+        let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
+        let mut tx = conn.begin().await.map_err(fail)?;
+        let chunks = &self.inner.sql.load_chunk;
+        let mut current = match load::fetch_chunk(&mut tx, chunks, i64::MIN).await {
+            Ok(first) => first,
+            Err(e) => {
+                // No rowid (a table of another origin) or no JSON functions.
+                tracing::debug!(store = %self.inner.store, error = %e, "reading rows one by one");
+                return self.load_rows(&mut tx, None, sink).await;
+            }
+        };
+        let mut after = i64::MIN;
+        while let Some(chunk) = current {
+            let (next, decoded) =
+                tokio::join!(load::fetch_chunk(&mut tx, chunks, chunk.last), async {
+                    load::decode_chunk(&chunk.json, sink)
+                });
+            if !decoded {
+                // Name the row that is wrong.
+                self.load_rows::<K, V>(&mut tx, Some((after, chunk.rows)), &mut |_, _| {})
+                    .await?;
+                return Err(PersistentError::corrupt(
+                    self.location(),
+                    format!(
+                        "the rows after rowid {after} do not decode together, though each one does"
+                    ),
+                ));
+            }
+            after = chunk.last;
+            current = next.map_err(fail)?;
         }
-        Ok(())
+        tx.rollback().await.map_err(fail)
     }
 
     fn capabilities(&self) -> Capabilities {

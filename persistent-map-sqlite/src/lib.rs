@@ -3,6 +3,7 @@
 mod backend;
 mod config;
 mod error;
+mod load;
 
 pub use backend::{SqliteBackend, FORMAT_VERSION};
 pub use config::{

@@ -383,6 +383,47 @@ async fn null_and_blob_cells_are_typed_errors() {
 }
 
 #[tokio::test]
+async fn a_table_of_many_chunks_loads_whole_and_a_bad_row_deep_in_it_is_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let expected: HashMap<String, Option<u64>> = (0..10_000_u64)
+        .map(|i| {
+            let value = (i % 7 != 0).then_some(i * 1_000_003);
+            (format!("k{i:05}"), value)
+        })
+        .collect();
+    let map = open::<String, Option<u64>>(&path).await;
+    map.extend(expected.clone()).await.expect("extend");
+    map.insert("\"quoted\", comma".into(), Some(u64::MAX))
+        .await
+        .expect("insert");
+    map.close().await.expect("close");
+    drop(map);
+
+    let map = open::<String, Option<u64>>(&path).await;
+    let mut want = expected;
+    want.insert("\"quoted\", comma".into(), Some(u64::MAX));
+    let loaded: HashMap<String, Option<u64>> = map.iter().collect();
+    assert_eq!(loaded.len(), want.len());
+    assert_eq!(loaded, want, "every row of every chunk, exactly");
+    map.close().await.expect("close");
+    drop(map);
+
+    // One value deep in the third chunk no longer decodes.
+    exec(&path, "UPDATE kv SET value = '\"text\"' WHERE key = 'k09000'").await;
+    let err = open_err::<String, Option<u64>>(&path).await;
+    match &err {
+        PersistentError::Codec {
+            decoding: true,
+            what: "value",
+            location,
+            ..
+        } => assert_eq!(location.key.as_deref(), Some("\"k09000\"")),
+        other => panic!("expected a decode error naming k09000, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn a_file_that_is_not_a_database_is_refused_and_left_unchanged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("notes.db");
