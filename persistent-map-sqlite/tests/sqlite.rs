@@ -410,7 +410,11 @@ async fn a_table_of_many_chunks_loads_whole_and_a_bad_row_deep_in_it_is_named() 
     drop(map);
 
     // One value deep in the third chunk no longer decodes.
-    exec(&path, "UPDATE kv SET value = '\"text\"' WHERE key = 'k09000'").await;
+    exec(
+        &path,
+        "UPDATE kv SET value = '\"text\"' WHERE key = 'k09000'",
+    )
+    .await;
     let err = open_err::<String, Option<u64>>(&path).await;
     match &err {
         PersistentError::Codec {
