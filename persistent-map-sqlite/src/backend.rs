@@ -94,7 +94,7 @@ struct Statements {
     select_all: String,
     /// Rows after rowid `?1`, at most `?2`, in rowid order.
     select_after: String,
-    /// A chunk of rows packed as JSON (see [`crate::load`]).
+    /// A chunk of rows packed as JSON (see the `load` module).
     load_chunk: String,
     count: String,
     contains: String,
@@ -782,7 +782,7 @@ where
     }
 
     /// Reads the table in one snapshot, in chunks that SQLite packs as JSON
-    /// and that are decoded while the next one is read (see [`crate::load`]).
+    /// and that are decoded while the next one is read.
     /// A row that does not decode stops the load with an error naming the
     /// table and key; nothing is changed.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
