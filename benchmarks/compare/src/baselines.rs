@@ -1,4 +1,5 @@
-//! The reference points: raw sqlx, redb, a bare DashMap and bare file loops.
+//! The reference points: raw sqlx, redb, sled, fjall, rusqlite, a bare
+//! DashMap and bare file loops.
 
 use std::fs::OpenOptions;
 use std::hint::black_box;
@@ -6,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use futures::TryStreamExt;
@@ -161,6 +162,135 @@ pub fn redb_sequential_inserts(path: &Path, n: u64) -> Run {
         tx.commit().expect("commit");
     }
     Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// `threads` OS threads inserting `n` disjoint keys in total (thread `t`
+/// takes `(t..n).step_by(threads)`), each insert durable before the
+/// thread's next one: `insert(t, i)` does one acknowledged durable insert.
+fn threaded_inserts(threads: u64, n: u64, insert: impl Fn(u64, u64) + Sync) -> Run {
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let insert = &insert;
+            scope.spawn(move || {
+                for i in (t..n).step_by(threads as usize) {
+                    insert(t, i);
+                }
+            });
+        }
+    });
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// One durable write transaction per insert from each of `threads` threads;
+/// redb serialises write transactions, so they queue for the writer.
+pub fn redb_concurrent_inserts(path: &Path, threads: u64, n: u64) -> Run {
+    let db = redb::Database::create(path).expect("redb");
+    threaded_inserts(threads, n, |_, i| {
+        let tx = db.begin_write().expect("begin");
+        {
+            let mut table = tx.open_table(TABLE).expect("table");
+            table.insert(key(i).as_str(), value(i).as_str()).expect("insert");
+        }
+        tx.commit().expect("commit");
+    })
+}
+
+/// sled 0.34: `insert` then `flush` per insert. `flush` waits until the log
+/// up to the insert is written and synced; concurrent callers share a sync.
+/// On Linux that sync is `sync_file_range`, not `fsync`/`fdatasync`.
+pub fn sled_sequential_inserts(path: &Path, n: u64) -> Run {
+    let db = sled::open(path).expect("sled");
+    let start = Instant::now();
+    for i in 0..n {
+        db.insert(key(i).as_bytes(), value(i).as_bytes()).expect("insert");
+        db.flush().expect("flush");
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+pub fn sled_concurrent_inserts(path: &Path, threads: u64, n: u64) -> Run {
+    let db = sled::open(path).expect("sled");
+    threaded_inserts(threads, n, |_, i| {
+        db.insert(key(i).as_bytes(), value(i).as_bytes()).expect("insert");
+        db.flush().expect("flush");
+    })
+}
+
+fn fjall_open(path: &Path) -> (fjall::Keyspace, fjall::PartitionHandle) {
+    let keyspace = fjall::Config::new(path).open().expect("fjall");
+    let partition = keyspace
+        .open_partition("kv", fjall::PartitionCreateOptions::default())
+        .expect("partition");
+    (keyspace, partition)
+}
+
+/// fjall 2: `insert` (journal write to the OS) then
+/// `keyspace.persist(SyncAll)` (fsync of the journal) per insert.
+pub fn fjall_sequential_inserts(path: &Path, n: u64) -> Run {
+    let (keyspace, partition) = fjall_open(path);
+    let start = Instant::now();
+    for i in 0..n {
+        partition.insert(key(i).as_bytes(), value(i).as_bytes()).expect("insert");
+        keyspace.persist(fjall::PersistMode::SyncAll).expect("persist");
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// The journal fsync runs under the journal lock, so concurrent persists
+/// queue; one fsync covers every insert written before it.
+pub fn fjall_concurrent_inserts(path: &Path, threads: u64, n: u64) -> Run {
+    let (keyspace, partition) = fjall_open(path);
+    threaded_inserts(threads, n, |_, i| {
+        partition.insert(key(i).as_bytes(), value(i).as_bytes()).expect("insert");
+        keyspace.persist(fjall::PersistMode::SyncAll).expect("persist");
+    })
+}
+
+const UPSERT: &str = "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+
+/// A rusqlite connection in WAL mode at synchronous=FULL, with the table.
+fn rusqlite_connection(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).expect("rusqlite");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy_timeout");
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .expect("journal_mode");
+    assert_eq!(mode.to_ascii_lowercase(), "wal");
+    conn.pragma_update(None, "synchronous", "FULL").expect("synchronous");
+    conn.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)", [])
+        .expect("create");
+    conn
+}
+
+/// rusqlite (bundled SQLite), WAL, synchronous=FULL: one autocommit upsert
+/// per insert on one held connection; the commit fsyncs the WAL.
+pub fn rusqlite_sequential_inserts(path: &Path, n: u64) -> Run {
+    let conn = rusqlite_connection(path);
+    let start = Instant::now();
+    for i in 0..n {
+        conn.prepare_cached(UPSERT)
+            .expect("prepare")
+            .execute(rusqlite::params![key(i), serde_json::to_string(&value(i)).expect("json")])
+            .expect("insert");
+    }
+    Run { ops: n, secs: start.elapsed().as_secs_f64() }
+}
+
+/// One connection per thread (WAL, FULL, busy_timeout 5 s), one autocommit
+/// upsert per insert: writers take SQLite's write lock in turn, each commit
+/// with its own WAL fsync.
+pub fn rusqlite_concurrent_inserts(path: &Path, threads: u64, n: u64) -> Run {
+    drop(rusqlite_connection(path));
+    let conns: Vec<std::sync::Mutex<rusqlite::Connection>> =
+        (0..threads).map(|_| std::sync::Mutex::new(rusqlite_connection(path))).collect();
+    threaded_inserts(threads, n, |t, i| {
+        let conn = conns[t as usize].lock().expect("connection");
+        conn.prepare_cached(UPSERT)
+            .expect("prepare")
+            .execute(rusqlite::params![key(i), serde_json::to_string(&value(i)).expect("json")])
+            .expect("insert");
+    })
 }
 
 pub fn redb_bulk(path: &Path, n: u64) -> Run {

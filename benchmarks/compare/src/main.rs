@@ -1,6 +1,7 @@
-//! Side-by-side comparison of persistent-map with raw sqlx, redb, bare loops
-//! and persistent-map 0.1.3, on one machine in one run. Prints a markdown
-//! table of the targets of issue 5 and whether each is met.
+//! Side-by-side comparison of persistent-map with raw sqlx, redb, sled,
+//! fjall, rusqlite, bare loops and persistent-map 0.1.3, on one machine in
+//! one run. Prints a markdown table of the targets of issue 5 and whether
+//! each is met.
 //!
 //! `benchmarks/run.sh` builds everything and runs it.
 
@@ -241,6 +242,12 @@ async fn main() {
         });
         let redb_seq = baselines::redb_sequential_inserts(&file("redb-seq.redb"), scale.seq_full);
         checks.push(Check::rates("(info) sequential durable inserts: SQLite FULL vs redb (fsync per commit)", ours_full, "redb", redb_seq, (">=", 0.0)));
+        let sled_seq = baselines::sled_sequential_inserts(&file("sled-seq"), scale.seq_full);
+        checks.push(Check::rates("(info) sequential durable inserts: SQLite FULL vs sled (flush per insert: sync_file_range, not fsync)", ours_full, "sled", sled_seq, (">=", 0.0)));
+        let fjall_seq = baselines::fjall_sequential_inserts(&file("fjall-seq"), scale.seq_full);
+        checks.push(Check::rates("(info) sequential durable inserts: SQLite FULL vs fjall (persist SyncAll per insert)", ours_full, "fjall", fjall_seq, (">=", 0.0)));
+        let rusqlite_seq = baselines::rusqlite_sequential_inserts(&file("rusqlite-seq.db"), scale.seq_full);
+        checks.push(Check::rates("(info) sequential durable inserts: SQLite FULL vs rusqlite (WAL FULL, held connection)", ours_full, "rusqlite", rusqlite_seq, (">=", 0.0)));
         seq = Some((ours_full, ours_normal));
     }
 
@@ -248,6 +255,15 @@ async fn main() {
         // Group commit.
         let concurrent = ours::concurrent_inserts(&file("conc-full.db"), Synchronous::Full, 16, scale.concurrent).await;
         checks.push(Check::rates("16 concurrent inserters at FULL vs 1 sequential at FULL", concurrent, "sequential", ours_full, (">=", 8.0)));
+        // The same 16-way durable workload on the peers, one OS thread each.
+        let sled_conc = baselines::sled_concurrent_inserts(&file("sled-conc"), 16, scale.concurrent);
+        checks.push(Check::rates("(info) 16 concurrent durable inserters: ours (SQLite FULL) vs sled (sync_file_range, not fsync)", concurrent, "sled", sled_conc, (">=", 0.0)));
+        let fjall_conc = baselines::fjall_concurrent_inserts(&file("fjall-conc"), 16, scale.concurrent);
+        checks.push(Check::rates("(info) 16 concurrent durable inserters: ours (SQLite FULL) vs fjall", concurrent, "fjall", fjall_conc, (">=", 0.0)));
+        let redb_conc = baselines::redb_concurrent_inserts(&file("redb-conc.redb"), 16, scale.concurrent);
+        checks.push(Check::rates("(info) 16 concurrent durable inserters: ours (SQLite FULL) vs redb", concurrent, "redb", redb_conc, (">=", 0.0)));
+        let rusqlite_conc = baselines::rusqlite_concurrent_inserts(&file("rusqlite-conc.db"), 16, scale.concurrent);
+        checks.push(Check::rates("(info) 16 concurrent durable inserters: ours (SQLite FULL) vs rusqlite", concurrent, "rusqlite", rusqlite_conc, (">=", 0.0)));
     }
 
     let mut bulk = None;
