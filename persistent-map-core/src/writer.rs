@@ -422,9 +422,10 @@ where
         let mut batch = Gather::new();
         let mut weight = 0;
         // Up to as many pauses as callers the last batch answered (at least
-        // one, at most 8): each lets more of the woken callers queue their
-        // next change. A lone writer pays one pause; it mostly commits its
-        // own changes anyway (`Pipeline::try_lead`).
+        // one, at most 8), while fewer callers than then have queued: each
+        // lets more of the woken callers queue their next change. A lone
+        // writer pays one pause; it mostly commits its own changes anyway
+        // (`Pipeline::try_lead`).
         let max_yields = self.last_batch_units.clamp(1, 8);
         let mut yields = 0;
         let mut next = Some(first);
@@ -442,7 +443,7 @@ where
             }
             next = match self.next_ready() {
                 Some(command) => Some(command),
-                None if yields < max_yields => {
+                None if yields < max_yields && batch.units.len() < self.last_batch_units.max(2) => {
                     // Group commit: writers woken by the previous batch are
                     // about to queue their next change; let them run before
                     // committing without them.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
+use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError, Result,
     StorageBackend,
@@ -22,6 +22,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use crate::config::{SqliteBuilder, SqliteOptions};
 use crate::error::{is_io_error, map_sqlx_error, BACKEND};
 use crate::load;
+use crate::write::{self, CHUNK_SIZES};
 
 /// The table that records, per map table, the format version it was written in.
 pub(crate) const META_TABLE: &str = "persistent_map_meta";
@@ -33,16 +34,6 @@ pub(crate) const META_TABLE: &str = "persistent_map_meta";
 ///   the rows are already in the version 1 layout.
 /// * `1`: the same table layout, plus a row in `persistent_map_meta`.
 pub const FORMAT_VERSION: u32 = 1;
-
-/// Rows per multi-row statement, at most. 256 rows of 2 parameters stay far
-/// below SQLite's parameter limit (999 before 3.32, 32766 since).
-const MAX_CHUNK: usize = 256;
-
-/// Number of distinct chunk sizes: the powers of two up to [`MAX_CHUNK`].
-/// Splitting every batch into these sizes bounds the number of distinct SQL
-/// texts, so each one is prepared once per connection and then reused from
-/// sqlx's statement cache.
-const CHUNK_SIZES: usize = MAX_CHUNK.trailing_zeros() as usize + 1;
 
 /// A [`StorageBackend`] that keeps a map in a table of a SQLite database file.
 ///
@@ -138,49 +129,6 @@ impl Statements {
             delete,
         }
     }
-}
-
-/// The net effect of a batch, encoded: rows to upsert and keys to delete,
-/// each key at most once.
-#[derive(Default)]
-struct EncodedBatch {
-    puts: Vec<(String, String)>,
-    deletes: Vec<String>,
-}
-
-type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// A multi-row upsert of `rows`, with `sql` prepared for exactly that many rows.
-fn upsert<'q>(sql: &'q str, rows: &'q [(String, String)]) -> Query<'q> {
-    let mut query = sqlx::query(sql);
-    for (key, value) in rows {
-        query = query.bind(key.as_str()).bind(value.as_str());
-    }
-    query
-}
-
-/// A multi-key delete of `keys`, with `sql` prepared for exactly that many keys.
-fn remove<'q>(sql: &'q str, keys: &'q [String]) -> Query<'q> {
-    let mut query = sqlx::query(sql);
-    for key in keys {
-        query = query.bind(key.as_str());
-    }
-    query
-}
-
-/// Splits `items` into chunks whose lengths are powers of two, at most
-/// [`MAX_CHUNK`]; yields each chunk with the index of its statement.
-fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = (usize, &[T])> {
-    std::iter::from_fn(move || {
-        if items.is_empty() {
-            return None;
-        }
-        let len = items.len().min(MAX_CHUNK);
-        let size = 1_usize << len.ilog2();
-        let (head, tail) = items.split_at(size);
-        items = tail;
-        Some((size.trailing_zeros() as usize, head))
-    })
 }
 
 impl SqliteBackend {
@@ -428,19 +376,10 @@ impl SqliteBackend {
     /// The write connection, opened with the pool's options on first use.
     async fn writer(
         &self,
-        operation: Operation,
-        location: &Location,
-    ) -> Result<MutexGuard<'_, Option<SqliteConnection>>> {
+    ) -> std::result::Result<MutexGuard<'_, Option<SqliteConnection>>, sqlx::Error> {
         let mut writer = self.inner.writer.lock().await;
         if writer.is_none() {
-            let conn = self
-                .inner
-                .pool
-                .connect_options()
-                .connect()
-                .await
-                .map_err(|e| map_sqlx_error(e, operation, location.clone(), &self.inner.path))?;
-            *writer = Some(conn);
+            *writer = Some(self.inner.pool.connect_options().connect().await?);
         }
         Ok(writer)
     }
@@ -451,25 +390,6 @@ impl SqliteBackend {
 
     fn error(&self, err: sqlx::Error, operation: Operation) -> PersistentError {
         map_sqlx_error(err, operation, self.location(), &self.inner.path)
-    }
-
-    /// Encodes a batch before any transaction opens, keeping only the last
-    /// change per key: inside one transaction only the final state of each
-    /// key matters, and distinct keys can then be written in any order. The
-    /// caller's order is kept, so B-tree inserts stay local when keys arrive
-    /// sorted.
-    fn encode_batch<K: Serialize, V: Serialize>(
-        &self,
-        batch: &[BatchOp<K, V>],
-    ) -> Result<EncodedBatch> {
-        let mut net = EncodedBatch::default();
-        for (key, value) in encode_batch(batch, &self.inner.store)? {
-            match value {
-                Some(value) => net.puts.push((key, value)),
-                None => net.deletes.push(key),
-            }
-        }
-        Ok(net)
     }
 
     /// Streams rows one by one into `sink`, decoding each: the whole table,
@@ -539,40 +459,6 @@ impl SqliteBackend {
         row.try_get::<&str, _>(index)
             .map_err(|e| PersistentError::decode(what, location(), e))
     }
-}
-
-/// Writes a batch's net changes on `conn`: one statement alone (atomic on
-/// its own, without BEGIN/COMMIT round trips), or a `BEGIN IMMEDIATE`
-/// transaction of multi-row deletes and upserts.
-async fn write_batch(
-    conn: &mut SqliteConnection,
-    sql: &Statements,
-    puts: &[(String, String)],
-    deletes: &[String],
-) -> std::result::Result<(), sqlx::Error> {
-    let statements = chunks(deletes).count() + chunks(puts).count();
-    if statements == 1 {
-        let query = match (chunks(puts).next(), chunks(deletes).next()) {
-            (Some((statement, rows)), None) => upsert(&sql.upsert[statement], rows),
-            (None, Some((statement, keys))) => remove(&sql.delete[statement], keys),
-            _ => return Ok(()),
-        };
-        return query.execute(&mut *conn).await.map(drop);
-    }
-    // IMMEDIATE takes the write lock up front, waiting through the busy
-    // timeout; a deferred transaction could instead fail mid-batch.
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    for (statement, keys) in chunks(deletes) {
-        remove(&sql.delete[statement], keys)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for (statement, rows) in chunks(puts) {
-        upsert(&sql.upsert[statement], rows)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await
 }
 
 /// After a commit that failed with an I/O error: rolls back, then
@@ -682,7 +568,10 @@ where
     /// handler; it is retried until the busy timeout has passed.
     async fn flush(&self) -> Result<()> {
         let deadline = Instant::now() + self.inner.busy_timeout;
-        let mut writer = self.writer(Operation::Flush, &self.location()).await?;
+        let mut writer = self
+            .writer()
+            .await
+            .map_err(|e| self.error(e, Operation::Flush))?;
         let Some(conn) = writer.as_mut() else {
             return Err(PersistentError::Closed);
         };
@@ -740,36 +629,46 @@ where
         if batch.is_empty() {
             return Ok(());
         }
-        let EncodedBatch { puts, deletes } = self.encode_batch(batch)?;
         let sql = &self.inner.sql;
+        let texts = write::Texts {
+            upsert: &sql.upsert,
+            delete: &sql.delete,
+        };
         // A single change (the map replays a failed batch change by change)
-        // is reported with its key.
-        let location = match batch {
+        // is reported with its key; built only on failure.
+        let location = || match batch {
             [op] => self.location().with_key(render_key(op.key())),
             _ => self.location(),
         };
-        let fail = |e| map_sqlx_error(e, Operation::Write, location.clone(), &self.inner.path);
-        let mut writer = self.writer(Operation::Write, &location).await?;
+        let mut writer = self
+            .writer()
+            .await
+            .map_err(|e| map_sqlx_error(e, Operation::Write, location(), &self.inner.path))?;
         let Some(conn) = writer.as_mut() else {
             return Err(PersistentError::Closed);
         };
-        let result = write_batch(conn, sql, &puts, &deletes).await;
-        match result {
+        match write::write_batch(conn, &texts, batch, &self.inner.store).await {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(write::Failure::Encode(e)) => Err(e),
+            Err(write::Failure::Sql(e)) => {
                 if is_io_error(&e) {
                     discard_failed_commit(conn, &self.inner.store).await;
                     // Start the next write on a fresh connection.
                     *writer = None;
                 }
-                Err(fail(e))
+                Err(map_sqlx_error(
+                    e,
+                    Operation::Write,
+                    location(),
+                    &self.inner.path,
+                ))
             }
         }
     }
 
     async fn clear(&self) -> Result<()> {
         let fail = |e| self.error(e, Operation::Clear);
-        let mut writer = self.writer(Operation::Clear, &self.location()).await?;
+        let mut writer = self.writer().await.map_err(fail)?;
         let Some(conn) = writer.as_mut() else {
             return Err(PersistentError::Closed);
         };
@@ -831,17 +730,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunks_are_powers_of_two_up_to_the_limit() {
-        let items: Vec<u32> = (0..1000).collect();
-        let sizes: Vec<usize> = chunks(&items).map(|(_, c)| c.len()).collect();
-        assert_eq!(sizes, [256, 256, 256, 128, 64, 32, 8]);
-        assert!(chunks(&items).all(|(i, c)| 1 << i == c.len()));
-        assert_eq!(chunks::<u32>(&[]).count(), 0);
-        let in_order: Vec<u32> = chunks(&items).flat_map(|(_, c)| c.to_vec()).collect();
-        assert_eq!(in_order, items);
-    }
 
     #[test]
     fn statements_cover_every_chunk_size() {

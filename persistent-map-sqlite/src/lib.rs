@@ -4,6 +4,7 @@ mod backend;
 mod config;
 mod error;
 mod load;
+mod write;
 
 pub use backend::{SqliteBackend, FORMAT_VERSION};
 pub use config::{
