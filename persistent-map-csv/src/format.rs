@@ -130,6 +130,9 @@ pub(crate) fn parse_entry(record: &ByteRecord) -> Result<Entry, String> {
 }
 
 /// Encodes records into one buffer, to be written with a single call.
+/// Bytes the CSV writer stages before moving them into the output `Vec`.
+const ENCODER_BUFFER: usize = 512;
+
 pub(crate) struct Encoder<'a> {
     path: &'a Path,
     writer: AsyncWriter<Vec<u8>>,
@@ -138,10 +141,13 @@ pub(crate) struct Encoder<'a> {
 impl<'a> Encoder<'a> {
     /// An encoder whose buffer starts with `prefix` (e.g. the header line).
     pub(crate) fn new(path: &'a Path, delimiter: u8, prefix: Vec<u8>) -> Self {
+        // The writer's own buffer only stages bytes on their way into the
+        // `Vec`: a small one spares every write an 8 KiB allocation.
         let writer = AsyncWriterBuilder::new()
             .delimiter(delimiter)
             .has_headers(false)
             .flexible(false)
+            .buffer_capacity(ENCODER_BUFFER)
             .create_writer(prefix);
         Self { path, writer }
     }
