@@ -213,6 +213,40 @@ pub enum PersistentError {
         path: PathBuf,
     },
 
+    /// The store did not answer in time: a database busy for longer than its
+    /// busy timeout, a server that did not reply. Nothing was changed; a
+    /// retry may succeed.
+    #[error("{backend} backend timed out trying to {operation} {location}")]
+    Timeout {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was being done.
+        operation: Operation,
+        /// The store (and key) concerned.
+        location: Location,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+
+    /// A write whose outcome cannot be known: the connection broke after the
+    /// write was sent and before its result came back, so it may or may not
+    /// have been applied. A map that gets this from its backend reads the
+    /// keys back before it answers; callers of a map see it only when the
+    /// store could not be reached to find out.
+    #[error("{backend} backend lost the outcome of a {operation} to {location}")]
+    OutcomeUnknown {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was being done.
+        operation: Operation,
+        /// The store (and key) concerned.
+        location: Location,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+
     /// A server could not be reached.
     #[error("{backend} backend cannot connect to {endpoint}")]
     Connection {
@@ -321,16 +355,144 @@ impl PersistentError {
         }
     }
 
-    /// `true` for errors that mean the medium ran out of space.
+    /// `true` for errors that mean the medium ran out of space (also when
+    /// this error only reports such a failure, as a poisoned write-behind
+    /// map's does).
     #[must_use]
     pub fn is_storage_full(&self) -> bool {
-        matches!(self, PersistentError::StorageFull { .. })
+        self.kind() == ErrorKind::StorageFull
+    }
+
+    /// What kind of failure this is, so a caller can decide without
+    /// matching every variant. An error that reports another one (a failure
+    /// shared by several callers, a poisoned write-behind map's) has the
+    /// kind of its cause.
+    ///
+    /// ```
+    /// use persistent_map_core::{ErrorKind, PersistentError};
+    ///
+    /// let full = PersistentError::io("data.csv", std::io::Error::from(std::io::ErrorKind::StorageFull));
+    /// assert_eq!(full.kind(), ErrorKind::StorageFull);
+    /// let shared = PersistentError::Shared(std::sync::Arc::new(full));
+    /// assert_eq!(shared.kind(), ErrorKind::StorageFull);
+    /// assert!(!shared.is_temporary());
+    /// ```
+    #[must_use]
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            PersistentError::Backend { .. } => ErrorKind::Backend,
+            PersistentError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::TimedOut => ErrorKind::Timeout,
+                std::io::ErrorKind::ConnectionRefused
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::NotConnected => ErrorKind::Connection,
+                _ => ErrorKind::Io,
+            },
+            PersistentError::StorageFull { .. } => ErrorKind::StorageFull,
+            PersistentError::Codec { .. } => ErrorKind::Codec,
+            PersistentError::Corrupt { .. } => ErrorKind::Corrupt,
+            PersistentError::UnsupportedFormat { .. } => ErrorKind::UnsupportedFormat,
+            PersistentError::Locked { .. } => ErrorKind::Locked,
+            PersistentError::Timeout { .. } => ErrorKind::Timeout,
+            PersistentError::OutcomeUnknown { .. } => ErrorKind::OutcomeUnknown,
+            PersistentError::Connection { .. } => ErrorKind::Connection,
+            PersistentError::Unsupported { .. } => ErrorKind::Unsupported,
+            PersistentError::Closed | PersistentError::WriterStopped { .. } => ErrorKind::Closed,
+            PersistentError::Shared(cause) => cause.kind(),
+            PersistentError::Other(_) => ErrorKind::Other,
+        }
+    }
+
+    /// Whether trying again later may succeed without anyone fixing
+    /// anything: a lock another writer will release, a busy database, a
+    /// server that is restarting.
+    #[must_use]
+    pub fn is_temporary(&self) -> bool {
+        self.kind().is_temporary()
+    }
+}
+
+/// What kind of failure a [`PersistentError`] is; see
+/// [`PersistentError::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The backend's driver or engine failed in a way none of the others
+    /// describes.
+    Backend,
+    /// A file operation failed.
+    Io,
+    /// The medium is full.
+    StorageFull,
+    /// A key or value could not be encoded, or a stored one decoded.
+    Codec,
+    /// The stored data is damaged.
+    Corrupt,
+    /// The store was written in a newer format.
+    UnsupportedFormat,
+    /// Another writer holds the store.
+    Locked,
+    /// The store did not answer in time.
+    Timeout,
+    /// A server could not be reached.
+    Connection,
+    /// A write's outcome could not be found out.
+    OutcomeUnknown,
+    /// The backend cannot do what was asked.
+    Unsupported,
+    /// The map was closed or its writer stopped.
+    Closed,
+    /// A third-party backend's own error.
+    Other,
+}
+
+impl ErrorKind {
+    /// Whether a retry may succeed without anyone fixing anything.
+    #[must_use]
+    pub const fn is_temporary(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::Locked
+                | ErrorKind::Timeout
+                | ErrorKind::Connection
+                | ErrorKind::OutcomeUnknown
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Backend => "backend failure",
+            ErrorKind::Io => "i/o error",
+            ErrorKind::StorageFull => "storage full",
+            ErrorKind::Codec => "encoding or decoding error",
+            ErrorKind::Corrupt => "corrupt store",
+            ErrorKind::UnsupportedFormat => "unsupported format",
+            ErrorKind::Locked => "locked",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection failure",
+            ErrorKind::OutcomeUnknown => "outcome unknown",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Other => "other",
+        })
     }
 }
 
 fn is_storage_full(err: &std::io::Error) -> bool {
-    // ENOSPC = 28, EDQUOT = 122 on Linux; StorageFull is the portable kind.
-    err.kind() == std::io::ErrorKind::StorageFull || matches!(err.raw_os_error(), Some(28 | 122))
+    if err.kind() == std::io::ErrorKind::StorageFull {
+        return true;
+    }
+    // ENOSPC and EDQUOT, where the standard library reports them only by
+    // number.
+    #[cfg(target_os = "linux")]
+    return matches!(err.raw_os_error(), Some(28 | 122));
+    #[cfg(all(unix, not(target_os = "linux")))]
+    return matches!(err.raw_os_error(), Some(28 | 69));
+    #[cfg(not(unix))]
+    return false;
 }
 
 impl From<std::io::Error> for PersistentError {
@@ -352,5 +514,46 @@ impl From<serde_json::Error> for PersistentError {
             location: Location::new("json"),
             source: Box::new(source),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_tell_what_to_do() {
+        let locked = PersistentError::Locked {
+            path: PathBuf::from("a.csv"),
+        };
+        assert_eq!(locked.kind(), ErrorKind::Locked);
+        assert!(locked.is_temporary());
+        let corrupt = PersistentError::corrupt(Location::new("a.csv"), "bad");
+        assert_eq!(corrupt.kind(), ErrorKind::Corrupt);
+        assert!(!corrupt.is_temporary());
+        let refused = PersistentError::Io {
+            path: None,
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert_eq!(refused.kind(), ErrorKind::Connection);
+        assert_eq!(PersistentError::Closed.kind(), ErrorKind::Closed);
+        let stopped = PersistentError::WriterStopped {
+            reason: "gone".into(),
+        };
+        assert_eq!(stopped.kind(), ErrorKind::Closed);
+    }
+
+    #[test]
+    fn a_shared_error_answers_for_its_cause() {
+        let full = PersistentError::io(
+            "a.csv",
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        );
+        let shared = PersistentError::Shared(std::sync::Arc::new(PersistentError::Shared(
+            std::sync::Arc::new(full),
+        )));
+        assert!(shared.is_storage_full());
+        assert_eq!(shared.kind(), ErrorKind::StorageFull);
+        assert_eq!(shared.kind().to_string(), "storage full");
     }
 }

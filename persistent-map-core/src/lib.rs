@@ -11,13 +11,14 @@ mod error;
 pub mod feed;
 mod health;
 mod map;
+mod outcome;
 mod queue;
 mod writer;
 
 pub use backend::{BatchOp, Capabilities, RemoteChange, RemoteChanges, StorageBackend};
 pub use batch::{Batch, Transaction};
 pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING};
-pub use error::{render_key, BoxError, Location, Operation, PersistentError, Result};
+pub use error::{render_key, BoxError, ErrorKind, Location, Operation, PersistentError, Result};
 pub use map::PersistentMap;
 
 /// Re-exported so backend authors use the same `async_trait` as the core.

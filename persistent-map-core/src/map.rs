@@ -17,6 +17,7 @@ use crate::builder::PersistentMapBuilder;
 use crate::closure::{guard_backend, guarded, Panic};
 use crate::detached::Detached;
 use crate::error::{PersistentError, Result};
+use crate::outcome::settle_unknown;
 use crate::queue::{
     Cache, Command, Decision, Keep, Pipeline, PipelineConfig, Reply, TxFn, Unit, UpdateFn, Waiter,
 };
@@ -701,12 +702,11 @@ where
             }
         }
         self.lead(|backend, pipeline| async move {
-            guard_backend(
-                backend.apply_batch(std::slice::from_ref(&op)),
-                "apply a batch",
-            )
-            .await
-            .map(|()| pipeline.apply(op))
+            let ops = std::slice::from_ref(&op);
+            let result = guard_backend(backend.apply_batch(ops), "apply a batch").await;
+            settle_unknown(&*backend, ops, result)
+                .await
+                .map(|()| pipeline.apply(op))
         })
         .await
     }

@@ -33,6 +33,7 @@ use crate::batch::Transaction;
 use crate::closure::{guard_backend, panic_message};
 use crate::error::{PersistentError, Result};
 use crate::health::Stop;
+use crate::outcome::settle_unknown;
 use crate::queue::{Cache, Command, Decision, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
 
 /// How long the writer waits before it retries a failed refresh of the cache
@@ -527,9 +528,12 @@ where
         }
     }
 
+    /// Hands `ops` to the backend; a write whose outcome was lost is read
+    /// back to find out whether it happened.
     async fn apply(&mut self, ops: &[BatchOp<K, V>]) -> Result<()> {
         let backend = self.backend()?;
-        guard_backend(backend.apply_batch(ops), "apply a batch").await
+        let result = guard_backend(backend.apply_batch(ops), "apply a batch").await;
+        settle_unknown(&*backend, ops, result).await
     }
 
     async fn commit(&mut self, batch: Gather<K, V>) {

@@ -265,24 +265,11 @@ impl ChildArgs {
     }
 }
 
-/// A short name for the kind of an error, as the child prints it.
+/// A short name for the kind of an error, as the child prints it: the
+/// name of its [`ErrorKind`](persistent_map_core::ErrorKind).
 #[must_use]
-pub fn error_kind(err: &PersistentError) -> &'static str {
-    match err {
-        PersistentError::Shared(inner) => error_kind(inner),
-        PersistentError::Backend { .. } => "Backend",
-        PersistentError::Io { .. } => "Io",
-        PersistentError::StorageFull { .. } => "StorageFull",
-        PersistentError::Codec { .. } => "Codec",
-        PersistentError::Corrupt { .. } => "Corrupt",
-        PersistentError::UnsupportedFormat { .. } => "UnsupportedFormat",
-        PersistentError::Locked { .. } => "Locked",
-        PersistentError::Connection { .. } => "Connection",
-        PersistentError::Unsupported { .. } => "Unsupported",
-        PersistentError::Closed => "Closed",
-        PersistentError::Other(_) => "Other",
-        _ => "Unknown",
-    }
+pub fn error_kind(err: &PersistentError) -> String {
+    format!("{:?}", err.kind())
 }
 
 /// An error and its sources on one line.

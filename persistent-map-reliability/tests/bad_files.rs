@@ -126,7 +126,7 @@ fn judge_case(
         (Ok(Err(err)), Want::Error(kinds, names)) => {
             let text = error_chain(&err);
             let kind = error_kind(&err);
-            if kinds.contains(&kind) && names.iter().all(|n| text.contains(n.as_str())) {
+            if kinds.contains(&kind.as_str()) && names.iter().all(|n| text.contains(n.as_str())) {
                 tally.located_errors += 1;
             } else {
                 eprintln!("case {name}: {kind} error {text:?} lacks one of {names:?} or is not one of {kinds:?}");

@@ -257,7 +257,7 @@ async fn sqlite_busy_database_is_a_typed_error_within_the_timeout() {
         ],
     );
     assert!(!t.timed_out, "never a hang");
-    assert_eq!(err.kind, "Backend", "{err:?}");
+    assert_eq!(err.kind, "Timeout", "{err:?}");
     assert!(
         err.message.contains("busy") && err.message.contains(&path.display().to_string()),
         "{err:?}"

@@ -23,7 +23,7 @@ const SQLITE_NOTADB: u32 = 26;
 /// * a file that is not a database, or a damaged one, becomes
 ///   [`PersistentError::Corrupt`] naming the file,
 /// * an I/O error becomes [`PersistentError::Io`] naming the file,
-/// * a busy or locked database becomes a backend error saying so,
+/// * a busy or locked database becomes [`PersistentError::Timeout`] saying so,
 /// * anything else a backend error with sqlx's error as its source.
 pub(crate) fn map_sqlx_error(
     err: sqlx::Error,
@@ -49,15 +49,15 @@ pub(crate) fn map_sqlx_error(
             };
             PersistentError::corrupt(location, format!("{what} ({detail})"))
         }
-        (err, Some(code @ (SQLITE_BUSY | SQLITE_LOCKED))) => PersistentError::backend(
-            BACKEND,
+        (err, Some(code @ (SQLITE_BUSY | SQLITE_LOCKED))) => PersistentError::Timeout {
+            backend: BACKEND,
             operation,
             location,
-            Busy {
+            source: Box::new(Busy {
                 locked: code == SQLITE_LOCKED,
                 source: err,
-            },
-        ),
+            }),
+        },
         (sqlx::Error::Io(source), _) => PersistentError::io(path, source),
         (err, _) => PersistentError::backend(BACKEND, operation, location, err),
     }

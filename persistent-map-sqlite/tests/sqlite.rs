@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use persistent_map_core::{
-    async_trait, BatchOp, Capabilities, PersistentError, PersistentMap, Result, StorageBackend,
+    async_trait, BatchOp, Capabilities, ErrorKind, PersistentError, PersistentMap, Result,
+    StorageBackend,
 };
 use persistent_map_sqlite::{JournalMode, SqliteBackend, SqliteOptions, Synchronous};
 use serde::de::DeserializeOwned;
@@ -842,13 +843,15 @@ async fn a_busy_database_is_reported_as_busy_and_nothing_is_written() {
     assert!(
         matches!(
             err,
-            PersistentError::Backend {
+            PersistentError::Timeout {
                 backend: "sqlite",
                 ..
             }
         ),
         "{err:?}"
     );
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    assert!(err.is_temporary(), "a busy database may free up");
     assert!(
         source_chain(&err).contains("busy"),
         "{}",
