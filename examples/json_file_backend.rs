@@ -129,6 +129,8 @@ where
                     next.remove(&text);
                     Ok(())
                 }
+                // A kind of change added after this backend was written.
+                _ => Err(PersistentError::unknown_change("json-file")),
             });
             if let Err(err) = applied {
                 *guard = Some(before);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use persistent_map_conformance::{async_trait, cases, run_case, StoreFactory};
-use persistent_map_core::{BatchOp, Capabilities, Result, StorageBackend};
+use persistent_map_core::{BatchOp, Capabilities, PersistentError, Result, StorageBackend};
 use persistent_map_memory::InMemoryBackend;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -63,6 +63,7 @@ where
             match op {
                 BatchOp::Put { key, value } => self.save(key, value).await?,
                 BatchOp::Delete { key } => StorageBackend::<K, V>::delete(self, &key).await?,
+                _ => return Err(PersistentError::unknown_change("broken")),
             }
         }
         Ok(())

@@ -9,7 +9,12 @@ use serde::Serialize;
 use crate::error::{PersistentError, Result};
 
 /// One change in an ordered batch handed to [`StorageBackend::apply_batch`].
+///
+/// More kinds of change may come in later releases (it is
+/// `#[non_exhaustive]`): a backend that meets one it does not know must
+/// refuse the batch with [`PersistentError::Unsupported`], never skip it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BatchOp<K, V> {
     /// Store `value` under `key`, replacing what was there.
     Put {
@@ -340,8 +345,21 @@ where
     }
 }
 
-/// The receiving end of a [`StorageBackend::watch`] feed.
-pub type RemoteChanges<K> = tokio::sync::mpsc::Receiver<RemoteChange<K>>;
+/// A [`StorageBackend::watch`] feed: a stream of what other instances
+/// changed, ending when the feed stops. Any [`Stream`](futures::Stream)
+/// will do, whatever runtime or channel produces it:
+///
+/// ```
+/// use persistent_map_core::{RemoteChange, RemoteChanges};
+///
+/// let changes: RemoteChanges<String> = Box::pin(futures::stream::iter([
+///     RemoteChange::Changed(vec!["a".to_string()]),
+///     RemoteChange::Resync,
+/// ]));
+/// # drop(changes);
+/// ```
+pub type RemoteChanges<K> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = RemoteChange<K>> + Send + 'static>>;
 
 /// What another instance sharing the store did, as announced by a
 /// [`StorageBackend::watch`] feed.

@@ -347,6 +347,16 @@ impl PersistentError {
         }
     }
 
+    /// The refusal of a batch holding a kind of [`BatchOp`](crate::BatchOp)
+    /// the backend does not know (one added by a later release).
+    #[must_use]
+    pub fn unknown_change(backend: &'static str) -> Self {
+        PersistentError::Unsupported {
+            backend,
+            feature: "a kind of change this backend does not know",
+        }
+    }
+
     /// Damaged stored data.
     pub fn corrupt(location: Location, reason: impl Into<String>) -> Self {
         PersistentError::Corrupt {

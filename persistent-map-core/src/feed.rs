@@ -435,7 +435,8 @@ impl Drop for Reader {
 ///
 /// tx.send(Announcement::changed("me", vec!["mine".into()]).to_json()).ok();
 /// tx.send(Announcement::changed("other", vec!["k".into()]).to_json()).ok();
-/// assert_eq!(changes.recv().await, Some(RemoteChange::Changed(vec!["k".to_string()])));
+/// use futures::StreamExt;
+/// assert_eq!(changes.next().await, Some(RemoteChange::Changed(vec!["k".to_string()])));
 /// # Ok(())
 /// # }
 /// ```
@@ -530,7 +531,9 @@ impl<L: Listen> Feed<L> {
         *self.state() = State::Taken(Arc::clone(&reader.0));
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         tokio::spawn(forward(reader, Arc::clone(&self.listen), tx));
-        Ok(rx)
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|change| (change, rx))
+        })))
     }
 
     /// A write failed in a way that may have committed it anyway (the

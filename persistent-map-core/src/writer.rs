@@ -22,10 +22,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::time::Instant;
 
 use crate::backend::{BatchOp, RemoteChange, RemoteChanges, StorageBackend};
@@ -145,7 +144,7 @@ enum Admit<K, V> {
 
 async fn next_remote<K>(feed: &mut Option<RemoteChanges<K>>) -> Option<RemoteChange<K>> {
     match feed {
-        Some(feed) => feed.recv().await,
+        Some(feed) => feed.next().await,
         None => std::future::pending().await,
     }
 }
@@ -313,10 +312,10 @@ where
             self.follow(RemoteChange::Resync).await;
         }
         let Some(feed) = &mut self.feed else { return };
-        match feed.try_recv() {
-            Ok(change) => self.follow(change).await,
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => self.feed = None,
+        match feed.next().now_or_never() {
+            Some(Some(change)) => self.follow(change).await,
+            Some(None) => self.feed = None,
+            None => {}
         }
     }
 

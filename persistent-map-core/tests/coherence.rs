@@ -113,7 +113,10 @@ where
                 }
             }
         });
-        Ok(Some(rx))
+        Ok(Some(Box::pin(futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|change| (change, rx)) },
+        ))))
     }
 }
 

@@ -520,6 +520,7 @@ where
             .map(|op| match op {
                 BatchOp::Put { key, value } => prepare(&self.path, key, Some(value)),
                 BatchOp::Delete { key } => prepare::<K, V>(&self.path, key, None),
+                _ => Err(PersistentError::unknown_change("csv")),
             })
             .collect::<Result<Vec<_>>>()?;
         self.write::<K, V>(changes).await

@@ -120,6 +120,7 @@ where
             encoded.push(match op {
                 BatchOp::Put { key, value } => (encode_key(key)?, Some(encode_value(key, value)?)),
                 BatchOp::Delete { key } => (encode_key(key)?, None),
+                _ => return Err(PersistentError::unknown_change("memory")),
             });
         }
         let mut entries = self.lock();

@@ -146,6 +146,7 @@ where
                     BatchOp::Delete { key } => {
                         StorageBackend::<K, V>::delete(&self.inner, key).await?
                     }
+                    _ => return Err(PersistentError::unknown_change("switchable")),
                 }
             }
             Ok(())
