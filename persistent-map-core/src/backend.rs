@@ -102,9 +102,32 @@ impl Capabilities {
 ///
 /// # The contract
 ///
-/// The map calls the write methods from a single task, one call at a time, in
-/// the order its cache saw the changes; a backend never has to reorder or merge
-/// anything, and must not do so itself.
+/// Every sentence below is checked by the published conformance suite
+/// (`persistent-map-conformance`), and the bundled backends keep each one.
+///
+/// ## Calls
+///
+/// * **One writer per map.** A map calls the write methods (`save`,
+///   `delete`, `apply_batch`, `clear`, `flush`) one at a time, in the order
+///   its cache saw the changes, and calls `load_keys` and `load_into` for a
+///   reload in order with them. Callers outside the map (another map on a
+///   clone of the backend, your own code through
+///   [`PersistentMap::backend`](crate::PersistentMap::backend)) may call any
+///   method at any time, concurrently: each call must be safe and atomic on
+///   its own. Two maps on one store are two writers; they stay coherent only
+///   through a [`watch`](Self::watch) feed, otherwise through
+///   [`reload`](crate::PersistentMap::reload).
+/// * **Opening.** A write-through map calls [`watch`](Self::watch) first,
+///   then [`load_into`](Self::load_into). Loading happens again on a reload
+///   and on a resync, and the default bodies of `clear`, `len`,
+///   `contains_key` and `load_keys` load everything too: a backend must not
+///   assume it loads once.
+/// * **Any batch size.** `apply_batch` accepts a batch of any size (an
+///   `insert_many` of 1,000,000 changes), splitting it internally where its
+///   driver limits statements or parameters, and keeping it atomic when it
+///   declares [`Capabilities::atomic_batch`].
+///
+/// ## Guarantees
 ///
 /// * **Acknowledged means kept.** When `save`, `delete`, `apply_batch` or
 ///   `clear` returns `Ok`, the change must survive the process being killed
@@ -113,18 +136,33 @@ impl Capabilities {
 /// * **Flushed means durable.** When [`flush`](Self::flush) returns `Ok`, every
 ///   change acknowledged before the call is durable on the medium (fsync or the
 ///   medium's equivalent), so it survives a power cut.
-/// * **Failed means not applied.** When a write method returns `Err`, the
-///   change it was given did not happen. For a batch on a backend without
-///   [`Capabilities::atomic_batch`], a prefix of the batch may have been
-///   applied; the map then replays the batch change by change, which is safe
-///   because every change is idempotent.
+/// * **Failed means not applied.** When `save`, `delete` or `clear` returns
+///   `Err`, its change did not happen, and neither did a failed batch on a
+///   backend that declares [`Capabilities::atomic_batch`]. A backend without
+///   atomic batches may have applied a prefix of a failed batch: the changes
+///   before the one that failed, never one after it; the map reads the
+///   store's state back by replaying them one by one (every change is
+///   idempotent). The one exception is an error of kind
+///   [`ErrorKind::OutcomeUnknown`](crate::ErrorKind::OutcomeUnknown)
+///   ([`PersistentError::OutcomeUnknown`]): the backend could not tell
+///   whether the change happened (its connection broke while the result was
+///   on its way), and the map finds out with [`load_keys`](Self::load_keys).
+/// * **In order, not necessarily one by one.** The result of a batch must
+///   equal applying its changes one by one in order. How a backend gets
+///   there is its own business: inside one transaction it may keep only the
+///   last change of each key, or group consecutive changes into one
+///   statement. What it must never do is reorder changes across calls.
 /// * **Idempotent.** Saving the same value twice, or deleting a missing key,
 ///   is not an error and leaves the same state.
 /// * **No holes.** After a crash the store holds a prefix of the changes in
 ///   the order they were given: never a later change without an earlier one.
-/// * **Reading is honest.** `load_all` returns exactly what is stored. A record
-///   that no longer decodes is an error naming where it is (file and line, or
-///   table and key); it is never skipped or deleted.
+/// * **Reading is honest.** `load_all`, `load_into` and `load_keys` return
+///   exactly what is stored. A record that no longer decodes is an error
+///   naming where it is (file and line, or table and key); it is never
+///   skipped or deleted, and loading never changes what a complete record
+///   says. The one repair allowed is of what a crash leaves at the end of an
+///   append-only log: an incomplete last record (or last batch), which a
+///   backend may cut off at load, with a warning.
 ///
 /// # Example
 ///
@@ -187,14 +225,17 @@ where
     K: Eq + Hash + Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
-    /// Returns every stored entry. Called once when a map opens.
+    /// Returns every stored entry. Called when a map opens (through the
+    /// default [`load_into`](Self::load_into)), on every reload, and by the
+    /// default bodies of other methods.
     ///
     /// An empty or not yet created store is an empty map, not an error.
     ///
     /// # Errors
     ///
     /// A record that does not decode, a damaged file, an unreachable server.
-    /// Loading never changes the stored data.
+    /// Loading never changes what a complete record says (see "Reading is
+    /// honest" above).
     async fn load_all(&self) -> Result<HashMap<K, V>, PersistentError>;
 
     /// Stores `value` under `key`, replacing what was there.
