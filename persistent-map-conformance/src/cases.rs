@@ -8,6 +8,10 @@ use std::collections::HashMap;
 
 use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBackend};
 
+pub use crate::limits::{
+    a_large_key_and_a_large_value_round_trip, a_million_changes_in_one_batch,
+    keys_that_differ_slightly_stay_distinct,
+};
 pub use crate::modes::{
     acknowledged_before_close_is_kept, clones_share_one_map, closures_may_read_the_map,
     drop_then_reopen_releases_the_store, mixed_writers_with_a_tiny_queue_finish,

@@ -3,6 +3,7 @@
 pub mod cases;
 mod factory;
 mod harness;
+mod limits;
 mod modes;
 pub mod types;
 
@@ -73,6 +74,9 @@ macro_rules! conformance_tests {
             clones_share_one_map,
             drop_then_reopen_releases_the_store,
             remove_reaches_a_shared_store,
+            keys_that_differ_slightly_stay_distinct,
+            a_large_key_and_a_large_value_round_trip,
+            a_million_changes_in_one_batch,
         }
     };
 }

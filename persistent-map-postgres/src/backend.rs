@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use futures::TryStreamExt;
 use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
@@ -31,8 +31,16 @@ pub(crate) const META_TABLE: &str = "persistent_map_meta";
 /// The newest table format this release reads and the one it writes.
 ///
 /// * `1`: `key TEXT PRIMARY KEY, value JSONB NOT NULL`, plus a row in the
-///   schema's `persistent_map_meta` table.
-pub const FORMAT_VERSION: u32 = 1;
+///   schema's `persistent_map_meta` table. A B-tree index entry holds at
+///   most about 2.7 KB, so longer keys that do not compress are refused.
+/// * `2`: the same columns, plus `key_hash BYTEA PRIMARY KEY`, generated as
+///   the SHA-256 of the key's UTF-8 text (by the schema's
+///   `persistent_map_key_hash` function): keys of any size. Tables of
+///   format 1 keep format 1.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The function computing a format 2 table's `key_hash`.
+const KEY_HASH_FN: &str = "persistent_map_key_hash";
 
 /// Serialises schema creation between persistent-map openers of one
 /// database (`pg_advisory_xact_lock` key; "pmap" in ASCII).
@@ -82,7 +90,8 @@ struct Inner {
     watch: Watch,
     /// `None` when watching is disabled.
     feed: Option<Feed>,
-    sql: Statements,
+    /// Set once the table's format is known (when the backend opens).
+    sql: OnceLock<Statements>,
 }
 
 /// The SQL texts this backend runs, built once for its table.
@@ -97,21 +106,38 @@ struct Statements {
 }
 
 impl Statements {
-    fn new(qualified: &str) -> Self {
+    /// The statements for a table of `format` (1 or 2).
+    fn new(qualified: &str, schema: &str, format: u32) -> Self {
         let t = qualified;
+        // Format 2 finds rows by the hash of their key (any size); format 1
+        // by the key itself.
+        let hash = format!("\"{schema}\".{KEY_HASH_FN}");
+        let (one, many, target) = if format >= 2 {
+            (
+                format!("key_hash = {hash}($1)"),
+                format!("key_hash = ANY(ARRAY(SELECT {hash}(k) FROM UNNEST($1::text[]) AS k))"),
+                "key_hash",
+            )
+        } else {
+            (
+                String::from("key = $1"),
+                String::from("key = ANY($1::text[])"),
+                "key",
+            )
+        };
         Self {
             select_all: format!("SELECT key, value::text FROM {t}"),
-            select_keys: format!("SELECT key, value::text FROM {t} WHERE key = ANY($1::text[])"),
+            select_keys: format!("SELECT key, value::text FROM {t} WHERE {many}"),
             count: format!("SELECT COUNT(*) FROM {t}"),
-            contains: format!("SELECT EXISTS (SELECT 1 FROM {t} WHERE key = $1)"),
+            contains: format!("SELECT EXISTS (SELECT 1 FROM {t} WHERE {one})"),
             // One statement for any number of rows: the rows arrive as two
             // arrays, so the SQL text (and its prepared plan) never changes.
             upsert: format!(
                 "INSERT INTO {t} (key, value) \
                  SELECT k, v::jsonb FROM UNNEST($1::text[], $2::text[]) AS u(k, v) \
-                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+                 ON CONFLICT ({target}) DO UPDATE SET value = EXCLUDED.value"
             ),
-            delete: format!("DELETE FROM {t} WHERE key = ANY($1::text[])"),
+            delete: format!("DELETE FROM {t} WHERE {many}"),
             delete_all: format!("DELETE FROM {t}"),
         }
     }
@@ -263,7 +289,7 @@ impl PostgresBackend {
                 instance,
                 watch: options.watch_value(),
                 feed,
-                sql: Statements::new(&qualified),
+                sql: OnceLock::new(),
             }),
         })
     }
@@ -336,41 +362,90 @@ impl PostgresBackend {
         .fetch_all(&mut *tx)
         .await
         .map_err(fail)?;
-        if columns.is_empty() {
-            sqlx::query(&format!(
-                "CREATE TABLE {qualified} (key TEXT PRIMARY KEY, value JSONB NOT NULL)"
-            ))
-            .execute(&mut *tx)
-            .await
-            .map_err(fail)?;
+        let format = if columns.is_empty() {
+            self.create_table(&mut tx, &qualified).await?;
+            FORMAT_VERSION
         } else {
-            self.check_columns(&columns)?;
-        }
-        if stored != Some(FORMAT_VERSION as i32) {
+            self.check_columns(&columns)?
+        };
+        if stored != Some(format as i32) {
             sqlx::query(&format!(
                 "INSERT INTO {meta} (table_name, format_version) VALUES ($1, $2) \
                  ON CONFLICT (table_name) DO UPDATE SET format_version = EXCLUDED.format_version"
             ))
             .bind(&inner.table)
-            .bind(FORMAT_VERSION as i32)
+            .bind(format as i32)
             .execute(&mut *tx)
             .await
             .map_err(fail)?;
-            tracing::debug!(store = %inner.store, version = FORMAT_VERSION, "format version recorded");
+            tracing::debug!(store = %inner.store, version = format, "format version recorded");
         }
-        tx.commit().await.map_err(fail)
+        tx.commit().await.map_err(fail)?;
+        let _ = inner
+            .sql
+            .set(Statements::new(&qualified, &inner.schema, format));
+        Ok(())
+    }
+
+    /// Creates a format 2 table, and the schema's key hash function if it
+    /// is missing. The function only wraps `sha256(convert_to(key, 'UTF8'))`,
+    /// which PostgreSQL cannot prove immutable on its own (`convert_to` is
+    /// stable), as a generated column needs; for a given key it never changes.
+    async fn create_table(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        qualified: &str,
+    ) -> Result<()> {
+        let fail = |e| self.error(e, Operation::Open);
+        let schema = &self.inner.schema;
+        let hash_exists: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = $1 AND p.proname = $2)",
+        )
+        .bind(schema)
+        .bind(KEY_HASH_FN)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(fail)?;
+        if !hash_exists {
+            sqlx::query(&format!(
+                "CREATE FUNCTION \"{schema}\".{KEY_HASH_FN}(text) RETURNS bytea \
+                 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE \
+                 AS $$ SELECT sha256(convert_to($1, 'UTF8')) $$"
+            ))
+            .execute(&mut **tx)
+            .await
+            .map_err(fail)?;
+        }
+        sqlx::query(&format!(
+            "CREATE TABLE {qualified} (key TEXT NOT NULL, value JSONB NOT NULL, \
+             key_hash BYTEA GENERATED ALWAYS AS (\"{schema}\".{KEY_HASH_FN}(key)) STORED PRIMARY KEY)"
+        ))
+        .execute(&mut **tx)
+        .await
+        .map_err(fail)?;
+        Ok(())
+    }
+
+    /// The statements for this table's format.
+    fn sql(&self) -> Result<&Statements> {
+        self.inner
+            .sql
+            .get()
+            .ok_or_else(|| PersistentError::corrupt(self.location(), "the table was not prepared"))
     }
 
     /// Accepts an existing table only with the layout this release writes.
-    fn check_columns(&self, columns: &[(String, String)]) -> Result<()> {
+    /// Returns the table's format (1 or 2).
+    fn check_columns(&self, columns: &[(String, String)]) -> Result<u32> {
         let has = |name: &str, ty: &str| columns.iter().any(|(c, t)| c == name && t == ty);
-        if has("key", "text") && has("value", "jsonb") && columns.len() == 2 {
-            Ok(())
-        } else {
-            Err(PersistentError::corrupt(
+        match (has("key", "text") && has("value", "jsonb"), columns.len()) {
+            (true, 2) => Ok(1),
+            (true, 3) if has("key_hash", "bytea") => Ok(2),
+            _ => Err(PersistentError::corrupt(
                 self.location(),
-                "the table exists but is not a persistent-map table (expected key TEXT PRIMARY KEY, value JSONB NOT NULL)",
-            ))
+                "the table exists but is not a persistent-map table (expected key TEXT, value JSONB and, from format 2, key_hash BYTEA)",
+            )),
         }
     }
 
@@ -500,20 +575,21 @@ impl PostgresBackend {
         payloads: Vec<String>,
     ) -> Result<()> {
         let inner = &*self.inner;
+        let sql = self.sql()?;
         let fail = |e| map_sqlx_error(e, operation, location.clone(), &inner.endpoint);
         let result = async {
             let mut tx = inner.pool.begin().await.map_err(fail)?;
             match &work {
                 Work::Batch(batch) => {
                     if !batch.deletes.is_empty() {
-                        sqlx::query(&inner.sql.delete)
+                        sqlx::query(&sql.delete)
                             .bind(&batch.deletes)
                             .execute(&mut *tx)
                             .await
                             .map_err(fail)?;
                     }
                     if !batch.put_keys.is_empty() {
-                        sqlx::query(&inner.sql.upsert)
+                        sqlx::query(&sql.upsert)
                             .bind(&batch.put_keys)
                             .bind(&batch.put_values)
                             .execute(&mut *tx)
@@ -522,7 +598,7 @@ impl PostgresBackend {
                     }
                 }
                 Work::Clear => {
-                    sqlx::query(&inner.sql.delete_all)
+                    sqlx::query(&sql.delete_all)
                         .execute(&mut *tx)
                         .await
                         .map_err(fail)?;
@@ -704,7 +780,7 @@ where
         let key_text = key_to_text(key).map_err(|e| {
             PersistentError::encode("key", self.location().with_key(render_key(key)), e)
         })?;
-        sqlx::query_scalar(&self.inner.sql.contains)
+        sqlx::query_scalar(&self.sql()?.contains)
             .bind(store_key(&key_text).as_ref())
             .fetch_one(&self.inner.pool)
             .await
@@ -712,7 +788,7 @@ where
     }
 
     async fn len(&self) -> Result<usize> {
-        let count: i64 = sqlx::query_scalar(&self.inner.sql.count)
+        let count: i64 = sqlx::query_scalar(&self.sql()?.count)
             .fetch_one(&self.inner.pool)
             .await
             .map_err(|e| self.error(e, Operation::Load))?;
@@ -767,7 +843,7 @@ where
     /// feed (`watch`) before it loads, so no change made during or after the
     /// load is missed.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
-        let mut rows = sqlx::query(&self.inner.sql.select_all).fetch(&self.inner.pool);
+        let mut rows = sqlx::query(&self.sql()?.select_all).fetch(&self.inner.pool);
         while let Some(row) = rows
             .try_next()
             .await
@@ -787,7 +863,7 @@ where
             })?;
             stored_keys.push(store_key(&text).into_owned());
         }
-        let rows = sqlx::query(&self.inner.sql.select_keys)
+        let rows = sqlx::query(&self.sql()?.select_keys)
             .bind(&stored_keys)
             .fetch_all(&self.inner.pool)
             .await

@@ -92,6 +92,62 @@ struct User {
 }
 
 #[tokio::test]
+async fn a_format_1_table_keeps_working_in_format_1() {
+    let Some(url) = url_or_skip("a_format_1_table_keeps_working_in_format_1") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    let setup = sqlx::PgPool::connect(&scratch.url).await.expect("connect");
+    for sql in [
+        format!("CREATE SCHEMA \"{}\"", scratch.schema),
+        format!(
+            "CREATE TABLE \"{}\".old (key TEXT PRIMARY KEY, value JSONB NOT NULL)",
+            scratch.schema
+        ),
+        format!(
+            "CREATE TABLE \"{}\".persistent_map_meta (table_name TEXT PRIMARY KEY, format_version INTEGER NOT NULL)",
+            scratch.schema
+        ),
+        format!(
+            "INSERT INTO \"{}\".persistent_map_meta VALUES ('old', 1)",
+            scratch.schema
+        ),
+        format!(
+            "INSERT INTO \"{}\".old VALUES ('kept', '\"from format 1\"')",
+            scratch.schema
+        ),
+    ] {
+        sqlx::query(&sql).execute(&setup).await.expect("set up a format 1 table");
+    }
+    let map: PersistentMap<String, String, _> = PersistentMap::new(open(&scratch, "old").await)
+        .await
+        .expect("opens");
+    assert_eq!(map.get("kept"), Some("from format 1".into()));
+    map.insert("new".into(), "row".into())
+        .await
+        .expect("insert");
+    map.insert("kept".into(), "updated".into())
+        .await
+        .expect("upsert");
+    map.remove(&"new".to_string()).await.expect("remove");
+    map.close().await.expect("close");
+    let version: i32 = sqlx::query_scalar(&format!(
+        "SELECT format_version FROM \"{}\".persistent_map_meta WHERE table_name = 'old'",
+        scratch.schema
+    ))
+    .fetch_one(&setup)
+    .await
+    .expect("meta row");
+    assert_eq!(version, 1, "a format 1 table is not converted");
+    let map: PersistentMap<String, String, _> = PersistentMap::new(open(&scratch, "old").await)
+        .await
+        .expect("reopens");
+    assert_eq!(map.get("kept"), Some("updated".into()));
+    assert_eq!(map.len(), 1);
+    map.close().await.expect("close");
+}
+
+#[tokio::test]
 async fn values_are_jsonb_and_the_format_is_recorded() {
     let Some(url) = url_or_skip("values_are_jsonb_and_the_format_is_recorded") else {
         return;
@@ -125,7 +181,7 @@ async fn values_are_jsonb_and_the_format_is_recorded() {
     .fetch_one(backend.pool())
     .await
     .expect("meta row");
-    assert_eq!(version, 1);
+    assert_eq!(version, persistent_map_postgres::FORMAT_VERSION as i32);
     map.close().await.expect("close");
 
     // An application's own pool works too, and sees the same table.
