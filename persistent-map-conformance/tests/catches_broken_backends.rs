@@ -23,6 +23,22 @@ enum Defect {
     DropsWrites,
     /// Declares atomic batches but applies them change by change.
     FakesAtomicity,
+    /// Folds string keys to lower case and trims their white space.
+    NormalizesKeys,
+    /// Cuts values whose JSON is longer than 1 MiB.
+    TruncatesValues,
+    /// Applies only the first 100,000 changes of a batch.
+    CapsBatches,
+}
+
+/// Rewrites `x` through its JSON form when it is a string.
+fn rewrite_string<T: Serialize + DeserializeOwned>(x: T, f: impl Fn(&str) -> String) -> T {
+    match serde_json::to_value(&x) {
+        Ok(serde_json::Value::String(s)) => {
+            serde_json::from_value(serde_json::Value::String(f(&s))).unwrap_or(x)
+        }
+        _ => x,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +63,16 @@ where
         if matches!(self.defect, Defect::DropsWrites) && n % 5 == 4 {
             return Ok(());
         }
+        let key = match self.defect {
+            Defect::NormalizesKeys => rewrite_string(key, |s| s.trim().to_lowercase()),
+            _ => key,
+        };
+        let value = match self.defect {
+            Defect::TruncatesValues => {
+                rewrite_string(value, |s| s.chars().take(1024 * 1024).collect())
+            }
+            _ => value,
+        };
         self.inner.save(key, value).await
     }
 
@@ -56,6 +82,9 @@ where
 
     async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
         let mut ops: Vec<BatchOp<K, V>> = batch.to_vec();
+        if matches!(self.defect, Defect::CapsBatches) {
+            ops.truncate(100_000);
+        }
         if matches!(self.defect, Defect::ReversesBatches) {
             ops.reverse();
         }
@@ -144,6 +173,30 @@ fn a_backend_that_fakes_atomic_batches_is_caught() {
 }
 
 #[test]
+fn a_backend_that_normalizes_keys_is_caught() {
+    assert!(fails(
+        Defect::NormalizesKeys,
+        cases::keys_that_differ_slightly_stay_distinct
+    ));
+}
+
+#[test]
+fn a_backend_that_truncates_large_values_is_caught() {
+    assert!(fails(
+        Defect::TruncatesValues,
+        cases::a_large_key_and_a_large_value_round_trip
+    ));
+}
+
+#[test]
+fn a_backend_that_caps_batches_is_caught() {
+    assert!(fails(
+        Defect::CapsBatches,
+        cases::a_million_changes_in_one_batch
+    ));
+}
+
+#[test]
 fn the_same_cases_pass_on_a_correct_backend() {
     run_case(BrokenFactory::new(Defect::None), cases::batch_is_ordered);
     run_case(
@@ -158,5 +211,13 @@ fn the_same_cases_pass_on_a_correct_backend() {
     run_case(
         BrokenFactory::new(Defect::None),
         cases::failed_batch_applies_all_or_a_prefix,
+    );
+    run_case(
+        BrokenFactory::new(Defect::None),
+        cases::keys_that_differ_slightly_stay_distinct,
+    );
+    run_case(
+        BrokenFactory::new(Defect::None),
+        cases::a_large_key_and_a_large_value_round_trip,
     );
 }
