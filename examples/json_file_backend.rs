@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use persistent_map_core::codec::{key_from_text, key_to_text};
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Location, PersistentError, Result,
+    async_trait, render_key, BatchOp, Capabilities, Durability, Location, PersistentError, Result,
     StorageBackend,
 };
 use serde::de::DeserializeOwned;
@@ -165,6 +165,6 @@ where
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_atomic_batch(true)
-            .with_durable(true)
+            .with_durability(Durability::OnFlush)
     }
 }

@@ -43,11 +43,14 @@ impl<K, V> BatchOp<K, V> {
 /// know what they may rely on.
 ///
 /// ```
-/// use persistent_map_core::Capabilities;
+/// use persistent_map_core::{Capabilities, Durability};
 ///
-/// let caps = Capabilities::new().with_atomic_batch(true);
+/// let caps = Capabilities::new()
+///     .with_atomic_batch(true)
+///     .with_durability(Durability::OnFlush);
 /// assert!(caps.atomic_batch);
 /// assert!(!caps.exclusive_lock);
+/// assert_eq!(caps.durability, Durability::OnFlush);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -57,18 +60,49 @@ pub struct Capabilities {
     /// A second instance opened on the same store while this one is open is
     /// refused with [`PersistentError::Locked`].
     pub exclusive_lock: bool,
-    /// The data outlives the process (a file or a server), not only the backend value.
-    pub durable: bool,
+    /// When an acknowledged change survives a power cut, and so what
+    /// [`StorageBackend::flush`] must do.
+    pub durability: Durability,
+}
+
+/// When an acknowledged change survives a power cut, as a backend declares
+/// it. [`StorageBackend::flush`] may do nothing only for [`OnAcknowledge`],
+/// [`ServerManaged`] and [`Volatile`]; a map reports the declaration
+/// ([`PersistentMap::durability`](crate::PersistentMap::durability)).
+///
+/// [`OnAcknowledge`]: Durability::OnAcknowledge
+/// [`ServerManaged`]: Durability::ServerManaged
+/// [`Volatile`]: Durability::Volatile
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Not declared (a backend written for persistent-map 0.1.x): the map
+    /// calls `flush` and trusts what it says.
+    #[default]
+    Undeclared,
+    /// An acknowledged change survives a process crash; `flush` syncs it to
+    /// the medium, so that it survives a power cut too.
+    OnFlush,
+    /// Every acknowledged change already survives a power cut (each commit
+    /// is synced): `flush` has nothing left to do.
+    OnAcknowledge,
+    /// A server persists acknowledged changes on its own schedule, and
+    /// `flush` cannot force it (for example Redis without an append-only
+    /// file): a power cut of the server may lose recent changes.
+    ServerManaged,
+    /// Nothing outlives the process: `flush` does nothing.
+    Volatile,
 }
 
 impl Capabilities {
-    /// No optional behaviour: batches are applied change by change, no lock, not durable.
+    /// No optional behaviour: batches are applied change by change, no
+    /// lock, durability not declared.
     #[must_use]
     pub const fn new() -> Self {
         Self {
             atomic_batch: false,
             exclusive_lock: false,
-            durable: false,
+            durability: Durability::Undeclared,
         }
     }
 
@@ -86,10 +120,10 @@ impl Capabilities {
         self
     }
 
-    /// Declares that the data outlives the process.
+    /// Declares when acknowledged changes survive a power cut.
     #[must_use]
-    pub const fn with_durable(mut self, yes: bool) -> Self {
-        self.durable = yes;
+    pub const fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
         self
     }
 }
@@ -256,8 +290,9 @@ where
 
     /// Makes every change acknowledged so far durable on the medium.
     ///
-    /// The default does nothing, which is right only for a backend whose
-    /// writes are durable when acknowledged, or that keeps nothing durable.
+    /// The default does nothing, which is right only for a backend that
+    /// declares [`Durability::OnAcknowledge`], [`Durability::ServerManaged`]
+    /// or [`Durability::Volatile`] in its [`capabilities`](Self::capabilities).
     ///
     /// # Errors
     ///

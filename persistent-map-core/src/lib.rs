@@ -15,7 +15,7 @@ mod outcome;
 mod queue;
 mod writer;
 
-pub use backend::{BatchOp, Capabilities, RemoteChange, RemoteChanges, StorageBackend};
+pub use backend::{BatchOp, Capabilities, Durability, RemoteChange, RemoteChanges, StorageBackend};
 pub use batch::{Batch, Transaction};
 pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING};
 pub use error::{render_key, BoxError, ErrorKind, Location, Operation, PersistentError, Result};

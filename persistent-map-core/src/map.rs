@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
-use crate::backend::{BatchOp, StorageBackend};
+use crate::backend::{BatchOp, Durability, StorageBackend};
 use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
 use crate::closure::{guard_backend, guarded, Panic};
@@ -618,6 +618,28 @@ where
     /// successful flush. Always 0 in write-through mode.
     pub fn unflushed(&self) -> u64 {
         self.pipeline().health.unflushed()
+    }
+
+    /// When an acknowledged change of this map survives a power cut, as its
+    /// backend declares it: at once ([`Durability::OnAcknowledge`]), after a
+    /// [`flush`](Self::flush) ([`Durability::OnFlush`]), or never by this
+    /// map's doing ([`Durability::ServerManaged`], [`Durability::Volatile`]).
+    /// Write-behind maps add their own delay: a change counts once it is
+    /// flushed.
+    ///
+    /// ```
+    /// use persistent_map_core::{Durability, PersistentMap};
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// assert_eq!(map.durability(), Durability::Volatile);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn durability(&self) -> Durability {
+        self.inner.backend.capabilities().durability
     }
 
     /// The backend, for backend-specific calls.

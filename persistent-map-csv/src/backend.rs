@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, PersistentError, Result, StorageBackend,
+    async_trait, render_key, BatchOp, Capabilities, Durability, PersistentError, Result,
+    StorageBackend,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -558,6 +559,9 @@ where
         Capabilities::new()
             .with_atomic_batch(true)
             .with_exclusive_lock(true)
-            .with_durable(true)
+            .with_durability(match self.options.sync {
+                SyncPolicy::EveryWrite => Durability::OnAcknowledge,
+                _ => Durability::OnFlush,
+            })
     }
 }

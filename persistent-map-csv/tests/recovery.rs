@@ -369,7 +369,8 @@ async fn flush_syncs_and_load_reports_the_entries() {
         .await
         .expect("flushes");
     let caps = StorageBackend::<String, String>::capabilities(&backend);
-    assert!(caps.atomic_batch && caps.exclusive_lock && caps.durable);
+    assert!(caps.atomic_batch && caps.exclusive_lock);
+    assert_eq!(caps.durability, persistent_map_core::Durability::OnFlush);
     assert_eq!(
         StorageBackend::<String, String>::len(&backend)
             .await

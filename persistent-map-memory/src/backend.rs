@@ -5,7 +5,7 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Location, PersistentError, Result,
+    async_trait, render_key, BatchOp, Capabilities, Durability, Location, PersistentError, Result,
     StorageBackend,
 };
 use serde::de::DeserializeOwned;
@@ -148,6 +148,8 @@ where
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_atomic_batch(true)
+        Capabilities::new()
+            .with_atomic_batch(true)
+            .with_durability(Durability::Volatile)
     }
 }

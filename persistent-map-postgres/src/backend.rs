@@ -11,8 +11,8 @@ use futures::TryStreamExt;
 use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
 use persistent_map_core::feed::Announcement;
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError,
-    RemoteChanges, Result, StorageBackend,
+    async_trait, render_key, BatchOp, Capabilities, Durability, Location, Operation,
+    PersistentError, RemoteChanges, Result, StorageBackend,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -893,7 +893,7 @@ where
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_atomic_batch(true)
-            .with_durable(true)
+            .with_durability(Durability::OnAcknowledge)
     }
 }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
 use persistent_map_core::feed::Announcement;
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError,
-    RemoteChanges, Result, StorageBackend,
+    async_trait, render_key, BatchOp, Capabilities, Durability, Location, Operation,
+    PersistentError, RemoteChanges, Result, StorageBackend,
 };
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
@@ -605,9 +605,11 @@ where
     /// (the server checks every command when it is queued, and with the
     /// append-only file it replays a transaction whole or not at all).
     fn capabilities(&self) -> Capabilities {
+        // What survives a server crash is the server's configuration; flush
+        // waits for the append-only file where the server offers that.
         Capabilities::new()
             .with_atomic_batch(true)
-            .with_durable(true)
+            .with_durability(Durability::ServerManaged)
     }
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Location, Operation, PersistentError, Result,
-    StorageBackend,
+    async_trait, render_key, BatchOp, Capabilities, Durability, Location, Operation,
+    PersistentError, Result, StorageBackend,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -73,6 +73,8 @@ struct Inner {
     writer: Mutex<Option<SqliteConnection>>,
     /// How long a flush retries a checkpoint that another connection blocks.
     busy_timeout: Duration,
+    /// What the synchronous level makes of an acknowledged commit.
+    durability: Durability,
     path: PathBuf,
     table: String,
     /// `<path> table "<table>"`, the store named in errors.
@@ -179,7 +181,9 @@ impl SqliteBackend {
             .connect_with(options.connect_options(&path))
             .await
             .map_err(|e| map_sqlx_error(e, Operation::Open, file_location(&path), &path))?;
-        Self::prepare(pool, path, table, options.busy_timeout_value()).await
+        // Every journal mode offered keeps commits; the level decides when.
+        let durability = durability_of(options.synchronous_value().pragma_value(), "journaled");
+        Self::prepare(pool, path, table, options.busy_timeout_value(), durability).await
     }
 
     /// Uses an existing pool, for example one shared with the rest of an
@@ -198,8 +202,8 @@ impl SqliteBackend {
     pub async fn from_pool(pool: SqlitePool, options: SqliteOptions) -> Result<Self> {
         let path = pool.connect_options().get_filename().to_path_buf();
         let table = options.validated_table(&path)?.to_owned();
-        warn_on_unsafe_pragmas(&pool, &path).await?;
-        Self::prepare(pool, path, table, options.busy_timeout_value()).await
+        let durability = pool_durability(&pool, &path).await?;
+        Self::prepare(pool, path, table, options.busy_timeout_value(), durability).await
     }
 
     async fn prepare(
@@ -207,6 +211,7 @@ impl SqliteBackend {
         path: PathBuf,
         table: String,
         busy_timeout: Duration,
+        durability: Durability,
     ) -> Result<Self> {
         let store = format!("{} table \"{table}\"", path.display());
         let sql = Statements::new(&table);
@@ -215,6 +220,7 @@ impl SqliteBackend {
                 pool,
                 writer: Mutex::new(None),
                 busy_timeout,
+                durability,
                 path,
                 table,
                 store,
@@ -495,9 +501,21 @@ fn file_location(path: &Path) -> Location {
     Location::new(path.display().to_string())
 }
 
-/// Logs a warning when a caller's pool runs with pragmas under which flush
-/// cannot keep its promise.
-async fn warn_on_unsafe_pragmas(pool: &SqlitePool, path: &Path) -> Result<()> {
+/// What a connection's `synchronous` level (as `PRAGMA synchronous` reports
+/// it) and journal mode make of an acknowledged commit.
+fn durability_of(synchronous: i64, journal_mode: &str) -> Durability {
+    let journal = journal_mode.to_ascii_lowercase();
+    match synchronous {
+        _ if matches!(journal.as_str(), "memory" | "off") => Durability::ServerManaged,
+        0 => Durability::ServerManaged,
+        1 => Durability::OnFlush,
+        _ => Durability::OnAcknowledge,
+    }
+}
+
+/// Reads the durability of a caller's pool from its pragmas, and logs a
+/// warning when flush cannot keep its promise under them.
+async fn pool_durability(pool: &SqlitePool, path: &Path) -> Result<Durability> {
     let fail = |e| map_sqlx_error(e, Operation::Open, file_location(path), path);
     let mut conn = pool.acquire().await.map_err(fail)?;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
@@ -508,7 +526,8 @@ async fn warn_on_unsafe_pragmas(pool: &SqlitePool, path: &Path) -> Result<()> {
         .fetch_one(&mut *conn)
         .await
         .map_err(fail)?;
-    if sync == 0 || matches!(mode.to_ascii_lowercase().as_str(), "memory" | "off") {
+    let durability = durability_of(sync, &mode);
+    if durability == Durability::ServerManaged {
         tracing::warn!(
             path = %path.display(),
             journal_mode = %mode,
@@ -516,7 +535,7 @@ async fn warn_on_unsafe_pragmas(pool: &SqlitePool, path: &Path) -> Result<()> {
             "the pool's pragmas do not keep committed writes across a crash; flush cannot make them durable"
         );
     }
-    Ok(())
+    Ok(durability)
 }
 
 impl fmt::Debug for SqliteBackend {
@@ -723,7 +742,7 @@ where
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_atomic_batch(true)
-            .with_durable(true)
+            .with_durability(self.inner.durability)
     }
 }
 

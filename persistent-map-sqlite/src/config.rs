@@ -197,6 +197,10 @@ impl SqliteOptions {
         &self.table
     }
 
+    pub(crate) fn synchronous_value(&self) -> Synchronous {
+        self.synchronous
+    }
+
     pub(crate) fn busy_timeout_value(&self) -> Duration {
         self.busy_timeout
     }

@@ -896,3 +896,31 @@ async fn two_maps_on_one_file_see_each_other_after_reload() {
     a.close().await.expect("close");
     b.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn the_synchronous_level_decides_the_declared_durability() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (level, durability) in [
+        (
+            Synchronous::Normal,
+            persistent_map_core::Durability::OnFlush,
+        ),
+        (
+            Synchronous::Full,
+            persistent_map_core::Durability::OnAcknowledge,
+        ),
+        (
+            Synchronous::Extra,
+            persistent_map_core::Durability::OnAcknowledge,
+        ),
+    ] {
+        let backend = SqliteBackend::builder(dir.path().join(format!("{level:?}.db")))
+            .synchronous(level)
+            .build()
+            .await
+            .expect("opens");
+        let map: PersistentMap<String, u32, _> = PersistentMap::new(backend).await.expect("map");
+        assert_eq!(map.durability(), durability, "{level:?}");
+        map.close().await.expect("close");
+    }
+}
