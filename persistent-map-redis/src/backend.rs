@@ -370,28 +370,35 @@ fn invalid_url() -> PersistentError {
     )
 }
 
-/// `redis://user:secret@host/0` -> `redis://user:***@host/0`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let (head, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
+/// `redis://user:secret@host/0` -> `redis://user:***@host/0`, and query values hidden.
+///
+/// Parsed with the `url` crate, so a password is found wherever the URL
+/// grammar puts it: the password in the user info becomes `***`, every query
+/// parameter keeps its name but not its value (`?password=`, `?pass=`, ...),
+/// and the fragment is dropped. A text that is not a URL is not shown at all.
+pub(crate) fn redact_url(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else {
+        return String::from("<unparsable url>");
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!(":***@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let path = match path.split_once('?') {
-        Some((path, _)) => format!("{path}?***"),
-        None => path.to_owned(),
-    };
-    format!("{head}{authority}{path}")
+    if url.password().is_some() {
+        // Only fails for a URL without a host, which has no password.
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let names: Vec<String> = url
+            .query_pairs()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        url.set_query(None);
+        if !names.is_empty() {
+            let mut query = url.query_pairs_mut();
+            for name in &names {
+                query.append_pair(name, "***");
+            }
+        }
+    }
+    url.set_fragment(None);
+    url.into()
 }
 
 impl fmt::Debug for RedisBackend {
@@ -640,5 +647,14 @@ mod tests {
         );
         assert_eq!(redact_url("redis://:s3cret@cache"), "redis://:***@cache");
         assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=***&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis://u@cache?password=s3cret"),
+            "redis://u@cache?password=***"
+        );
+        assert_eq!(redact_url("redis://u:s3cret/x@cache"), "<unparsable url>");
     }
 }
