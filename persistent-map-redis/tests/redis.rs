@@ -1,6 +1,6 @@
-//! Redis-specific behaviour: connection errors, the hash format, coherence
-//! between instances (with its latency), and a server restart in the middle
-//! of a write stream.
+//! Redis-specific behaviour: connection errors, a flush the server refuses,
+//! the hash format, coherence between instances (with its latency), and a
+//! server restart in the middle of a write stream.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::server::{free_port, RedisServer};
-use common::{report, url_or_skip, Scratch};
+use common::{report, unique, url_or_skip, Scratch};
 use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
 use persistent_map_redis::{RedisBackend, Watch};
 use redis::AsyncCommands;
@@ -92,6 +92,75 @@ async fn connection_refused_names_the_endpoint_and_hides_the_password() {
         refused += 1;
     }
     assert!(refused >= 3, "only {refused} URLs got as far as connecting");
+}
+
+/// An ACL user of one test's own, deleted when dropped.
+struct AclUser {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside a runtime: clean up on a thread of its own.
+        let done = std::thread::spawn(move || -> redis::RedisResult<()> {
+            let mut conn = redis::Client::open(url)?.get_connection()?;
+            redis::cmd("ACL").arg("DELUSER").arg(&name).exec(&mut conn)
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            report(&format!("warning: could not delete ACL user {}", self.name));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flush_the_server_refuses_is_an_error() {
+    const TEST: &str = "a_flush_the_server_refuses_is_an_error";
+    let Some(admin_url) = url_or_skip(TEST) else {
+        return;
+    };
+    let name = unique("pm-flush");
+    let password = unique("pw");
+    let mut admin = redis::Client::open(admin_url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let created: redis::RedisResult<()> = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&name)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg(&["~*", "&*", "+@all", "-waitaof"])
+        .query_async(&mut admin)
+        .await;
+    let _user = AclUser {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    if let Err(err) = created {
+        // Before 7.2 WAITAOF does not exist, so an ACL cannot deny it, and
+        // the server answers "unknown command" to every user.
+        report(&format!(
+            "SKIP: {TEST}: the server cannot deny WAITAOF (Redis before 7.2?): {err}"
+        ));
+        return;
+    }
+    let mut url = url::Url::parse(&admin_url).expect("server url");
+    url.set_username(&name).expect("user");
+    url.set_password(Some(&password)).expect("password");
+    let scratch = Scratch::new(url.into());
+    let backend = open(&scratch, "kv").await;
+    StorageBackend::<String, u64>::save(&backend, "k".into(), 1)
+        .await
+        .expect("the user may write");
+    let err = StorageBackend::<String, u64>::flush(&backend)
+        .await
+        .expect_err("the ACL refuses the command flush waits with");
+    assert!(matches!(err, PersistentError::Backend { .. }), "{err:?}");
+    assert!(shown(&err).contains("NOPERM"), "{}", shown(&err));
 }
 
 #[tokio::test]
