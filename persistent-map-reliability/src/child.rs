@@ -107,6 +107,9 @@ pub struct ChildArgs {
     pub busy_ms: u64,
     /// After opening, wait for a line (or EOF) on stdin before writing.
     pub hold: bool,
+    /// Before opening, print `ready` and wait for a line (or EOF) on stdin,
+    /// so that several children can be let go at the same instant.
+    pub gate: bool,
     /// Only load the store and print its entries.
     pub load_only: bool,
 }
@@ -131,6 +134,7 @@ impl ChildArgs {
             sync_full: false,
             busy_ms: 5000,
             hold: false,
+            gate: false,
             load_only: false,
         }
     }
@@ -185,6 +189,9 @@ impl ChildArgs {
         }
         if self.hold {
             args.push(String::from("--hold"));
+        }
+        if self.gate {
+            args.push(String::from("--gate"));
         }
         if self.load_only {
             args.push(String::from("--load-only"));
@@ -249,6 +256,7 @@ impl ChildArgs {
                 "--busy-ms" => out.busy_ms = number()?,
                 "--sync-full" => out.sync_full = true,
                 "--hold" => out.hold = true,
+                "--gate" => out.gate = true,
                 "--load-only" => out.load_only = true,
                 _ => return Err(format!("unknown argument {arg}")),
             }
@@ -477,7 +485,7 @@ impl Running {
         }
     }
 
-    /// Closes the child's stdin (releases a `--hold`).
+    /// Closes the child's stdin (releases a `--hold` or a `--gate`).
     pub fn release(&mut self) {
         drop(self.child.stdin.take());
     }

@@ -20,7 +20,7 @@ use sqlx::{ConnectOptions, Connection, Row, TypeInfo, ValueRef};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
-use crate::error::{is_io_error, map_sqlx_error, BACKEND};
+use crate::error::{is_busy, is_io_error, map_sqlx_error, BACKEND};
 use crate::load;
 use crate::write::{self, CHUNK_SIZES};
 
@@ -165,7 +165,9 @@ impl SqliteBackend {
     ///   database, or the table exists with other columns; the file is not changed,
     /// * [`PersistentError::UnsupportedFormat`] when a newer release wrote the table,
     /// * [`PersistentError::Backend`] for an invalid table name or any other
-    ///   SQLite failure (for example a busy database).
+    ///   SQLite failure (for example a database still busy after the busy
+    ///   timeout; opening is retried until then, so that processes creating
+    ///   one new file at the same instant all open it).
     pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let table = options.validated_table(&path)?.to_owned();
@@ -174,12 +176,44 @@ impl SqliteBackend {
                 .await
                 .map_err(|e| PersistentError::io(parent, e))?;
         }
+        // Two processes creating one new file at once both take a shared
+        // lock, then both need an exclusive one to switch it to WAL: SQLite
+        // answers one of them busy at once rather than wait in its busy
+        // handler, which would deadlock. Such a refusal is retried, with a
+        // short jittered pause, until the busy timeout has passed.
+        let deadline = Instant::now() + options.busy_timeout_value();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Self::connect(&path, &table, &options).await {
+                Err(err) if is_busy(&err) && Instant::now() + pause < deadline => {
+                    tracing::debug!(path = %path.display(), error = %err, "database busy while opening; retrying");
+                    tokio::time::sleep(pause + Duration::from_micros(fastrand::u64(..1000))).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt at opening: the pool, its pragmas, and the schema.
+    async fn connect(path: &Path, table: &str, options: &SqliteOptions) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.pool_size_value())
-            .connect_with(options.connect_options(&path))
+            .connect_with(options.connect_options(path))
             .await
-            .map_err(|e| map_sqlx_error(e, Operation::Open, file_location(&path), &path))?;
-        Self::prepare(pool, path, table, options.busy_timeout_value()).await
+            .map_err(|e| map_sqlx_error(e, Operation::Open, file_location(path), path))?;
+        let prepared = Self::prepare(
+            pool.clone(),
+            path.to_path_buf(),
+            table.to_owned(),
+            options.busy_timeout_value(),
+        )
+        .await;
+        if prepared.is_err() {
+            // Closes the connections now, so none holds a lock into a retry.
+            pool.close().await;
+        }
+        prepared
     }
 
     /// Uses an existing pool, for example one shared with the rest of an

@@ -250,6 +250,11 @@ async fn run<B: Store>(args: &ChildArgs, backend: B, out: &mut Vectored) -> i32 
 }
 
 async fn open_and_run(args: &ChildArgs, out: &mut Vectored) -> i32 {
+    if args.gate {
+        out.line("ready");
+        // Blocks the runtime's only thread on purpose: nothing else runs yet.
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
     match args.backend {
         Backend::Csv => {
             let io = Arc::new(CrashIo {
