@@ -103,6 +103,8 @@ pub struct ChildArgs {
     pub exit: Exit,
     /// SQLite: `synchronous = FULL` instead of `NORMAL`.
     pub sync_full: bool,
+    /// SQLite: the `DELETE` rollback journal instead of WAL.
+    pub journal_delete: bool,
     /// SQLite: the busy timeout; CSV: the lock timeout; in milliseconds.
     pub busy_ms: u64,
     /// After opening, wait for a line (or EOF) on stdin before writing.
@@ -132,6 +134,7 @@ impl ChildArgs {
             crash_at: 1,
             exit: Exit::Close,
             sync_full: false,
+            journal_delete: false,
             busy_ms: 5000,
             hold: false,
             gate: false,
@@ -186,6 +189,9 @@ impl ChildArgs {
         ];
         if self.sync_full {
             args.push(String::from("--sync-full"));
+        }
+        if self.journal_delete {
+            args.push(String::from("--journal-delete"));
         }
         if self.hold {
             args.push(String::from("--hold"));
@@ -255,6 +261,7 @@ impl ChildArgs {
                 }
                 "--busy-ms" => out.busy_ms = number()?,
                 "--sync-full" => out.sync_full = true,
+                "--journal-delete" => out.journal_delete = true,
                 "--hold" => out.hold = true,
                 "--gate" => out.gate = true,
                 "--load-only" => out.load_only = true,

@@ -525,6 +525,38 @@ async fn discard_failed_commit(conn: &mut sqlx::SqliteConnection, store: &str) {
     }
 }
 
+/// Makes the last commit of a rollback-journal database durable: fsyncs the
+/// database file, its journal if one exists, and (on Unix) their directory,
+/// which holds the removal of a `DELETE`-mode journal.
+fn sync_rollback_files(path: &Path) -> Result<()> {
+    let sync = |file: &Path| -> Result<bool> {
+        match std::fs::File::open(file) {
+            Ok(handle) => handle
+                .sync_all()
+                .map(|()| true)
+                .map_err(|e| PersistentError::io(file, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(PersistentError::io(file, e)),
+        }
+    };
+    if !sync(path)? {
+        // No file (an in-memory database): nothing can be made durable.
+        return Ok(());
+    }
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    sync(Path::new(&journal))?;
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync(dir)?;
+    }
+    Ok(())
+}
+
 fn file_location(path: &Path) -> Location {
     Location::new(path.display().to_string())
 }
@@ -594,8 +626,13 @@ where
     /// completes, every committed transaction is durable. `FULL` waits (up to
     /// the busy timeout) for other connections' writes and old read snapshots
     /// to finish, so the checkpoint covers everything; if it still cannot
-    /// complete, the flush fails rather than claim durability. In rollback
-    /// journal modes each commit is already synced and the pragma is a no-op.
+    /// complete, the flush fails rather than claim durability.
+    ///
+    /// In a rollback journal mode a commit syncs the database file, but its
+    /// commit point (removing the journal in `DELETE` mode, truncating or
+    /// zeroing it in `TRUNCATE` and `PERSIST`) is synced only at `EXTRA` or
+    /// `FULL`: flush fsyncs the database file, the journal if there is one,
+    /// and their directory, so the last commit survives a power cut too.
     ///
     /// A checkpoint that cannot start because another connection (another
     /// process) is running one returns at once, without SQLite's busy
@@ -609,6 +646,19 @@ where
         let Some(conn) = writer.as_mut() else {
             return Err(PersistentError::Closed);
         };
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.error(e, Operation::Flush))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // The writer stays locked, so no commit of this process runs
+            // during the syncs (another process's may: extra syncs never
+            // break SQLite's ordering of its own).
+            let path = self.inner.path.clone();
+            return tokio::task::spawn_blocking(move || sync_rollback_files(&path))
+                .await
+                .map_err(|e| PersistentError::Other(Box::new(e)))?;
+        }
         loop {
             let (busy, wal_frames, checkpointed): (i64, i64, i64) =
                 sqlx::query_as("PRAGMA wal_checkpoint(FULL)")
