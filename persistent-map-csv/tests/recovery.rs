@@ -1,9 +1,10 @@
-//! Damaged files, bad locations and second writers: each gives the documented
-//! outcome and leaves the data intact.
+//! Damaged files, bad locations and second writers in this process: each
+//! gives the documented outcome and leaves the data intact. A second writer
+//! in another process is tested with real child processes in
+//! `persistent-map-reliability/tests/two_processes.rs`.
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
@@ -357,54 +358,6 @@ async fn a_writer_that_keeps_the_lock_is_refused_after_the_timeout() {
         started.elapsed() >= Duration::from_millis(100),
         "the opener waited for the lock timeout before giving up"
     );
-}
-
-const PROBE_ENV: &str = "PERSISTENT_MAP_CSV_LOCK_PROBE";
-
-/// Run by [`a_second_process_is_locked_out`] in a child process; a no-op otherwise.
-#[tokio::test]
-async fn lock_probe() {
-    let Ok(path) = std::env::var(PROBE_ENV) else {
-        return;
-    };
-    match open_impatient(Path::new(&path)).await {
-        Ok(map) => println!("probe: opened with {} entries", map.len()),
-        Err(PersistentError::Locked { .. }) => println!("probe: locked"),
-        Err(other) => println!("probe: error {other}"),
-    }
-}
-
-fn probe(path: &Path) -> String {
-    let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "lock_probe", "--nocapture", "--test-threads=1"])
-        .env(PROBE_ENV, path)
-        .output()
-        .expect("child runs");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-#[tokio::test]
-async fn a_second_process_is_locked_out() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("shared.csv");
-    let map = open(&path).await.expect("opens");
-    map.insert("k".into(), "v".into()).await.expect("inserts");
-
-    let out = tokio::task::spawn_blocking({
-        let path = path.clone();
-        move || probe(&path)
-    })
-    .await
-    .expect("probe runs");
-    assert!(out.contains("probe: locked"), "{out}");
-
-    map.close().await.expect("closes");
-    drop(map);
-    let out = tokio::task::spawn_blocking(move || probe(&path))
-        .await
-        .expect("probe runs");
-    assert!(out.contains("probe: opened with 1 entries"), "{out}");
 }
 
 #[tokio::test]
