@@ -230,7 +230,7 @@ where
         }
     }
     if let Some(batch) = replay.batch.take() {
-        if torn.is_none() && len % PAGE != 0 {
+        if torn.is_none() && !len.is_multiple_of(PAGE) {
             return Err(PersistentError::corrupt(
                 at(path).with_line(batch.line),
                 format!(

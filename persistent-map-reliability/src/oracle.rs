@@ -106,7 +106,7 @@ pub fn expect_csv(bytes: &[u8]) -> Expect {
     // boundary (where the kernel splits a write); otherwise its marker's
     // count is wrong.
     match batch {
-        Some((marker, _, _)) if complete_len == body.len() && bytes.len() % 4096 != 0 => {
+        Some((marker, _, _)) if complete_len == body.len() && !bytes.len().is_multiple_of(4096) => {
             Expect::Error(marker)
         }
         _ => Expect::Entries(state),
