@@ -1,4 +1,31 @@
 //! Reading files: format version 2 with its torn-tail rule, and 0.1.x files.
+//!
+//! # What is repaired, and what is an error
+//!
+//! The backend appends each change, or each batch (its marker and all its
+//! records), with one write call, so a crash leaves a prefix of the last
+//! write at the end of the file. Kernels split a write at page-cache page
+//! boundaries (a process killed mid-write, or a power cut during
+//! write-back), so the prefix ends either inside a record or, by chance, at
+//! a page boundary that falls between two records.
+//!
+//! Only that is repaired on open, by cutting the file where the interrupted
+//! write began:
+//! - the last record is incomplete (no final newline, a tail of NUL bytes,
+//!   or cut inside a quoted field): it is cut off, and so is the batch it
+//!   belongs to, whose earlier records were written by the same call;
+//! - the last batch has fewer records than its marker promises, every one
+//!   of them complete, and the file ends at a [`PAGE`] boundary.
+//!
+//! A batch marker that promises more records than follow it when the file
+//! ends elsewhere, after complete records only, is an error naming the
+//! marker's line, and nothing is cut. A crash cannot leave that, but a bit
+//! flip or a hand edit of the count can, and the records after it (which may
+//! be acknowledged changes written by later appends) are then kept for
+//! whoever repairs the file. A marker inside a batch is already an error.
+//! A flipped count in a file that also ends in a torn record, or a file that
+//! ends at a page boundary by chance, cannot be told from a crash by its
+//! structure: the first needs two faults, the second is one length in 4096.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -56,9 +83,14 @@ pub(crate) fn key_hash(key: &str) -> u64 {
     hasher.finish()
 }
 
+/// The granularity at which the kernel splits an interrupted write: the
+/// smallest page-cache page on the platforms we support.
+const PAGE: u64 = 4096;
+
 struct PendingBatch {
     start: u64,
     line: u64,
+    len: u64,
     remaining: u64,
     changes: Vec<Change>,
 }
@@ -87,6 +119,7 @@ impl<F: FnMut(Change) -> Result<()>> Replay<'_, F> {
                 self.batch = Some(PendingBatch {
                     start,
                     line,
+                    len,
                     remaining: len,
                     changes: Vec::new(),
                 });
@@ -137,11 +170,11 @@ impl<F: FnMut(Change) -> Result<()>> Replay<'_, F> {
 ///
 /// The last record is incomplete (torn) when the file does not end with a
 /// newline, or when the record has an odd number of quote characters (it was
-/// cut inside a quoted field, which may itself hold newlines). A batch is
-/// incomplete when the file ends before all its records. Neither is an
-/// error: [`Scan::torn`] says where the complete part ends, and the caller
-/// decides whether to cut the file there. Any other bad record is an error
-/// naming its line; nothing is changed.
+/// cut inside a quoted field, which may itself hold newlines). A torn last
+/// record, and a batch the file ends in, are what an interrupted write
+/// leaves (see the module docs for when a batch is): [`Scan::torn`] says
+/// where the complete part ends, and the caller decides whether to cut the
+/// file there. Anything else is an error naming its line; nothing is changed.
 pub(crate) async fn scan<F>(path: &Path, delimiter: u8, apply: F) -> Result<Scan>
 where
     F: FnMut(Change) -> Result<()>,
@@ -197,6 +230,16 @@ where
         }
     }
     if let Some(batch) = replay.batch.take() {
+        if torn.is_none() && !len.is_multiple_of(PAGE) {
+            return Err(PersistentError::corrupt(
+                at(path).with_line(batch.line),
+                format!(
+                    "batch marker promises {} records but the file ends after {} complete ones",
+                    batch.len,
+                    batch.changes.len()
+                ),
+            ));
+        }
         torn = Some(Torn {
             keep_len: batch.start,
             line: batch.line,

@@ -1,9 +1,10 @@
-//! Damaged files, bad locations and second writers: each gives the documented
-//! outcome and leaves the data intact.
+//! Damaged files, bad locations and second writers in this process: each
+//! gives the documented outcome and leaves the data intact. A second writer
+//! in another process is tested with real child processes in
+//! `persistent-map-reliability/tests/two_processes.rs`.
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
@@ -90,9 +91,78 @@ async fn a_record_cut_inside_a_quoted_newline_is_discarded() {
 }
 
 #[tokio::test]
-async fn an_incomplete_batch_is_discarded_as_a_whole() {
-    assert_torn_tail_is_cut("batch,,3\nput,x,\"\"\"1\"\"\"\nput,y,\"\"\"2\"\"\"\n").await;
+async fn a_batch_cut_inside_its_last_record_is_discarded_as_a_whole() {
+    assert_torn_tail_is_cut("batch,,3\nput,x,\"\"\"1\"\"\"\nput,y,\"\"\"2").await;
     assert_torn_tail_is_cut("batch,,2\nput,x,\"\"\"1\"\"\"\nput,y,\"\"\"2").await;
+    assert_torn_tail_is_cut("batch,,2\nput,x,\"\"\"1\"\"\"\npu").await;
+    assert_torn_tail_is_cut("batch,,2\nba").await;
+}
+
+#[tokio::test]
+async fn a_batch_cut_at_a_page_boundary_between_records_is_discarded() {
+    // The kernel splits an interrupted write at a page boundary; when one
+    // falls between two records, the last record is complete.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("paged.csv");
+    let complete = two_entries(&path).await;
+    let head = "batch,,3\nput,x,\"\"\"";
+    let tail = "\"\"\"\n";
+    let pad = 4096 - (complete.len() + head.len() + tail.len()) % 4096;
+    let cut = format!("{head}{}{tail}", "p".repeat(pad));
+    append_raw(&path, &cut);
+    assert_eq!(std::fs::metadata(&path).expect("stat").len() % 4096, 0);
+
+    let map = open(&path).await.expect("a batch cut at a page boundary");
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.get("x"), None);
+    assert_eq!(read(&path), complete, "the interrupted batch is cut off");
+}
+
+/// Asserts that opening fails with a corruption error at `line` of `path`
+/// and leaves the file as it was.
+async fn assert_refused_at_line(path: &Path, line: u64) {
+    let before = read(path);
+    let err = open(path).await.expect_err("refused");
+    match &err {
+        PersistentError::Corrupt { location, .. } => {
+            assert_eq!(location.store, path.display().to_string());
+            assert_eq!(location.line, Some(line), "{err}");
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&path.display().to_string()), "{text}");
+    assert!(text.contains(&format!("line {line}")), "{text}");
+    assert_eq!(read(path), before, "nothing is changed");
+}
+
+#[tokio::test]
+async fn a_batch_marker_promising_too_many_records_mid_file_is_an_error() {
+    // A bit flip turned `batch,,2` into `batch,,6`: the batch's two records
+    // and the three single changes written after it are all complete.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("flipped.csv");
+    let text = format!(
+        "{HEADER}put,a,\"\"\"1\"\"\"\nbatch,,6\nput,b,\"\"\"2\"\"\"\nput,c,\"\"\"3\"\"\"\n\
+         put,d,\"\"\"4\"\"\"\ndel,a,\nput,e,\"\"\"5\"\"\"\n"
+    );
+    std::fs::write(&path, &text).expect("writes");
+    assert_refused_at_line(&path, 3).await;
+}
+
+#[tokio::test]
+async fn a_last_batch_with_complete_records_but_fewer_than_promised_is_an_error() {
+    // Every record is complete and the file does not end at a page
+    // boundary: not what an interrupted write leaves, so nothing is cut.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("short.csv");
+    let text = format!(
+        "{HEADER}put,a,\"\"\"1\"\"\"\nbatch,,3\nput,b,\"\"\"2\"\"\"\nput,c,\"\"\"3\"\"\"\n"
+    );
+    std::fs::write(&path, &text).expect("writes");
+    assert_refused_at_line(&path, 3).await;
+    std::fs::write(&path, format!("{HEADER}put,a,\"\"\"1\"\"\"\nbatch,,3\n")).expect("writes");
+    assert_refused_at_line(&path, 3).await;
 }
 
 #[tokio::test]
@@ -288,54 +358,6 @@ async fn a_writer_that_keeps_the_lock_is_refused_after_the_timeout() {
         started.elapsed() >= Duration::from_millis(100),
         "the opener waited for the lock timeout before giving up"
     );
-}
-
-const PROBE_ENV: &str = "PERSISTENT_MAP_CSV_LOCK_PROBE";
-
-/// Run by [`a_second_process_is_locked_out`] in a child process; a no-op otherwise.
-#[tokio::test]
-async fn lock_probe() {
-    let Ok(path) = std::env::var(PROBE_ENV) else {
-        return;
-    };
-    match open_impatient(Path::new(&path)).await {
-        Ok(map) => println!("probe: opened with {} entries", map.len()),
-        Err(PersistentError::Locked { .. }) => println!("probe: locked"),
-        Err(other) => println!("probe: error {other}"),
-    }
-}
-
-fn probe(path: &Path) -> String {
-    let output = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["--exact", "lock_probe", "--nocapture", "--test-threads=1"])
-        .env(PROBE_ENV, path)
-        .output()
-        .expect("child runs");
-    assert!(output.status.success(), "{output:?}");
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-#[tokio::test]
-async fn a_second_process_is_locked_out() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("shared.csv");
-    let map = open(&path).await.expect("opens");
-    map.insert("k".into(), "v".into()).await.expect("inserts");
-
-    let out = tokio::task::spawn_blocking({
-        let path = path.clone();
-        move || probe(&path)
-    })
-    .await
-    .expect("probe runs");
-    assert!(out.contains("probe: locked"), "{out}");
-
-    map.close().await.expect("closes");
-    drop(map);
-    let out = tokio::task::spawn_blocking(move || probe(&path))
-        .await
-        .expect("probe runs");
-    assert!(out.contains("probe: opened with 1 entries"), "{out}");
 }
 
 #[tokio::test]

@@ -678,29 +678,35 @@ fn channel_name(schema: &str, table: &str) -> String {
     format!("persistent_map:{hash:016x}")
 }
 
-/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`, and any
-/// query string (which may hold `password=`) dropped.
-pub(crate) fn redact_url(url: &str) -> String {
-    let (head, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
+/// `postgres://user:secret@host/db?password=x` -> `postgres://user:***@host/db?password=***`.
+///
+/// Parsed with the `url` crate, so a password is found wherever the URL
+/// grammar puts it: the password in the user info becomes `***`, every query
+/// parameter keeps its name but not its value (`?password=`, `?pass=`, ...),
+/// and the fragment is dropped. A text that is not a URL is not shown at all.
+pub(crate) fn redact_url(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else {
+        return String::from("<unparsable url>");
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!("{user_info}@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let path = match path.split_once('?') {
-        Some((path, _)) => format!("{path}?***"),
-        None => path.to_owned(),
-    };
-    format!("{head}{authority}{path}")
+    if url.password().is_some() {
+        // Only fails for a URL without a host, which has no password.
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let names: Vec<String> = url
+            .query_pairs()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        url.set_query(None);
+        if !names.is_empty() {
+            let mut query = url.query_pairs_mut();
+            for name in &names {
+                query.append_pair(name, "***");
+            }
+        }
+    }
+    url.set_fragment(None);
+    url.into()
 }
 
 async fn relation_exists(
@@ -905,10 +911,19 @@ mod tests {
     fn urls_are_redacted() {
         assert_eq!(
             redact_url("postgres://app:s3cret@db:5432/app?sslmode=require&password=x"),
-            "postgres://app:***@db:5432/app?***"
+            "postgres://app:***@db:5432/app?sslmode=***&password=***"
         );
         assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
         assert_eq!(redact_url("postgres://db"), "postgres://db");
+        assert_eq!(
+            redact_url("postgres://u@host?password=x"),
+            "postgres://u@host?password=***"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p%2Fq%40r@host/db#p"),
+            "postgres://u:***@host/db"
+        );
+        assert_eq!(redact_url("postgres://u:x@host:port"), "<unparsable url>");
     }
 
     #[test]

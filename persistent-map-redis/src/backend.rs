@@ -370,28 +370,70 @@ fn invalid_url() -> PersistentError {
     )
 }
 
-/// `redis://user:secret@host/0` -> `redis://user:***@host/0`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let (head, rest) = match url.split_once("://") {
-        Some((scheme, rest)) => (format!("{scheme}://"), rest),
-        None => (String::new(), url),
+/// Why `WAITAOF` did not confirm a flush.
+#[derive(Debug)]
+enum FlushError {
+    /// The server answered that nothing was fsynced.
+    NotSynced,
+    /// The command failed.
+    Redis(redis::RedisError),
+}
+
+/// Judges the server's answer to `WAITAOF 1 0 0`.
+///
+/// Only two refusals mean there is no fsync to wait for, and make the flush
+/// rely on the server's persistence setting: the command is unknown (Redis
+/// before 7.2), or the server keeps no append-only file. Any other error (an
+/// ACL refusal, a read-only replica, a server still loading) fails the flush.
+fn flush_outcome(waited: redis::RedisResult<(i64, i64)>) -> Result<(), FlushError> {
+    match waited {
+        Ok((local, _)) if local >= 1 => Ok(()),
+        Ok(_) => Err(FlushError::NotSynced),
+        Err(err) if has_no_fsync_to_wait_for(&err) => {
+            tracing::trace!(error = %err, "WAITAOF unavailable; flush relies on the server's persistence setting");
+            Ok(())
+        }
+        Err(err) => Err(FlushError::Redis(err)),
+    }
+}
+
+fn has_no_fsync_to_wait_for(err: &redis::RedisError) -> bool {
+    if err.code() != Some("ERR") {
+        return false;
+    }
+    let detail = err.detail().unwrap_or_default().to_ascii_lowercase();
+    detail.starts_with("unknown command 'waitaof'") || detail.contains("appendonly is disabled")
+}
+
+/// `redis://user:secret@host/0` -> `redis://user:***@host/0`, and query values hidden.
+///
+/// Parsed with the `url` crate, so a password is found wherever the URL
+/// grammar puts it: the password in the user info becomes `***`, every query
+/// parameter keeps its name but not its value (`?password=`, `?pass=`, ...),
+/// and the fragment is dropped. A text that is not a URL is not shown at all.
+pub(crate) fn redact_url(text: &str) -> String {
+    let Ok(mut url) = url::Url::parse(text) else {
+        return String::from("<unparsable url>");
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{user}:***@{host}"),
-            None => format!(":***@{host}"),
-        },
-        None => authority.to_owned(),
-    };
-    let path = match path.split_once('?') {
-        Some((path, _)) => format!("{path}?***"),
-        None => path.to_owned(),
-    };
-    format!("{head}{authority}{path}")
+    if url.password().is_some() {
+        // Only fails for a URL without a host, which has no password.
+        let _ = url.set_password(Some("***"));
+    }
+    if url.query().is_some() {
+        let names: Vec<String> = url
+            .query_pairs()
+            .map(|(name, _)| name.into_owned())
+            .collect();
+        url.set_query(None);
+        if !names.is_empty() {
+            let mut query = url.query_pairs_mut();
+            for name in &names {
+                query.append_pair(name, "***");
+            }
+        }
+    }
+    url.set_fragment(None);
+    url.into()
 }
 
 impl fmt::Debug for RedisBackend {
@@ -437,7 +479,8 @@ where
     /// and returns once the append-only file holding every acknowledged
     /// write is fsynced. On older servers, or without the append-only file,
     /// there is nothing a client can wait for: flush only checks that the
-    /// server answers. See the crate documentation.
+    /// server answers. Any other refusal (an ACL, a read-only replica) is an
+    /// error. See the crate documentation.
     async fn flush(&self) -> Result<()> {
         let mut conn = self.inner.manager.clone();
         let waited: redis::RedisResult<(i64, i64)> = redis::cmd("WAITAOF")
@@ -446,22 +489,15 @@ where
             .arg(0)
             .query_async(&mut conn)
             .await;
-        match waited {
-            Ok((local, _)) if local >= 1 => Ok(()),
-            Ok(_) => Err(PersistentError::backend(
+        flush_outcome(waited).map_err(|err| match err {
+            FlushError::NotSynced => PersistentError::backend(
                 BACKEND,
                 Operation::Flush,
                 self.location(),
                 "WAITAOF returned before the append-only file was fsynced",
-            )),
-            Err(err) if !crate::error::is_connection_error(&err) => {
-                // Unknown command (before 7.2) or appendonly disabled: the
-                // server answered, and has no fsync to wait for.
-                tracing::trace!(error = %err, "WAITAOF unavailable; flush relies on the server's persistence setting");
-                Ok(())
-            }
-            Err(err) => Err(self.error(err, Operation::Flush)),
-        }
+            ),
+            FlushError::Redis(err) => self.error(err, Operation::Flush),
+        })
     }
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
@@ -634,6 +670,40 @@ mod tests {
         assert_eq!(sent, Announcement::resync("me"));
     }
 
+    /// The server's answer to `WAITAOF`, read from its wire form.
+    fn answer(wire: &str) -> redis::RedisResult<(i64, i64)> {
+        let value = redis::parse_redis_value(wire.as_bytes())?.extract_error()?;
+        Ok(redis::from_redis_value(value)?)
+    }
+
+    #[test]
+    fn flush_is_ok_only_when_synced_or_when_the_server_has_no_fsync_to_wait_for() {
+        assert!(flush_outcome(answer("*2\r\n:1\r\n:0\r\n")).is_ok());
+        assert!(matches!(
+            flush_outcome(answer("*2\r\n:0\r\n:0\r\n")),
+            Err(FlushError::NotSynced)
+        ));
+        // Servers before 7.2, and servers without an append-only file.
+        for no_fsync in [
+            "-ERR unknown command 'WAITAOF', with args beginning with: '1' '0' '0' \r\n",
+            "-ERR WAITAOF cannot be used when numlocal is set but appendonly is disabled.\r\n",
+        ] {
+            assert!(flush_outcome(answer(no_fsync)).is_ok(), "{no_fsync}");
+        }
+        for refused in [
+            "-NOPERM User pm has no permissions to run the 'waitaof' command\r\n",
+            "-READONLY You can't write against a read only replica.\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-ERR WAITAOF cannot be used with replica instances.\r\n",
+            "-ERR unknown command 'WAITAOFX', with args beginning with: \r\n",
+        ] {
+            assert!(
+                matches!(flush_outcome(answer(refused)), Err(FlushError::Redis(_))),
+                "{refused}"
+            );
+        }
+    }
+
     #[test]
     fn urls_are_redacted() {
         assert_eq!(
@@ -642,5 +712,14 @@ mod tests {
         );
         assert_eq!(redact_url("redis://:s3cret@cache"), "redis://:***@cache");
         assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
+            "redis+unix:///run/redis.sock?db=***&pass=***"
+        );
+        assert_eq!(
+            redact_url("redis://u@cache?password=s3cret"),
+            "redis://u@cache?password=***"
+        );
+        assert_eq!(redact_url("redis://u:s3cret/x@cache"), "<unparsable url>");
     }
 }

@@ -1,6 +1,6 @@
-//! Redis-specific behaviour: connection errors, the hash format, coherence
-//! between instances (with its latency), and a server restart in the middle
-//! of a write stream.
+//! Redis-specific behaviour: connection errors, a flush the server refuses,
+//! the hash format, coherence between instances (with its latency), and a
+//! server restart in the middle of a write stream.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::server::{free_port, RedisServer};
-use common::{report, url_or_skip, Scratch};
+use common::{report, unique, url_or_skip, Scratch};
 use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
 use persistent_map_redis::{RedisBackend, Watch};
 use redis::AsyncCommands;
@@ -38,33 +38,129 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-#[tokio::test]
-async fn connection_refused_names_the_endpoint_and_hides_the_password() {
-    let port = free_port(); // bound then released: nothing listens there
-    let url = format!("redis://user:s3cret@127.0.0.1:{port}/0");
-    let err = RedisBackend::builder(&url)
-        .connect_timeout(Duration::from_secs(2))
-        .build()
-        .await
-        .expect_err("nothing listens on the port");
-    let PersistentError::Connection {
-        backend, endpoint, ..
-    } = &err
-    else {
-        panic!("expected a connection error, got {err:?}");
-    };
-    assert_eq!(*backend, "redis");
-    assert_eq!(endpoint, &format!("127.0.0.1:{port}"));
+/// Every way a URL can carry a password: in the user info (with characters
+/// that confuse a hand-written parser), and as a query parameter.
+fn urls_with_passwords(port: u16) -> Vec<String> {
+    vec![
+        format!("redis://user:s3cret@127.0.0.1:{port}/0"),
+        format!("redis://user:s3cret%2Fs3cret@127.0.0.1:{port}/0"),
+        format!("redis://user:s3cret@127.0.0.1:{port}"),
+        format!("redis://user@127.0.0.1:{port}?password=s3cret"),
+        format!("redis://user@127.0.0.1:{port}/0?x=1&password=s3cret#frag"),
+    ]
+}
+
+/// The error, its Debug form and every cause, as one text.
+fn shown(err: &PersistentError) -> String {
     let mut shown = format!("{err} / {err:?}");
-    let mut source = std::error::Error::source(&err);
+    let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         shown.push_str(&format!(" / {cause}"));
         source = cause.source();
     }
-    assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
-    assert!(!shown.contains("s3cret"), "the password leaked: {shown}");
-    let builder = RedisBackend::builder(&url);
-    assert!(!format!("{builder:?}").contains("s3cret"));
+    shown
+}
+
+#[tokio::test]
+async fn connection_refused_names_the_endpoint_and_hides_the_password() {
+    let port = free_port(); // bound then released: nothing listens there
+    let mut refused = 0;
+    for url in urls_with_passwords(port) {
+        let builder = RedisBackend::builder(&url).connect_timeout(Duration::from_secs(10));
+        let debug = format!("{builder:?}");
+        assert!(!debug.contains("s3cret"), "the password leaked: {debug}");
+        let err = builder
+            .build()
+            .await
+            .expect_err("nothing listens on the port");
+        let shown = shown(&err);
+        assert!(!shown.contains("s3cret"), "the password leaked: {shown}");
+        let PersistentError::Connection {
+            backend, endpoint, ..
+        } = &err
+        else {
+            // A URL this driver does not take is refused before connecting.
+            assert!(
+                matches!(err, PersistentError::Backend { .. }),
+                "{url}: {err:?}"
+            );
+            continue;
+        };
+        assert_eq!(*backend, "redis");
+        assert_eq!(endpoint, &format!("127.0.0.1:{port}"));
+        assert!(shown.contains(&format!("127.0.0.1:{port}")), "{shown}");
+        refused += 1;
+    }
+    assert!(refused >= 3, "only {refused} URLs got as far as connecting");
+}
+
+/// An ACL user of one test's own, deleted when dropped.
+struct AclUser {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for AclUser {
+    fn drop(&mut self) {
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside a runtime: clean up on a thread of its own.
+        let done = std::thread::spawn(move || -> redis::RedisResult<()> {
+            let mut conn = redis::Client::open(url)?.get_connection()?;
+            redis::cmd("ACL").arg("DELUSER").arg(&name).exec(&mut conn)
+        })
+        .join();
+        if !matches!(done, Ok(Ok(()))) {
+            report(&format!("warning: could not delete ACL user {}", self.name));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_flush_the_server_refuses_is_an_error() {
+    const TEST: &str = "a_flush_the_server_refuses_is_an_error";
+    let Some(admin_url) = url_or_skip(TEST) else {
+        return;
+    };
+    let name = unique("pm-flush");
+    let password = unique("pw");
+    let mut admin = redis::Client::open(admin_url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let created: redis::RedisResult<()> = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&name)
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg(&["~*", "&*", "+@all", "-waitaof"])
+        .query_async(&mut admin)
+        .await;
+    let _user = AclUser {
+        admin_url: admin_url.clone(),
+        name: name.clone(),
+    };
+    if let Err(err) = created {
+        // Before 7.2 WAITAOF does not exist, so an ACL cannot deny it, and
+        // the server answers "unknown command" to every user.
+        report(&format!(
+            "SKIP: {TEST}: the server cannot deny WAITAOF (Redis before 7.2?): {err}"
+        ));
+        return;
+    }
+    let mut url = url::Url::parse(&admin_url).expect("server url");
+    url.set_username(&name).expect("user");
+    url.set_password(Some(&password)).expect("password");
+    let scratch = Scratch::new(url.into());
+    let backend = open(&scratch, "kv").await;
+    StorageBackend::<String, u64>::save(&backend, "k".into(), 1)
+        .await
+        .expect("the user may write");
+    let err = StorageBackend::<String, u64>::flush(&backend)
+        .await
+        .expect_err("the ACL refuses the command flush waits with");
+    assert!(matches!(err, PersistentError::Backend { .. }), "{err:?}");
+    assert!(shown(&err).contains("NOPERM"), "{}", shown(&err));
 }
 
 #[tokio::test]

@@ -103,10 +103,15 @@ pub struct ChildArgs {
     pub exit: Exit,
     /// SQLite: `synchronous = FULL` instead of `NORMAL`.
     pub sync_full: bool,
+    /// SQLite: the `DELETE` rollback journal instead of WAL.
+    pub journal_delete: bool,
     /// SQLite: the busy timeout; CSV: the lock timeout; in milliseconds.
     pub busy_ms: u64,
     /// After opening, wait for a line (or EOF) on stdin before writing.
     pub hold: bool,
+    /// Before opening, print `ready` and wait for a line (or EOF) on stdin,
+    /// so that several children can be let go at the same instant.
+    pub gate: bool,
     /// Only load the store and print its entries.
     pub load_only: bool,
 }
@@ -129,8 +134,10 @@ impl ChildArgs {
             crash_at: 1,
             exit: Exit::Close,
             sync_full: false,
+            journal_delete: false,
             busy_ms: 5000,
             hold: false,
+            gate: false,
             load_only: false,
         }
     }
@@ -183,8 +190,14 @@ impl ChildArgs {
         if self.sync_full {
             args.push(String::from("--sync-full"));
         }
+        if self.journal_delete {
+            args.push(String::from("--journal-delete"));
+        }
         if self.hold {
             args.push(String::from("--hold"));
+        }
+        if self.gate {
+            args.push(String::from("--gate"));
         }
         if self.load_only {
             args.push(String::from("--load-only"));
@@ -248,7 +261,9 @@ impl ChildArgs {
                 }
                 "--busy-ms" => out.busy_ms = number()?,
                 "--sync-full" => out.sync_full = true,
+                "--journal-delete" => out.journal_delete = true,
                 "--hold" => out.hold = true,
+                "--gate" => out.gate = true,
                 "--load-only" => out.load_only = true,
                 _ => return Err(format!("unknown argument {arg}")),
             }
@@ -464,7 +479,7 @@ impl Running {
         }
     }
 
-    /// Closes the child's stdin (releases a `--hold`).
+    /// Closes the child's stdin (releases a `--hold` or a `--gate`).
     pub fn release(&mut self) {
         drop(self.child.stdin.take());
     }

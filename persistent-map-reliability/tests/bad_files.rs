@@ -225,9 +225,20 @@ async fn bad_csv_files_are_located_errors() {
             |p| Want::Error(&["Corrupt"], line(p, 3)),
         ),
         (
-            "incomplete batch at the end",
-            format!("{HEADER}put,k1,1\nbatch,,3\nput,k2,2\nput,k3,3\n").into_bytes(),
+            "batch cut inside its last record",
+            format!("{HEADER}put,k1,1\nbatch,,3\nput,k2,2\nput,k3,3").into_bytes(),
             |_| Want::Entries(state(&[("k1", 1)])),
+        ),
+        (
+            "batch marker promising more complete records than follow",
+            format!("{HEADER}put,k1,1\nbatch,,3\nput,k2,2\nput,k3,3\n").into_bytes(),
+            |p| Want::Error(&["Corrupt"], line(p, 3)),
+        ),
+        (
+            "batch marker count flipped mid-file",
+            format!("{HEADER}put,k1,1\nbatch,,7\nput,k2,2\nput,k3,3\nput,k4,4\ndel,k1,\n")
+                .into_bytes(),
+            |p| Want::Error(&["Corrupt"], line(p, 3)),
         ),
     ];
     for (index, (name, bytes, want)) in cases.into_iter().enumerate() {

@@ -323,6 +323,70 @@ fn fsyncs(args: &ChildArgs) -> Option<(u64, ChildOutput)> {
     Some((syncs, ChildOutput(stdout)))
 }
 
+/// Per `flushed` line of a child run under strace: whether the database's
+/// directory was fsynced after the journal's last removal before it.
+fn dir_synced_per_flush(args: &ChildArgs, dir: &Path) -> Option<Vec<bool>> {
+    let log = tempfile::NamedTempFile::new().ok()?;
+    Command::new(STRACE)
+        .args(["-f", "-y", "-s", "64", "-o"])
+        .arg(log.path())
+        // The child reports each line with one `writev`.
+        .args(["-e", "trace=fsync,fdatasync,unlink,unlinkat,writev"])
+        .arg(BIN)
+        .args(args.to_args())
+        .output()
+        .ok()?;
+    let text = std::fs::read_to_string(log.path()).ok()?;
+    let dir_fd = format!("<{}>", dir.display());
+    let mut synced_since_unlink = false;
+    let mut flushes = Vec::new();
+    for line in text.lines() {
+        if line.contains("-journal\"") && line.contains("unlink") {
+            synced_since_unlink = false;
+        } else if (line.contains("fsync(") || line.contains("fdatasync(")) && line.contains(&dir_fd)
+        {
+            synced_since_unlink = true;
+        } else if line.contains("writev(") && line.contains("\"flushed ") {
+            flushes.push(synced_since_unlink);
+        }
+    }
+    Some(flushes)
+}
+
+#[tokio::test]
+async fn sqlite_flush_in_a_rollback_journal_syncs_the_removal() {
+    if !Path::new(STRACE).exists() {
+        skip(
+            "sqlite_rollback_flush",
+            "strace is not installed at /usr/bin/strace: rollback-journal flush not checked",
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = ChildArgs::new(
+        Backend::Sqlite,
+        dir.path().join("delete.db"),
+        Mode::Through,
+        8,
+    );
+    args.journal_delete = true;
+    args.ops = 40;
+    args.flush_every = 10;
+    let flushes = dir_synced_per_flush(&args, dir.path()).expect("strace runs");
+    let synced = flushes.iter().filter(|&&s| s).count() as u64;
+    figures(
+        "sqlite_rollback_flush",
+        &[
+            ("flushes", flushes.len() as u64),
+            ("dir_synced_after_commit", synced),
+        ],
+    );
+    // At `NORMAL` SQLite does not sync the directory after removing the
+    // journal (the commit point): only a flush that does makes it durable.
+    assert!(flushes.len() >= 4, "{flushes:?}");
+    assert!(flushes.iter().all(|&s| s), "{flushes:?}");
+}
+
 struct ChildOutput(String);
 
 impl ChildOutput {

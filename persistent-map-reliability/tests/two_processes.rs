@@ -1,9 +1,10 @@
 //! Group 6: two processes on one store. CSV: exactly one of two children
 //! opens, the other gets `PersistentError::Locked` naming the path, and the
 //! file holds only the winner's changes. SQLite: two children writing one
-//! file concurrently corrupt nothing and lose no acknowledged write; a
-//! database held busy gives a typed error within the busy timeout, never a
-//! hang.
+//! file concurrently corrupt nothing and lose no acknowledged write; two
+//! children let go at the same instant both create and open one new file;
+//! a database held busy gives a typed error within the busy timeout, never
+//! a hang.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -206,6 +207,60 @@ async fn sqlite_two_writers_lose_nothing() {
         (0, 0, 0, 0, 0)
     );
     assert!(acked > 0);
+}
+
+#[tokio::test]
+async fn sqlite_two_processes_create_one_new_file_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Before the fix about 3 trials in 100 failed: 300 make a miss unlikely.
+    let trials = scaled(300);
+    let (mut both_opened, mut failed) = (0_u64, 0_u64);
+    for trial in 0..trials {
+        let path = dir.path().join(format!("new{trial}.db"));
+        let mut running: Vec<Running> = (0..2)
+            .map(|n| {
+                let mut args =
+                    ChildArgs::new(Backend::Sqlite, &path, Mode::Through, trial as u64 * 2 + n);
+                args.gate = true;
+                args.load_only = true;
+                Running::start(args.command(Path::new(BIN))).expect("starts")
+            })
+            .collect();
+        // Both are started and waiting before either is let go, so their
+        // opens race on a file neither has created yet.
+        for child in &mut running {
+            let ready = child.wait_line(Duration::from_secs(60), |l| l == "ready");
+            assert!(ready.is_some(), "trial {trial}: a child never got ready");
+        }
+        for child in &mut running {
+            child.release();
+        }
+        let mut opened = 0;
+        for child in running {
+            let t = child.finish(Duration::from_secs(60));
+            match (&t.loaded, &t.load_error) {
+                (Some(entries), None) if entries.is_empty() && !t.timed_out => opened += 1,
+                _ => eprintln!(
+                    "trial {trial}: loaded {:?}, error {:?}, timed out {}\n{}",
+                    t.loaded, t.load_error, t.timed_out, t.stderr
+                ),
+            }
+        }
+        if opened == 2 {
+            both_opened += 1;
+        } else {
+            failed += 1;
+        }
+    }
+    figures(
+        "sqlite_create_at_once",
+        &[
+            ("trials", trials as u64),
+            ("both_opened", both_opened),
+            ("an_open_failed", failed),
+        ],
+    );
+    assert_eq!(failed, 0, "every trial opens both children");
 }
 
 #[tokio::test]

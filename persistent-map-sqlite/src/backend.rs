@@ -20,7 +20,7 @@ use sqlx::{ConnectOptions, Connection, Row, TypeInfo, ValueRef};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
-use crate::error::{is_io_error, map_sqlx_error, BACKEND};
+use crate::error::{is_busy, is_io_error, map_sqlx_error, BACKEND};
 use crate::load;
 use crate::write::{self, CHUNK_SIZES};
 
@@ -167,7 +167,9 @@ impl SqliteBackend {
     ///   database, or the table exists with other columns; the file is not changed,
     /// * [`PersistentError::UnsupportedFormat`] when a newer release wrote the table,
     /// * [`PersistentError::Backend`] for an invalid table name or any other
-    ///   SQLite failure (for example a busy database).
+    ///   SQLite failure (for example a database still busy after the busy
+    ///   timeout; opening is retried until then, so that processes creating
+    ///   one new file at the same instant all open it).
     pub async fn open(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let table = options.validated_table(&path)?.to_owned();
@@ -176,14 +178,47 @@ impl SqliteBackend {
                 .await
                 .map_err(|e| PersistentError::io(parent, e))?;
         }
+        // Two processes creating one new file at once both take a shared
+        // lock, then both need an exclusive one to switch it to WAL: SQLite
+        // answers one of them busy at once rather than wait in its busy
+        // handler, which would deadlock. Such a refusal is retried, with a
+        // short jittered pause, until the busy timeout has passed.
+        let deadline = Instant::now() + options.busy_timeout_value();
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Self::connect(&path, &table, &options).await {
+                Err(err) if is_busy(&err) && Instant::now() + pause < deadline => {
+                    tracing::debug!(path = %path.display(), error = %err, "database busy while opening; retrying");
+                    tokio::time::sleep(pause + Duration::from_micros(fastrand::u64(..1000))).await;
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One attempt at opening: the pool, its pragmas, and the schema.
+    async fn connect(path: &Path, table: &str, options: &SqliteOptions) -> Result<Self> {
         let pool = SqlitePoolOptions::new()
             .max_connections(options.pool_size_value())
-            .connect_with(options.connect_options(&path))
+            .connect_with(options.connect_options(path))
             .await
-            .map_err(|e| map_sqlx_error(e, Operation::Open, file_location(&path), &path))?;
+            .map_err(|e| map_sqlx_error(e, Operation::Open, file_location(path), path))?;
         // Every journal mode offered keeps commits; the level decides when.
         let durability = durability_of(options.synchronous_value().pragma_value(), "journaled");
-        Self::prepare(pool, path, table, options.busy_timeout_value(), durability).await
+        let prepared = Self::prepare(
+            pool.clone(),
+            path.to_path_buf(),
+            table.to_owned(),
+            options.busy_timeout_value(),
+            durability,
+        )
+        .await;
+        if prepared.is_err() {
+            // Closes the connections now, so none holds a lock into a retry.
+            pool.close().await;
+        }
+        prepared
     }
 
     /// Uses an existing pool, for example one shared with the rest of an
@@ -497,6 +532,38 @@ async fn discard_failed_commit(conn: &mut sqlx::SqliteConnection, store: &str) {
     }
 }
 
+/// Makes the last commit of a rollback-journal database durable: fsyncs the
+/// database file, its journal if one exists, and (on Unix) their directory,
+/// which holds the removal of a `DELETE`-mode journal.
+fn sync_rollback_files(path: &Path) -> Result<()> {
+    let sync = |file: &Path| -> Result<bool> {
+        match std::fs::File::open(file) {
+            Ok(handle) => handle
+                .sync_all()
+                .map(|()| true)
+                .map_err(|e| PersistentError::io(file, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(PersistentError::io(file, e)),
+        }
+    };
+    if !sync(path)? {
+        // No file (an in-memory database): nothing can be made durable.
+        return Ok(());
+    }
+    let mut journal = path.as_os_str().to_owned();
+    journal.push("-journal");
+    sync(Path::new(&journal))?;
+    #[cfg(unix)]
+    {
+        let dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        sync(dir)?;
+    }
+    Ok(())
+}
+
 fn file_location(path: &Path) -> Location {
     Location::new(path.display().to_string())
 }
@@ -579,8 +646,13 @@ where
     /// completes, every committed transaction is durable. `FULL` waits (up to
     /// the busy timeout) for other connections' writes and old read snapshots
     /// to finish, so the checkpoint covers everything; if it still cannot
-    /// complete, the flush fails rather than claim durability. In rollback
-    /// journal modes each commit is already synced and the pragma is a no-op.
+    /// complete, the flush fails rather than claim durability.
+    ///
+    /// In a rollback journal mode a commit syncs the database file, but its
+    /// commit point (removing the journal in `DELETE` mode, truncating or
+    /// zeroing it in `TRUNCATE` and `PERSIST`) is synced only at `EXTRA` or
+    /// `FULL`: flush fsyncs the database file, the journal if there is one,
+    /// and their directory, so the last commit survives a power cut too.
     ///
     /// A checkpoint that cannot start because another connection (another
     /// process) is running one returns at once, without SQLite's busy
@@ -594,6 +666,19 @@ where
         let Some(conn) = writer.as_mut() else {
             return Err(PersistentError::Closed);
         };
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| self.error(e, Operation::Flush))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            // The writer stays locked, so no commit of this process runs
+            // during the syncs (another process's may: extra syncs never
+            // break SQLite's ordering of its own).
+            let path = self.inner.path.clone();
+            return tokio::task::spawn_blocking(move || sync_rollback_files(&path))
+                .await
+                .map_err(|e| PersistentError::Other(Box::new(e)))?;
+        }
         loop {
             let (busy, wal_frames, checkpointed): (i64, i64, i64) =
                 sqlx::query_as("PRAGMA wal_checkpoint(FULL)")

@@ -63,6 +63,19 @@ pub(crate) fn map_sqlx_error(
     }
 }
 
+/// Whether `err` says the database file was busy (`SQLITE_BUSY`, not a
+/// table locked within this process).
+pub(crate) fn is_busy(err: &PersistentError) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        if let Some(busy) = cause.downcast_ref::<Busy>() {
+            return !busy.locked;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Whether `err` is an I/O error of SQLite (`SQLITE_IOERR_*`) or of the driver.
 pub(crate) fn is_io_error(err: &sqlx::Error) -> bool {
     const SQLITE_IOERR: u32 = 10;

@@ -19,7 +19,7 @@ use persistent_map_reliability::child::{
     error_chain, error_kind, Backend, ChildArgs, Crash, Exit, Mode,
 };
 use persistent_map_reliability::stream::{op_at, Op};
-use persistent_map_sqlite::{SqliteBackend, Synchronous};
+use persistent_map_sqlite::{JournalMode, SqliteBackend, Synchronous};
 
 /// A writer that hands each buffer to one `writev` call on a duplicate of a
 /// standard stream: unbuffered, so a kill loses nothing printed, and not a
@@ -250,6 +250,11 @@ async fn run<B: Store>(args: &ChildArgs, backend: B, out: &mut Vectored) -> i32 
 }
 
 async fn open_and_run(args: &ChildArgs, out: &mut Vectored) -> i32 {
+    if args.gate {
+        out.line("ready");
+        // Blocks the runtime's only thread on purpose: nothing else runs yet.
+        let _ = std::io::stdin().read_line(&mut String::new());
+    }
     match args.backend {
         Backend::Csv => {
             let io = Arc::new(CrashIo {
@@ -272,6 +277,11 @@ async fn open_and_run(args: &ChildArgs, out: &mut Vectored) -> i32 {
                     Synchronous::Full
                 } else {
                     Synchronous::Normal
+                })
+                .journal_mode(if args.journal_delete {
+                    JournalMode::Delete
+                } else {
+                    JournalMode::Wal
                 })
                 .busy_timeout(Duration::from_millis(args.busy_ms))
                 .build()
