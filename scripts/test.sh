@@ -42,6 +42,18 @@ done
 # time. --all-features builds the facade with every backend, as docs.rs does.
 # --allow-dirty lets the script run before a commit; a release runs without it.
 step "cargo package (every crate meant for the registry, verified)"
+# Verification builds each package against the others through a temporary
+# local registry (target/package/tmp-registry), unpacked under
+# registry/src/-<hash>/. Cargo takes a registry crate of an unchanged version
+# for unchanged, so an earlier run's unpacked copies and compiled artifacts
+# would be used instead of this run's: remove them first.
+rm -rf target/package "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/persistent-map-*
+clean=()
+for package in persistent-map-core persistent-map-memory persistent-map-sqlite persistent-map-csv \
+    persistent-map-postgres persistent-map-redis persistent-map-conformance persistent-map; do
+    clean+=(-p "$package")
+done
+cargo clean --quiet "${clean[@]}"
 cargo package --workspace --all-features --allow-dirty \
     --exclude persistent-map-benches --exclude persistent-map-reliability \
     --exclude persistent-map-examples
