@@ -123,6 +123,7 @@ pub enum Command {
         /// The store URL.
         store: String,
         /// The key, as JSON or plain text.
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
 
@@ -134,8 +135,10 @@ pub enum Command {
         /// The store URL (created if missing).
         store: String,
         /// The key, as JSON or plain text.
+        #[arg(allow_hyphen_values = true)]
         key: String,
         /// The value, as JSON (a string needs its quotes: '"text"').
+        #[arg(allow_hyphen_values = true)]
         value: String,
     },
 
@@ -145,6 +148,7 @@ pub enum Command {
         /// The store URL.
         store: String,
         /// The key, as JSON or plain text.
+        #[arg(allow_hyphen_values = true)]
         key: String,
     },
 
