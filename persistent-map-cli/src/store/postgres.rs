@@ -13,7 +13,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use persistent_map_postgres::{PgConnectOptions, PgPool, PgPoolOptions, VALUE_MARKER};
 use serde_json::Value;
-use sqlx::Row;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
 
 use super::{parse_value, Batcher, Details, Order, Report, Sink, StoreName};
 use crate::entry::{show_key, Entry};
@@ -21,6 +22,7 @@ use crate::error::{CliError, Result};
 
 const META_TABLE: &str = "persistent_map_meta";
 const KEY_ESCAPE: char = '\u{1}';
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct PostgresSource {
@@ -45,12 +47,26 @@ impl PostgresSource {
         // The parse error may quote the URL, password included: not shown.
         let options = PgConnectOptions::from_str(url)
             .map_err(|_| CliError::Usage(format!("invalid PostgreSQL URL {shown}")))?;
+        // One direct connection first: a pool would retry a refused
+        // connection until its timeout and then report only the timeout.
+        let check =
+            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(CliError::read("connect to", &shown, e)),
+                Err(_) => {
+                    return Err(CliError::read(
+                        "connect to",
+                        &shown,
+                        format!("no connection within {CONNECT_TIMEOUT:?}"),
+                    ))
+                }
+            };
+        let _ = check.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await
-            .map_err(|e| CliError::read("connect to", &shown, e))?;
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
         Ok(Self {
             pool,
             schema: schema.to_owned(),
