@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use persistent_map_core::{async_trait, BatchOp};
+use futures::stream::{FuturesUnordered, StreamExt};
+use persistent_map_core::async_trait;
 use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::stdout_error;
@@ -16,6 +16,9 @@ use crate::store::{Flow, Order, Sink, Source, StoreName, Target};
 
 /// Batches read ahead of the writer.
 const READ_AHEAD: usize = 8;
+
+/// Batches written at once to a server.
+const WRITERS: usize = 2;
 
 /// Hands batches to the writer, summing the checksum of what it read.
 struct Reader {
@@ -58,6 +61,10 @@ struct Copied {
     checksum: String,
     verified: bool,
     seconds: f64,
+    /// Of which reading and writing.
+    copy_seconds: f64,
+    /// Of which reading the target back.
+    verify_seconds: f64,
 }
 
 pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u64) -> Result<()> {
@@ -93,26 +100,39 @@ pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u
         Ok::<_, CliError>(reader.checksum)
     });
     let capacity = usize::try_from(batch_size).unwrap_or(usize::MAX);
-    let mut batch: Vec<BatchOp<Value, Value>> = Vec::with_capacity(capacity.min(65_536));
+    // A server takes a few batches at once, each in a transaction of its own.
+    let in_flight = if target.concurrent() { WRITERS } else { 1 };
     let written = async {
-        while let Some(entries) = rx.recv().await {
-            for entry in entries {
-                batch.push(BatchOp::Put {
-                    key: Value::String(entry.key),
-                    value: entry.value,
-                });
-                if batch.len() >= capacity {
-                    target.apply(&batch).await?;
-                    bar.inc(batch.len() as u64);
-                    batch.clear();
-                }
+        let mut writes = FuturesUnordered::new();
+        let mut batch: Vec<Entry> = Vec::with_capacity(capacity.min(65_536));
+        let mut reading = true;
+        loop {
+            if !batch.is_empty()
+                && writes.len() < in_flight
+                && (batch.len() >= capacity || !reading)
+            {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(capacity.min(65_536)));
+                let n = full.len() as u64;
+                let target = &target;
+                writes.push(async move { target.insert_new(full).await.map(|()| n) });
+                continue;
+            }
+            if !reading && batch.is_empty() && writes.is_empty() {
+                break;
+            }
+            // Reading on while batches are written: both are polled here.
+            let can_read = reading && batch.len() < capacity;
+            tokio::select! {
+                received = rx.recv(), if can_read => match received {
+                    Some(entries) => batch.extend(entries),
+                    None => reading = false,
+                },
+                Some(done) = writes.next(), if !writes.is_empty() => bar.inc(done?),
+                else => break,
             }
         }
-        if !batch.is_empty() {
-            target.apply(&batch).await?;
-            bar.inc(batch.len() as u64);
-        }
-        target.flush().await
+        target.flush().await?;
+        target.announce_inserts().await
     }
     .await;
     if let Err(e) = written {
@@ -125,6 +145,7 @@ pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u
     target.close().await;
     bar.finish_and_clear();
 
+    let copy_seconds = started.elapsed().as_secs_f64();
     let check = out.progress(Some(read.entries), "verifying");
     let mut summer = Summer(Checksum::default());
     let copy = Source::open(&to).await?;
@@ -156,6 +177,8 @@ pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u
         checksum: read.hex(),
         verified: true,
         seconds: started.elapsed().as_secs_f64(),
+        copy_seconds,
+        verify_seconds: started.elapsed().as_secs_f64() - copy_seconds,
     };
     out.result(&copied, || {
         format!(

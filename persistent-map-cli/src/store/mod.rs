@@ -6,6 +6,7 @@
 //! cuts a torn CSV tail, and the backends' trait has no ordered, streaming
 //! read. The readers here never change a store.
 
+mod bulk;
 mod csv;
 mod name;
 mod postgres;

@@ -12,6 +12,7 @@ use persistent_map_sqlite::SqliteBackend;
 use serde_json::Value;
 
 use super::StoreName;
+use crate::entry::Entry;
 use crate::error::{CliError, Result};
 
 /// The JSON view of a backend.
@@ -105,6 +106,37 @@ impl Target {
             .apply_batch(batch)
             .await
             .map_err(self.fail("write to"))
+    }
+
+    /// Inserts entries whose keys the store does not hold (for `copy` into
+    /// an empty store), in one transaction. PostgreSQL takes them with
+    /// `COPY`; the other backends through their atomic batches.
+    pub async fn insert_new(&self, entries: Vec<Entry>) -> Result<()> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return super::bulk::copy_in(pg, &self.shown, &entries).await;
+        }
+        let batch: Vec<BatchOp<Value, Value>> = entries
+            .into_iter()
+            .map(|e| BatchOp::Put {
+                key: Value::String(e.key),
+                value: e.value,
+            })
+            .collect();
+        self.apply(&batch).await
+    }
+
+    /// After [`insert_new`](Self::insert_new): tells other instances to
+    /// reload what was written around the backend.
+    pub async fn announce_inserts(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Postgres(pg) => super::bulk::announce(pg, &self.shown).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether writes of several batches at once go faster (a server).
+    pub fn concurrent(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_) | Backend::Redis(_))
     }
 
     pub async fn clear(&self) -> Result<()> {

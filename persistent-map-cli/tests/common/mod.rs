@@ -93,6 +93,11 @@ pub fn url_or_skip(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// Prints a line past the test harness's output capture.
+pub fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
 /// A name no other test (or run) uses.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}_{:016x}", fastrand::u64(..))
@@ -125,6 +130,7 @@ pub const AWKWARD: &[(&str, &str)] = &[
     ("=SUM(A1)", r#""=HYPERLINK(\"x\")""#),
     ("empty", r#""""#),
     ("big", "18446744073709551615"),
+    ("nul", r#""a\u0000b""#),
 ];
 
 /// Runs a blocking future of set-up code on a runtime of its own.
