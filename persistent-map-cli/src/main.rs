@@ -13,6 +13,9 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 use crate::cli::Cli;
 use crate::error::CliError;
@@ -24,11 +27,19 @@ fn main() -> ExitCode {
         json: cli.json,
         quiet: cli.quiet,
     };
-    // Backends log what they repair or doubt (a torn CSV tail, an unsafe pragma).
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
-        .with_target(false)
+    // Backends log what they repair or doubt (a torn CSV tail, an unsafe
+    // pragma); drivers' own notes (sqlx's slow statements) are left out.
+    let only_ours = tracing_subscriber::filter::Targets::new().with_target(
+        "persistent_map",
+        tracing_subscriber::filter::LevelFilter::WARN,
+    );
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_filter(only_ours),
+        )
         .try_init();
     let result = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

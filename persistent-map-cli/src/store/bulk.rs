@@ -9,31 +9,45 @@
 
 use persistent_map_postgres::{PostgresBackend, Watch};
 
-use super::postgres::{store_key, store_value};
+use super::postgres::{needs_wrapping, store_key, store_value};
 use crate::entry::Entry;
 use crate::error::{CliError, Result};
 
 /// Appends `text` in COPY's text format (backslash, tab, newline and
 /// carriage return escaped).
-fn escape(out: &mut Vec<u8>, text: &str) {
-    for &b in text.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
+fn escape(out: &mut Vec<u8>, text: &[u8]) {
+    let mut rest = text;
+    while let Some(i) = rest
+        .iter()
+        .position(|&b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r'))
+    {
+        out.extend_from_slice(&rest[..i]);
+        out.extend_from_slice(match rest[i] {
+            b'\\' => b"\\\\",
+            b'\t' => b"\\t",
+            b'\n' => b"\\n",
+            _ => b"\\r",
+        });
+        rest = &rest[i + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
 /// Inserts `entries` (whose keys are not in the table) in one transaction.
 pub async fn copy_in(backend: &PostgresBackend, shown: &str, entries: &[Entry]) -> Result<()> {
     let mut rows = Vec::with_capacity(entries.len() * 128);
+    let mut json = Vec::with_capacity(256);
     for entry in entries {
-        escape(&mut rows, &store_key(&entry.key));
+        escape(&mut rows, store_key(&entry.key).as_bytes());
         rows.push(b'\t');
-        escape(&mut rows, &store_value(entry.value.to_string()));
+        json.clear();
+        // Writing a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut json, &entry.value);
+        match std::str::from_utf8(&json) {
+            Ok(text) if !needs_wrapping(text) => escape(&mut rows, &json),
+            Ok(text) => escape(&mut rows, store_value(text.to_owned()).as_bytes()),
+            Err(_) => escape(&mut rows, &json),
+        }
         rows.push(b'\n');
     }
     let fail = |e: sqlx::Error| CliError::read("write to", shown, e);

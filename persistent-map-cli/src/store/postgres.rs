@@ -307,6 +307,10 @@ fn unwrap(stored: &str, mut value: Value) -> std::result::Result<Entry, String> 
 
 /// A field of COPY's text format, escapes undone.
 fn copy_unescape(field: &[u8]) -> String {
+    if !field.contains(&b'\\') {
+        return String::from_utf8(field.to_vec())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    }
     let mut out = Vec::with_capacity(field.len());
     let mut bytes = field.iter();
     while let Some(&b) = bytes.next() {
@@ -325,12 +329,18 @@ fn copy_unescape(field: &[u8]) -> String {
             None => {}
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Whether JSONB cannot hold this JSON as it is (or would read it back as
+/// a wrapped value).
+pub fn needs_wrapping(json: &str) -> bool {
+    json.contains("\\u0000") || json.starts_with("{\"persistent_map:json\":")
 }
 
 /// The stored form of a value's JSON text.
 pub fn store_value(json: String) -> String {
-    if !json.contains("\\u0000") && !json.starts_with("{\"persistent_map:json\":") {
+    if !needs_wrapping(&json) {
         return json;
     }
     let mut wrapper = serde_json::Map::with_capacity(1);
