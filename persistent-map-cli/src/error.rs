@@ -20,8 +20,9 @@ pub enum CliError {
         action: &'static str,
         /// The store, password redacted.
         store: String,
+        /// Boxed: the error is large, and every result carries its size.
         #[source]
-        source: PersistentError,
+        source: Box<PersistentError>,
     },
 
     /// Reading a store directly (SQL, Redis commands, the CSV file) failed.
@@ -101,7 +102,7 @@ impl CliError {
         CliError::Backend {
             action,
             store: store.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 

@@ -238,10 +238,7 @@ impl CsvSource {
             .flexible(true)
             .create_reader(file);
         let mut record = ByteRecord::new();
-        let mut pending: Option<(
-            u64,
-            std::result::Result<(String, Value), (Option<String>, String)>,
-        )> = None;
+        let mut pending: Option<(u64, Legacy)> = None;
         while reader
             .read_byte_record(&mut record)
             .await
@@ -267,11 +264,7 @@ impl CsvSource {
         Ok(())
     }
 
-    fn legacy(
-        &mut self,
-        line: u64,
-        done: std::result::Result<(String, Value), (Option<String>, String)>,
-    ) {
+    fn legacy(&mut self, line: u64, done: Legacy) {
         match done {
             Ok((key, value)) => self.apply(Change::Put(key, value)),
             Err((key, reason)) => self.bad(line, key.as_deref(), reason),
@@ -443,11 +436,12 @@ fn parse_record(record: &ByteRecord) -> std::result::Result<Parsed, (Option<Stri
     }
 }
 
+/// A decoded 0.1.x record, or its key (when readable) and what is wrong.
+type Legacy = std::result::Result<(String, Value), (Option<String>, String)>;
+
 /// A 0.1.x record: the key's text, then the value's fields as csv's serde
 /// support wrote them.
-fn legacy_entry(
-    record: &ByteRecord,
-) -> std::result::Result<(String, Value), (Option<String>, String)> {
+fn legacy_entry(record: &ByteRecord) -> Legacy {
     let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(str::to_owned);
     let key = text(record.get(0).unwrap_or_default())
         .map_err(|_| (None, String::from("the key is not valid UTF-8")))?;

@@ -184,11 +184,14 @@ fn unreachable_param(name: &str) -> Result<(), CliError> {
     )))
 }
 
+/// A connection URL, its shown (redacted) form, and the store's parameters.
+type ServerUrl = (String, String, Vec<(String, String)>);
+
 /// Parses a server URL, takes out the store's own parameters (`table` and
 /// `schema`, `prefix` and `name`) and returns the connection URL, the shown
 /// (redacted) URL and those parameters. Other parameters (`sslmode`, ...)
 /// stay in the connection URL.
-fn server_url(text: &str) -> Result<(String, String, Vec<(String, String)>), CliError> {
+fn server_url(text: &str) -> Result<ServerUrl, CliError> {
     let mut url = url::Url::parse(text)
         .map_err(|e| CliError::Usage(format!("invalid store URL {:?}: {e}", redact(text))))?;
     const OURS: [&str; 4] = ["table", "schema", "prefix", "name"];

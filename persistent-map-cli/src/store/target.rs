@@ -20,7 +20,8 @@ type Json = dyn StorageBackend<Value, Value> + Send + Sync;
 
 enum Backend {
     Sqlite(SqliteBackend),
-    Csv(CsvBackend),
+    /// Boxed: a CSV backend holds its options and state inline.
+    Csv(Box<CsvBackend>),
     Postgres(PostgresBackend),
     Redis(RedisBackend),
 }
@@ -51,7 +52,7 @@ impl Target {
                     .await
                     .map_err(fail)?,
             ),
-            StoreName::Csv { path } => Backend::Csv(CsvBackend::new(path)),
+            StoreName::Csv { path } => Backend::Csv(Box::new(CsvBackend::new(path))),
             StoreName::Postgres {
                 url, schema, table, ..
             } => Backend::Postgres(
@@ -79,7 +80,7 @@ impl Target {
     fn json(&self) -> &Json {
         match &self.backend {
             Backend::Sqlite(b) => b,
-            Backend::Csv(b) => b,
+            Backend::Csv(b) => b.as_ref(),
             Backend::Postgres(b) => b,
             Backend::Redis(b) => b,
         }
