@@ -28,7 +28,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 
 step "each crate on its own"
 for package in persistent-map-core persistent-map-memory persistent-map-sqlite \
-    persistent-map-csv persistent-map-postgres persistent-map-redis persistent-map-conformance; do
+    persistent-map-csv persistent-map-postgres persistent-map-redis persistent-map-conformance \
+    persistent-map-cli; do
     cargo check --quiet -p "$package"
 done
 cargo check --quiet -p persistent-map --no-default-features

@@ -1,0 +1,171 @@
+//! Entries as the tool handles them, without the application's types: the
+//! key as its stored text, the value as JSON. Also how keys given on the
+//! command line are read, the JSON Lines form of `dump`, and the checksum
+//! `copy` compares.
+
+use persistent_map_core::codec::key_to_text;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One entry: the key's stored text (string keys as themselves, other keys
+/// as JSON, as `persistent_map_core::codec::key_to_text` writes them) and the
+/// value as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Value,
+}
+
+/// A line of `dump` output and `load` input.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Line {
+    pub key: Value,
+    pub value: Value,
+}
+
+impl Entry {
+    /// Appends the entry as one JSON Lines record, `{"key":…,"value":…}\n`.
+    ///
+    /// A stored key text is always dumped as a JSON string: read without
+    /// the application's key type, `42` is the text `"42"`. Loading it
+    /// stores the same text again, so a dump, load, dump round trip is
+    /// byte-identical.
+    pub fn write_line(&self, out: &mut Vec<u8>) {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            key: &'a str,
+            value: &'a Value,
+        }
+        // Serializing a str and a Value into a Vec cannot fail.
+        let _ = serde_json::to_writer(
+            &mut *out,
+            &Borrowed {
+                key: &self.key,
+                value: &self.value,
+            },
+        );
+        out.push(b'\n');
+    }
+}
+
+/// The stored text of a key given as JSON: a JSON string is stored as its
+/// text, anything else as its compact JSON.
+pub fn key_text(key: &Value) -> String {
+    // A serde_json::Value always serializes.
+    key_to_text(key).unwrap_or_default()
+}
+
+/// A key given on the command line: JSON (`"alice"`, `42`, `{"id":7}`) or,
+/// when it is not JSON, plain text (`alice`).
+pub fn key_from_arg(arg: &str) -> Value {
+    serde_json::from_str(arg).unwrap_or_else(|_| Value::String(arg.to_owned()))
+}
+
+/// A key text shown in messages: as a JSON string, cut to a readable length.
+pub fn show_key(key: &str) -> String {
+    persistent_map_core::render_key(key)
+}
+
+/// An order-independent checksum over encoded entries: the entry count, and
+/// the wrapping sum and the xor of a 64-bit FNV-1a hash of each entry's key
+/// text and compact value JSON. Stores that list their entries in different
+/// orders give the same checksum for the same entries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checksum {
+    pub entries: u64,
+    sum: u64,
+    xor: u64,
+}
+
+impl Checksum {
+    pub fn add(&mut self, entry: &Entry) {
+        let mut hash = Fnv::new();
+        hash.bytes(entry.key.as_bytes());
+        hash.bytes(&[0xff]);
+        // Writing into the hasher cannot fail.
+        let _ = serde_json::to_writer(&mut hash, &entry.value);
+        let h = hash.0;
+        self.entries += 1;
+        self.sum = self.sum.wrapping_add(h);
+        self.xor ^= h;
+    }
+
+    /// The checksum as 32 hex digits.
+    pub fn hex(&self) -> String {
+        format!("{:016x}{:016x}", self.sum, self.xor)
+    }
+}
+
+/// FNV-1a, 64 bits: stable across processes and releases.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn bytes(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+impl std::io::Write for Fnv {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_from_the_command_line() {
+        assert_eq!(key_text(&key_from_arg("alice")), "alice");
+        assert_eq!(key_text(&key_from_arg("\"alice\"")), "alice");
+        assert_eq!(key_text(&key_from_arg("42")), "42");
+        assert_eq!(key_text(&key_from_arg("{\"id\": 7}")), "{\"id\":7}");
+        assert_eq!(key_text(&key_from_arg("not json {")), "not json {");
+    }
+
+    #[test]
+    fn lines_and_checksums() {
+        let entry = Entry {
+            key: "42".into(),
+            value: json!({"b": 1, "a": [true, null]}),
+        };
+        let mut out = Vec::new();
+        entry.write_line(&mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "{\"key\":\"42\",\"value\":{\"a\":[true,null],\"b\":1}}\n"
+        );
+        let other = Entry {
+            key: "x".into(),
+            value: json!(1),
+        };
+        let (mut one, mut two) = (Checksum::default(), Checksum::default());
+        one.add(&entry);
+        one.add(&other);
+        two.add(&other);
+        two.add(&entry);
+        assert_eq!(one, two);
+        let mut three = Checksum::default();
+        three.add(&entry);
+        three.add(&Entry {
+            key: "x".into(),
+            value: json!(2),
+        });
+        assert_ne!(one.hex(), three.hex());
+    }
+}

@@ -1,0 +1,429 @@
+//! Reading a PostgreSQL store read-only, with SQL: streaming scans (in
+//! byte order of the key with `COLLATE "C"`), and a check of every row.
+//!
+//! Keys and values are stored as persistent-map-postgres stores them: the
+//! key text, except that a text holding U+0000 or starting with U+0001 is
+//! escaped behind U+0001; the value as JSONB, except that JSON JSONB cannot
+//! hold is wrapped as `{"persistent_map:json": "<json text>"}`. Both are
+//! undone here as that crate does.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use futures::TryStreamExt;
+use persistent_map_postgres::{PgConnectOptions, PgPool, PgPoolOptions, VALUE_MARKER};
+use serde_json::Value;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
+
+use super::{parse_value, Batcher, Details, Order, Report, Sink, StoreName};
+use crate::entry::{show_key, Entry};
+use crate::error::{CliError, Result};
+
+const META_TABLE: &str = "persistent_map_meta";
+const KEY_ESCAPE: char = '\u{1}';
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub struct PostgresSource {
+    pool: PgPool,
+    schema: String,
+    table: String,
+    /// `"schema"."table"`.
+    qualified: String,
+    shown: String,
+}
+
+impl PostgresSource {
+    pub async fn open(name: &StoreName, url: &str, schema: &str, table: &str) -> Result<Self> {
+        let shown = name.to_string();
+        for (what, ident) in [("schema", schema), ("table", table)] {
+            if !super::sqlite::is_identifier(ident) {
+                return Err(CliError::Usage(format!(
+                    "invalid {what} name {ident:?}: use ASCII letters, digits and '_', not starting with a digit"
+                )));
+            }
+        }
+        // The parse error may quote the URL, password included: not shown.
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|_| CliError::Usage(format!("invalid PostgreSQL URL {shown}")))?;
+        // One direct connection first: a pool would retry a refused
+        // connection until its timeout and then report only the timeout.
+        let check =
+            match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options)).await
+            {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => return Err(CliError::read("connect to", &shown, e)),
+                Err(_) => {
+                    return Err(CliError::read(
+                        "connect to",
+                        &shown,
+                        format!("no connection within {CONNECT_TIMEOUT:?}"),
+                    ))
+                }
+            };
+        let _ = check.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options);
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+            qualified: format!("\"{schema}\".\"{table}\""),
+            shown,
+        })
+    }
+
+    fn fail(&self, action: &'static str) -> impl Fn(sqlx::Error) -> CliError + '_ {
+        move |e| CliError::read(action, &self.shown, e)
+    }
+
+    async fn relation_exists(&self, qualified: &str) -> Result<bool> {
+        let found: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text")
+            .bind(qualified)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.fail("read"))?;
+        Ok(found.is_some())
+    }
+
+    async fn table_exists(&self) -> Result<bool> {
+        self.relation_exists(&self.qualified).await
+    }
+
+    pub async fn count(&self) -> Result<u64> {
+        if !self.table_exists().await? {
+            return Ok(0);
+        }
+        let count: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {}", self.qualified))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.fail("count the entries of"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Streams the table. In key order (byte order, `COLLATE "C"`), row by
+    /// row from one sorted query; in any order, with `COPY ... TO STDOUT`,
+    /// which costs far less per row.
+    pub async fn scan(&self, order: Order, sink: &mut dyn Sink) -> Result<()> {
+        if !self.table_exists().await? {
+            return Ok(());
+        }
+        if order == Order::Any {
+            return self.scan_chunks(sink).await;
+        }
+        let sql = format!(
+            "SELECT key, value::text FROM {} ORDER BY key COLLATE \"C\"",
+            self.qualified
+        );
+        let mut rows = sqlx::query(&sql).fetch(&self.pool);
+        let mut batcher = Batcher::new(sink);
+        while let Some(row) = rows.try_next().await.map_err(self.fail("read"))? {
+            let stored: String = row.try_get(0).map_err(self.fail("read"))?;
+            let printed: String = row.try_get(1).map_err(self.fail("read"))?;
+            let entry = decode(&stored, printed).map_err(|reason| self.bad(&stored, reason))?;
+            batcher.push(entry).await?;
+            if batcher.done() {
+                break;
+            }
+        }
+        batcher.finish().await
+    }
+
+    fn bad(&self, stored: &str, reason: String) -> CliError {
+        CliError::BadRecord {
+            store: self.shown.clone(),
+            location: format!("key {}", show_key(stored)),
+            reason,
+        }
+    }
+
+    /// The whole table through `COPY ... TO STDOUT`, PostgreSQL's cheapest
+    /// way out, parsed line by line as it streams.
+    async fn scan_chunks(&self, sink: &mut dyn Sink) -> Result<()> {
+        let mut conn = self.pool.acquire().await.map_err(self.fail("read"))?;
+        let sql = format!("COPY (SELECT key, value FROM {}) TO STDOUT", self.qualified);
+        let mut stream = conn.copy_out_raw(&sql).await.map_err(self.fail("read"))?;
+        let mut batcher = Batcher::new(sink);
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(bytes) = stream.try_next().await.map_err(self.fail("read"))? {
+            pending.extend_from_slice(&bytes);
+            let Some(end) = pending.iter().rposition(|&b| b == b'\n') else {
+                continue;
+            };
+            for line in pending[..end].split(|&b| b == b'\n') {
+                let entry = self.copy_line(line)?;
+                batcher.push(entry).await?;
+            }
+            pending.drain(..=end);
+            if batcher.done() {
+                return batcher.finish().await;
+            }
+        }
+        batcher.finish().await
+    }
+
+    /// One `key<TAB>value` line of COPY's text format.
+    fn copy_line(&self, line: &[u8]) -> Result<Entry> {
+        let broken = || CliError::read("read", &self.shown, "a COPY line without two fields");
+        let tab = line.iter().position(|&b| b == b'\t').ok_or_else(broken)?;
+        let stored = copy_unescape(&line[..tab]);
+        let printed = copy_unescape(&line[tab + 1..]);
+        decode(&stored, printed).map_err(|reason| self.bad(&stored, reason))
+    }
+
+    pub async fn lookup(&self, key: &str) -> Result<Option<Value>> {
+        if !self.table_exists().await? {
+            return Ok(None);
+        }
+        let stored = store_key(key);
+        let printed: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT value::text FROM {} WHERE key = $1",
+            self.qualified
+        ))
+        .bind(&stored)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.fail("read"))?;
+        match printed {
+            None => Ok(None),
+            Some(printed) => decode(&stored, printed)
+                .map(|e| Some(e.value))
+                .map_err(|reason| CliError::BadRecord {
+                    store: self.shown.clone(),
+                    location: format!("key {}", show_key(key)),
+                    reason,
+                }),
+        }
+    }
+
+    async fn format_version(&self) -> Result<Option<i32>> {
+        let meta = format!("\"{}\".{META_TABLE}", self.schema);
+        if !self.relation_exists(&meta).await? {
+            return Ok(None);
+        }
+        sqlx::query_scalar(&format!(
+            "SELECT format_version FROM {meta} WHERE table_name = $1"
+        ))
+        .bind(&self.table)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.fail("read"))
+    }
+
+    pub async fn details(&self) -> Result<Details> {
+        let exists = self.table_exists().await?;
+        let size: Option<i64> = if exists {
+            sqlx::query_scalar("SELECT pg_total_relation_size($1::regclass)")
+                .bind(&self.qualified)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(self.fail("read"))?
+        } else {
+            None
+        };
+        Ok(Details {
+            exists,
+            format_version: self.format_version().await?.map(|v| v.to_string()),
+            size_bytes: size.and_then(|s| u64::try_from(s).ok()),
+            size_note: String::from(
+                "the table with its index and TOAST data (pg_total_relation_size)",
+            ),
+            csv: None,
+        })
+    }
+
+    pub async fn verify(&self) -> Result<Report> {
+        let mut report = Report::default();
+        if !self.table_exists().await? {
+            report.problem(format!("table {}", self.qualified), "no such table");
+            return Ok(report);
+        }
+        let columns: Vec<(String, String)> = sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2",
+        )
+        .bind(&self.schema)
+        .bind(&self.table)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail("read"))?;
+        let has = |n: &str, t: &str| columns.iter().any(|(c, ty)| c == n && ty == t);
+        if !(has("key", "text") && has("value", "jsonb") && columns.len() == 2) {
+            report.problem(
+                format!("table {}", self.qualified),
+                "not a persistent-map table (expected key TEXT PRIMARY KEY, value JSONB NOT NULL)",
+            );
+            return Ok(report);
+        }
+        match self.format_version().await? {
+            None => report.problem(META_TABLE, "no format version recorded for this table"),
+            Some(v) if v > persistent_map_postgres::FORMAT_VERSION as i32 => report.problem(
+                META_TABLE,
+                format!(
+                    "format version {v} is newer than this tool reads ({})",
+                    persistent_map_postgres::FORMAT_VERSION
+                ),
+            ),
+            Some(_) => {}
+        }
+        let sql = format!("SELECT key, value::text FROM {}", self.qualified);
+        let mut rows = sqlx::query(&sql).fetch(&self.pool);
+        while let Some(row) = rows.try_next().await.map_err(self.fail("read"))? {
+            report.checked += 1;
+            let stored: Option<String> = row.try_get(0).map_err(self.fail("read"))?;
+            let printed: Option<String> = row.try_get(1).map_err(self.fail("read"))?;
+            let (Some(stored), Some(printed)) = (stored, printed) else {
+                report.problem("a row", "NULL key or value");
+                continue;
+            };
+            if let Err(reason) = decode(&stored, printed) {
+                report.problem(format!("key {}", show_key(&stored)), reason);
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// A row's entry, as persistent-map-postgres reads it.
+fn decode(stored: &str, printed: String) -> std::result::Result<Entry, String> {
+    unwrap(stored, parse_value(&printed)?)
+}
+
+/// The entry of a stored key and its JSONB value, escapes undone.
+fn unwrap(stored: &str, mut value: Value) -> std::result::Result<Entry, String> {
+    let key = load_key(stored).ok_or("the key's U+0001 escape is damaged")?;
+    if let Value::Object(object) = &value {
+        if object.len() == 1 {
+            if let Some(Value::String(inner)) = object.get(VALUE_MARKER) {
+                value = parse_value(inner)?;
+            }
+        }
+    }
+    Ok(Entry { key, value })
+}
+
+/// A field of COPY's text format, escapes undone.
+fn copy_unescape(field: &[u8]) -> String {
+    if !field.contains(&b'\\') {
+        return String::from_utf8(field.to_vec())
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    }
+    let mut out = Vec::with_capacity(field.len());
+    let mut bytes = field.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
+            continue;
+        }
+        match bytes.next() {
+            Some(b'n') => out.push(b'\n'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'b') => out.push(8),
+            Some(b'f') => out.push(12),
+            Some(b'v') => out.push(11),
+            Some(&other) => out.push(other),
+            None => {}
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// Whether JSONB cannot hold this JSON as it is (or would read it back as
+/// a wrapped value).
+pub fn needs_wrapping(json: &str) -> bool {
+    json.contains("\\u0000") || json.starts_with("{\"persistent_map:json\":")
+}
+
+/// The stored form of a value's JSON text.
+pub fn store_value(json: String) -> String {
+    if !needs_wrapping(&json) {
+        return json;
+    }
+    let mut wrapper = serde_json::Map::with_capacity(1);
+    wrapper.insert(VALUE_MARKER.to_owned(), Value::String(json));
+    Value::Object(wrapper).to_string()
+}
+
+/// The stored form of a key text.
+pub fn store_key(text: &str) -> String {
+    if !text.contains('\0') && !text.starts_with(KEY_ESCAPE) {
+        return text.to_owned();
+    }
+    let mut out = String::from(KEY_ESCAPE);
+    for c in text.chars() {
+        match c {
+            KEY_ESCAPE => out.push_str("\u{1}1"),
+            '\0' => out.push_str("\u{1}0"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The key text of a stored key, or `None` when its escape is damaged.
+fn load_key(stored: &str) -> Option<String> {
+    let Some(body) = stored.strip_prefix(KEY_ESCAPE) else {
+        return Some(stored.to_owned());
+    };
+    let mut out = String::with_capacity(body.len());
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        if c == KEY_ESCAPE {
+            match chars.next() {
+                Some('1') => out.push(KEY_ESCAPE),
+                Some('0') => out.push('\0'),
+                _ => return None,
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_keys_round_trip() {
+        for text in ["plain", "", "\u{0}nul", "\u{1}soh", "a\u{1}b\u{0}c"] {
+            assert_eq!(load_key(&store_key(text)).as_deref(), Some(text));
+        }
+        assert_eq!(load_key("\u{1}\u{1}x"), None);
+    }
+
+    #[test]
+    fn values_jsonb_cannot_hold_are_wrapped() {
+        let nul = serde_json::to_string("a\u{0}b").expect("json");
+        let stored = store_value(nul.clone());
+        let printed = stored.replacen("json\":", "json\": ", 1);
+        assert_eq!(
+            decode("k", printed).expect("decodes").value,
+            Value::String("a\u{0}b".into())
+        );
+        assert_eq!(store_value("{\"a\":1}".into()), "{\"a\":1}");
+    }
+
+    #[test]
+    fn copy_fields_are_unescaped() {
+        assert_eq!(copy_unescape(br"a\tb\\c\nd"), "a\tb\\c\nd");
+        assert_eq!(
+            copy_unescape("{\"k\": \"Zürich\"}".as_bytes()),
+            "{\"k\": \"Zürich\"}"
+        );
+    }
+
+    #[test]
+    fn wrapped_values_are_unwrapped() {
+        let entry =
+            decode("k", r#"{"persistent_map:json": "\"a\\u0000b\""}"#.into()).expect("decodes");
+        assert_eq!(entry.value, Value::String("a\u{0}b".into()));
+        let entry = decode("k", r#"{"a": 1}"#.into()).expect("decodes");
+        assert_eq!(entry.value, serde_json::json!({"a": 1}));
+    }
+}

@@ -1,0 +1,179 @@
+//! Stores opened for writing, through the persistent-map backend crates,
+//! with keys and values as JSON: each backend is a
+//! `StorageBackend<serde_json::Value, serde_json::Value>`, so the tool
+//! writes exactly what an application's map would (a string key as its
+//! text, any other key as JSON; the value as JSON).
+
+use persistent_map_core::{BatchOp, PersistentError, RemoteChanges, StorageBackend};
+use persistent_map_csv::CsvBackend;
+use persistent_map_postgres::PostgresBackend;
+use persistent_map_redis::RedisBackend;
+use persistent_map_sqlite::SqliteBackend;
+use serde_json::Value;
+
+use super::StoreName;
+use crate::entry::Entry;
+use crate::error::{CliError, Result};
+
+/// The JSON view of a backend.
+type Json = dyn StorageBackend<Value, Value> + Send + Sync;
+
+enum Backend {
+    Sqlite(SqliteBackend),
+    /// Boxed: a CSV backend holds its options and state inline.
+    Csv(Box<CsvBackend>),
+    Postgres(PostgresBackend),
+    Redis(RedisBackend),
+}
+
+/// A store opened through its backend; created when missing.
+pub struct Target {
+    backend: Backend,
+    shown: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("store", &self.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    pub async fn open(name: &StoreName) -> Result<Self> {
+        let shown = name.to_string();
+        let fail = |e: PersistentError| CliError::backend("open", &shown, e);
+        let backend = match name {
+            StoreName::Sqlite { path, table } => Backend::Sqlite(
+                SqliteBackend::builder(path)
+                    .table(table)
+                    .build()
+                    .await
+                    .map_err(fail)?,
+            ),
+            StoreName::Csv { path } => Backend::Csv(Box::new(CsvBackend::new(path))),
+            StoreName::Postgres {
+                url, schema, table, ..
+            } => Backend::Postgres(
+                PostgresBackend::builder(url.as_str())
+                    .schema(schema)
+                    .table(table)
+                    .build()
+                    .await
+                    .map_err(fail)?,
+            ),
+            StoreName::Redis {
+                url, prefix, name, ..
+            } => Backend::Redis(
+                RedisBackend::builder(url.as_str())
+                    .prefix(prefix)
+                    .name(name)
+                    .build()
+                    .await
+                    .map_err(fail)?,
+            ),
+        };
+        Ok(Self { backend, shown })
+    }
+
+    fn json(&self) -> &Json {
+        match &self.backend {
+            Backend::Sqlite(b) => b,
+            Backend::Csv(b) => b.as_ref(),
+            Backend::Postgres(b) => b,
+            Backend::Redis(b) => b,
+        }
+    }
+
+    fn fail(&self, action: &'static str) -> impl Fn(PersistentError) -> CliError + '_ {
+        move |e| CliError::backend(action, &self.shown, e)
+    }
+
+    pub async fn len(&self) -> Result<usize> {
+        self.json().len().await.map_err(self.fail("read"))
+    }
+
+    pub async fn contains(&self, key: &Value) -> Result<bool> {
+        self.json()
+            .contains_key(key)
+            .await
+            .map_err(self.fail("read"))
+    }
+
+    /// Applies a batch: all of it or none of it on every bundled backend.
+    pub async fn apply(&self, batch: &[BatchOp<Value, Value>]) -> Result<()> {
+        self.json()
+            .apply_batch(batch)
+            .await
+            .map_err(self.fail("write to"))
+    }
+
+    /// Inserts entries whose keys the store does not hold (for `copy` into
+    /// an empty store), in one transaction. PostgreSQL takes them with
+    /// `COPY`; the other backends through their atomic batches.
+    pub async fn insert_new(&self, entries: Vec<Entry>) -> Result<()> {
+        if let Backend::Postgres(pg) = &self.backend {
+            return super::bulk::copy_in(pg, &self.shown, &entries).await;
+        }
+        let batch: Vec<BatchOp<Value, Value>> = entries
+            .into_iter()
+            .map(|e| BatchOp::Put {
+                key: Value::String(e.key),
+                value: e.value,
+            })
+            .collect();
+        self.apply(&batch).await
+    }
+
+    /// After [`insert_new`](Self::insert_new): tells other instances to
+    /// reload what was written around the backend.
+    pub async fn announce_inserts(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Postgres(pg) => super::bulk::announce(pg, &self.shown).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether writes of several batches at once go faster (a server).
+    pub fn concurrent(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_) | Backend::Redis(_))
+    }
+
+    pub async fn clear(&self) -> Result<()> {
+        self.json().clear().await.map_err(self.fail("clear"))
+    }
+
+    /// Makes every write durable (fsync, checkpoint, or the server's equivalent).
+    pub async fn flush(&self) -> Result<()> {
+        self.json().flush().await.map_err(self.fail("flush"))
+    }
+
+    /// Rewrites a CSV log with its live entries only.
+    pub async fn compact(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Csv(csv) => csv.compact().await.map_err(self.fail("compact")),
+            _ => Err(CliError::Unsupported {
+                command: "compact",
+                store: self.shown.clone(),
+                why: "only CSV logs need compacting (SQLite: VACUUM; PostgreSQL: VACUUM; Redis: nothing to do)",
+            }),
+        }
+    }
+
+    /// The feed of changes other instances make (PostgreSQL and Redis).
+    pub async fn watch(&self) -> Result<Option<RemoteChanges<Value>>> {
+        self.json().watch().await.map_err(self.fail("watch"))
+    }
+
+    pub async fn load_keys(&self, keys: &[Value]) -> Result<Vec<(Value, Option<Value>)>> {
+        self.json().load_keys(keys).await.map_err(self.fail("read"))
+    }
+
+    /// Closes a SQLite pool cleanly (the others close on drop).
+    pub async fn close(self) {
+        if let Backend::Sqlite(sqlite) = &self.backend {
+            sqlite.close().await;
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! What the command's tests share: running the built binary, and the
+//! server URLs from the environment with the workspace's skip/require rule.
+
+#![allow(dead_code)]
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+/// Set to `1` (by `scripts/test.sh`) to fail, not skip, when no server is configured.
+pub const REQUIRE_VAR: &str = "PERSISTENT_MAP_REQUIRE_SERVERS";
+
+/// What a run of the command did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Self {
+        Self {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts exit code 0 and returns stdout.
+    #[track_caller]
+    pub fn ok(self) -> String {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self.stdout
+    }
+
+    /// Asserts the exit code and returns the run.
+    #[track_caller]
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(self.code, code, "expected exit code {code}: {self:#?}");
+        self
+    }
+
+    /// Both streams, to search for text.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_persistent-map")
+}
+
+/// Runs the command in `dir` with `args`.
+pub fn run_in(dir: &Path, args: &[&str]) -> Run {
+    let output = Command::new(binary())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs");
+    Run::from(output)
+}
+
+/// Runs the command in the current directory.
+pub fn run(args: &[&str]) -> Run {
+    run_in(Path::new("."), args)
+}
+
+fn required() -> bool {
+    std::env::var(REQUIRE_VAR).is_ok_and(|v| v == "1")
+}
+
+/// The server URL in `var`, or `None` after printing a visible skip.
+///
+/// # Panics
+///
+/// When it is unset and `PERSISTENT_MAP_REQUIRE_SERVERS=1`.
+pub fn url_or_skip(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                !required(),
+                "{var} is not set but {REQUIRE_VAR}=1: run the tests through scripts/test-servers.sh"
+            );
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIP: {test}: {var} is not set (run scripts/test-servers.sh cargo test)"
+            );
+            None
+        }
+    }
+}
+
+/// Prints a line past the test harness's output capture.
+pub fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// A name no other test (or run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", fastrand::u64(..))
+}
+
+/// A store URL of a file in `dir`.
+pub fn file_url(scheme: &str, dir: &Path, name: &str) -> String {
+    format!("{scheme}:{}", dir.join(name).display())
+}
+
+/// Writes entries through `set`, one process per entry.
+pub fn set_all(store: &str, entries: &[(&str, &str)]) {
+    for (key, value) in entries {
+        run(&["set", store, key, value]).ok();
+    }
+}
+
+/// A few entries with awkward keys and values: numbers, text that looks
+/// like JSON, unicode, newlines, formulas, nesting.
+pub const AWKWARD: &[(&str, &str)] = &[
+    (
+        "alice",
+        r#"{"name": "Alice", "age": 30, "tags": ["a", "b"]}"#,
+    ),
+    ("42", "[1, 2.5, -3, true, null]"),
+    (r#"{"id":7}"#, r#""composite key""#),
+    (r#""quoted key""#, "0.1"),
+    ("Zürich", r#""naïve ☃ text""#),
+    ("line\nbreak", r#""a,b\nc""#),
+    ("=SUM(A1)", r#""=HYPERLINK(\"x\")""#),
+    ("empty", r#""""#),
+    ("big", "18446744073709551615"),
+    ("nul", r#""a\u0000b""#),
+];
+
+/// Runs a blocking future of set-up code on a runtime of its own.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(future)
+}

@@ -1,0 +1,375 @@
+//! The command against real SQLite and CSV stores.
+
+mod common;
+
+use common::{block_on, file_url, run, set_all, AWKWARD};
+use sqlx::Connection as _;
+
+fn sqlite_exec(path: &std::path::Path, sql: &str) {
+    block_on(async {
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite:{}", path.display()))
+            .await
+            .expect("connects");
+        sqlx::query(sql).execute(&mut conn).await.expect("runs");
+        conn.close().await.expect("closes");
+    });
+}
+
+#[test]
+fn get_set_rm_with_keys_as_json_or_text() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for store in [
+        file_url("sqlite", dir.path(), "a.db"),
+        file_url("csv", dir.path(), "a.csv"),
+    ] {
+        run(&["set", &store, "alice", r#"{"age": 30}"#]).ok();
+        run(&["set", &store, "7", "1"]).ok();
+        assert_eq!(run(&["get", &store, "alice"]).ok(), "{\"age\":30}\n");
+        assert_eq!(run(&["get", &store, "\"alice\""]).ok(), "{\"age\":30}\n");
+        assert_eq!(run(&["get", &store, "7"]).ok(), "1\n");
+        let json = run(&["--json", "get", &store, "alice"]).ok();
+        assert_eq!(json, "{\"key\":\"alice\",\"value\":{\"age\":30}}\n");
+
+        let missing = run(&["get", &store, "bob"]).code(1);
+        assert!(
+            missing.stderr.contains("key \"bob\" not found"),
+            "{missing:?}"
+        );
+
+        assert!(run(&["rm", &store, "alice"])
+            .ok()
+            .contains("removed \"alice\""));
+        run(&["get", &store, "alice"]).code(1);
+        let again = run(&["--json", "rm", &store, "alice"]).ok();
+        assert!(again.contains("\"removed\":false"), "{again}");
+
+        let bad = run(&["set", &store, "k", "not json"]).code(2);
+        assert!(bad.stderr.contains("quote it"), "{bad:?}");
+    }
+}
+
+#[test]
+fn dump_load_dump_is_byte_identical_on_sqlite_and_csv() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let source = file_url("sqlite", dir.path(), "source.db");
+    set_all(&source, AWKWARD);
+    let first = dir.path().join("first.jsonl");
+    run(&["dump", &source, "--out", first.to_str().expect("utf-8")]).ok();
+    let first_text = std::fs::read_to_string(&first).expect("dumped");
+    assert_eq!(first_text.lines().count(), AWKWARD.len());
+    let mut sorted: Vec<&str> = first_text.lines().collect();
+    sorted.sort_by_key(|l| {
+        serde_json::from_str::<serde_json::Value>(l).expect("json")["key"]
+            .as_str()
+            .expect("a string key")
+            .to_owned()
+    });
+    assert_eq!(
+        sorted,
+        first_text.lines().collect::<Vec<_>>(),
+        "sorted by key"
+    );
+
+    for (i, target) in [
+        file_url("sqlite", dir.path(), "copy.db?table=restored"),
+        file_url("csv", dir.path(), "copy.csv"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        run(&["load", target, first.to_str().expect("utf-8")]).ok();
+        let second = dir.path().join(format!("second{i}.jsonl"));
+        run(&["dump", target, "--out", second.to_str().expect("utf-8")]).ok();
+        assert_eq!(
+            std::fs::read(&second).expect("dumped"),
+            first_text.as_bytes(),
+            "{target}"
+        );
+        // To stdout, too.
+        assert_eq!(run(&["dump", target]).ok(), first_text);
+    }
+
+    // The loaded store reads as the application wrote it.
+    let copy = file_url("sqlite", dir.path(), "copy.db?table=restored");
+    assert_eq!(run(&["get", &copy, "42"]).ok(), "[1,2.5,-3,true,null]\n");
+    assert_eq!(run(&["get", &copy, "line\nbreak"]).ok(), "\"a,b\\nc\"\n");
+}
+
+#[test]
+fn load_refuses_a_bad_line_before_writing_anything() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"key\":\"a\",\"value\":1}\n\n{\"key\":\"b\"}\n").expect("written");
+    let store = file_url("sqlite", dir.path(), "a.db");
+    let failed = run(&["load", &store, input.to_str().expect("utf-8")]).code(1);
+    assert!(failed.stderr.contains("in.jsonl, line 3"), "{failed:?}");
+    assert!(!dir.path().join("a.db").exists(), "nothing written");
+}
+
+#[test]
+fn verify_reports_bad_sqlite_rows_with_their_location_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.db");
+    let store = file_url("sqlite", dir.path(), "app.db");
+    set_all(&store, &[("good", "1")]);
+    assert!(run(&["verify", &store]).ok().contains("ok:"));
+
+    sqlite_exec(
+        &path,
+        "INSERT INTO kv (key, value) VALUES ('broken', 'not json {')",
+    );
+    sqlite_exec(&path, "INSERT INTO kv (key, value) VALUES (x'00ff', '1')");
+    let before = std::fs::read(&path).expect("readable");
+
+    let report = run(&["verify", &store]).code(1);
+    assert!(
+        report.stdout.contains("key \"broken\"") && report.stdout.contains("not JSON"),
+        "{report:?}"
+    );
+    assert!(report.stdout.contains("the key is blob"), "{report:?}");
+    assert!(report.stderr.contains("2 problem(s)"), "{report:?}");
+
+    let json = run(&["--json", "verify", &store]).code(1);
+    let parsed: serde_json::Value = serde_json::from_str(&json.stdout).expect("json");
+    assert_eq!(parsed["ok"], false);
+    assert_eq!(parsed["problems"].as_array().map(Vec::len), Some(2));
+    assert!(parsed["problems"][0]["location"]
+        .as_str()
+        .is_some_and(|l| l.contains("rowid")));
+
+    assert_eq!(std::fs::read(&path).expect("readable"), before, "unchanged");
+    // Other commands name the bad row instead of skipping it.
+    let dump = run(&["dump", &store]).code(1);
+    assert!(dump.stderr.contains("key \"broken\""), "{dump:?}");
+}
+
+#[test]
+fn verify_checks_sqlite_integrity_and_refuses_other_files() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("not.db");
+    std::fs::write(&path, b"this is not a database, just text long enough").expect("written");
+    let failed = run(&["verify", &file_url("sqlite", dir.path(), "not.db")]).code(1);
+    assert!(failed.all().contains("not a database"), "{failed:?}");
+    let missing = run(&["verify", &file_url("sqlite", dir.path(), "none.db")]).code(1);
+    assert!(missing.stderr.contains("does not exist"), "{missing:?}");
+    assert!(
+        !dir.path().join("none.db").exists(),
+        "read commands create nothing"
+    );
+}
+
+const BAD_CSV: &str = "persistent-map-csv/2,key,value\n\
+put,alice,30\n\
+put,bob,not json\n\
+upsert,carol,1\n\
+put,dave\n\
+put,erin,5\n\
+put,torn,\"{\"\"x";
+
+#[test]
+fn verify_reports_bad_csv_records_with_their_line_and_changes_nothing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.csv");
+    std::fs::write(&path, BAD_CSV).expect("written");
+    let store = file_url("csv", dir.path(), "bad.csv");
+
+    let report = run(&["verify", &store]).code(1);
+    let out = &report.stdout;
+    assert!(
+        out.contains("line 3, key \"bob\": the value is not JSON"),
+        "{out}"
+    );
+    assert!(out.contains("line 4: unknown op \"upsert\""), "{out}");
+    assert!(out.contains("line 5: expected 3 fields, found 2"), "{out}");
+    assert!(
+        out.contains("note: line 7: an incompletely written last record"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("erin"),
+        "good records are not reported: {out}"
+    );
+    assert!(report.stderr.contains("3 problem(s)"), "{report:?}");
+
+    assert_eq!(std::fs::read_to_string(&path).expect("readable"), BAD_CSV);
+    assert!(!dir.path().join("bad.csv.lock").exists(), "no lock taken");
+
+    let dump = run(&["dump", &store]).code(1);
+    assert!(dump.stderr.contains("line 3, key \"bob\""), "{dump:?}");
+
+    let header = dir.path().join("header.csv");
+    std::fs::write(&header, "persistent-map-csv/9,key,value\n").expect("written");
+    let newer = run(&["verify", &file_url("csv", dir.path(), "header.csv")]).code(1);
+    assert!(
+        newer.stdout.contains("line 1: format version 9"),
+        "{newer:?}"
+    );
+}
+
+#[test]
+fn a_torn_tail_is_a_note_not_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("torn.csv");
+    let text = "persistent-map-csv/2,key,value\nput,a,1\nbatch,,2\nput,b,2\n";
+    std::fs::write(&path, text).expect("written");
+    let report = run(&["verify", &file_url("csv", dir.path(), "torn.csv")]).ok();
+    assert!(
+        report.contains("line 3: an incomplete last batch"),
+        "{report}"
+    );
+    let info = run(&["info", &file_url("csv", dir.path(), "torn.csv")]).ok();
+    assert!(info.contains("entries:        1"), "{info}");
+    assert!(info.contains("torn tail:      from line 3"), "{info}");
+    assert_eq!(std::fs::read_to_string(&path).expect("readable"), text);
+}
+
+#[test]
+fn files_of_persistent_map_0_1_are_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("old.csv"),
+        "alice,30\nbob,25\nalice,31\ncarol,1,Ada,true\n",
+    )
+    .expect("written");
+    let store = file_url("csv", dir.path(), "old.csv");
+    assert_eq!(
+        run(&["dump", &store]).ok(),
+        "{\"key\":\"alice\",\"value\":31}\n{\"key\":\"bob\",\"value\":25}\n\
+         {\"key\":\"carol\",\"value\":[1,\"Ada\",true]}\n"
+    );
+    let info = run(&["info", &store]).ok();
+    assert!(
+        info.contains("format version: 1 (persistent-map 0.1.x"),
+        "{info}"
+    );
+}
+
+#[test]
+fn copy_refuses_a_non_empty_target_unless_replacing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let from = file_url("sqlite", dir.path(), "from.db");
+    let to = file_url("csv", dir.path(), "to.csv");
+    set_all(&from, AWKWARD);
+    set_all(&to, &[("existing", "1")]);
+
+    let refused = run(&["copy", &from, &to]).code(1);
+    assert!(
+        refused
+            .stderr
+            .contains("is not empty (1 entries); use --replace"),
+        "{refused:?}"
+    );
+    assert_eq!(
+        run(&["get", &to, "existing"]).ok(),
+        "1\n",
+        "target untouched"
+    );
+    run(&["get", &to, "alice"]).code(1);
+
+    let copied = run(&[
+        "--json",
+        "copy",
+        &from,
+        &to,
+        "--replace",
+        "--batch-size",
+        "2",
+    ])
+    .ok();
+    let parsed: serde_json::Value = serde_json::from_str(&copied).expect("json");
+    assert_eq!(parsed["entries"], AWKWARD.len());
+    assert_eq!(parsed["verified"], true);
+    run(&["get", &to, "existing"]).code(1);
+    assert_eq!(run(&["dump", &from]).ok(), run(&["dump", &to]).ok());
+
+    run(&["copy", &from, &from]).code(2);
+}
+
+#[test]
+fn export_neutralises_formula_like_cells() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = file_url("sqlite", dir.path(), "a.db");
+    set_all(
+        &store,
+        &[
+            ("=1+1", "\"@SUM(A1:A9)\""),
+            ("+cmd", "-5"),
+            ("-x", "\"+33 1 23\""),
+            ("@at", "{\"a\": \"=b\"}"),
+            ("plain", "\"text, with comma\""),
+        ],
+    );
+    let csv = dir.path().join("out.csv");
+    run(&["export", &store, "--csv", csv.to_str().expect("utf-8")]).ok();
+    assert_eq!(
+        std::fs::read_to_string(&csv).expect("exported"),
+        "key,value\n'+cmd,'-5\n'-x,'+33 1 23\n'=1+1,'@SUM(A1:A9)\n@at,\"{\"\"a\"\":\"\"=b\"\"}\"\nplain,\"text, with comma\"\n"
+            .replace("\n@at", "\n'@at")
+    );
+}
+
+#[test]
+fn info_shows_format_count_size_shape_and_csv_ratio() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = file_url("csv", dir.path(), "a.csv");
+    for i in 0..4 {
+        run(&["set", &store, "counter", &i.to_string()]).ok();
+    }
+    set_all(&store, &[("user", r#"{"name": "x", "age": 1}"#)]);
+    let info = run(&["info", &store]).ok();
+    for expected in [
+        "backend:        csv",
+        "format version: 2",
+        "entries:        2",
+        "records:        5 (2 live, 3 dead: 40% live)",
+        "last rewrite:",
+        "keys:           string 2",
+        "values:         number 1, object 1; fields: age (number 1), name (string 1)",
+    ] {
+        assert!(info.contains(expected), "{expected:?} in {info}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "info", &store]).ok()).expect("json");
+    assert_eq!(json["entries"], 2);
+    assert_eq!(json["csv"]["dead"], 3);
+    assert_eq!(json["values"]["types"]["object"], 1);
+
+    let compacted = run(&["compact", &store]).ok();
+    assert!(compacted.contains("compacted"), "{compacted}");
+    let after = run(&["info", &store]).ok();
+    assert!(
+        after.contains("records:        2 (2 live, 0 dead: 100% live)"),
+        "{after}"
+    );
+
+    let sqlite = file_url("sqlite", dir.path(), "a.db");
+    set_all(&sqlite, &[("k", "1")]);
+    let info = run(&["info", &sqlite]).ok();
+    assert!(
+        info.contains("format version: 1") && info.contains("database file"),
+        "{info}"
+    );
+    let refused = run(&["compact", &sqlite]).code(1);
+    assert!(refused.stderr.contains("only CSV"), "{refused:?}");
+}
+
+#[test]
+fn usage_errors_exit_with_2_and_help_has_examples() {
+    run(&["info", "nothing-like-a-url"]).code(2);
+    run(&["info"]).code(2);
+    run(&["info", "sqlite:a.db?tabel=x"]).code(2);
+    let help = run(&["--help"]).ok();
+    assert!(
+        help.contains("Examples:") && help.contains("copy sqlite:app.db"),
+        "{help}"
+    );
+    let help = run(&["dump", "--help"]).ok();
+    assert!(help.contains("constant memory"), "{help}");
+}
+
+#[test]
+fn watch_is_for_shared_stores_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let refused = run(&["watch", &file_url("sqlite", dir.path(), "a.db")]).code(1);
+    assert!(refused.stderr.contains("only shared stores"), "{refused:?}");
+}

@@ -1,0 +1,349 @@
+//! The command against real PostgreSQL and Redis servers, named by
+//! `PERSISTENT_MAP_POSTGRES_URL` and `PERSISTENT_MAP_REDIS_URL` (see
+//! `scripts/test-servers.sh`). Each test uses a schema or key prefix of its
+//! own and removes it afterwards.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::{block_on, file_url, run, set_all, unique, url_or_skip, AWKWARD};
+use sqlx::Connection as _;
+
+const POSTGRES: &str = "PERSISTENT_MAP_POSTGRES_URL";
+const REDIS: &str = "PERSISTENT_MAP_REDIS_URL";
+
+/// A schema of one test's own, dropped with everything in it at the end.
+struct PgScratch {
+    url: String,
+    schema: String,
+}
+
+impl PgScratch {
+    fn new(url: String) -> Self {
+        Self {
+            url,
+            schema: unique("pm_cli"),
+        }
+    }
+
+    fn store(&self, table: &str) -> String {
+        with_params(&self.url, &format!("schema={}&table={table}", self.schema))
+    }
+
+    fn exec(&self, sql: &str) {
+        block_on(async {
+            let mut conn = sqlx::PgConnection::connect(&self.url)
+                .await
+                .expect("connects");
+            sqlx::query(sql).execute(&mut conn).await.expect("runs");
+            conn.close().await.expect("closes");
+        });
+    }
+}
+
+impl Drop for PgScratch {
+    fn drop(&mut self) {
+        self.exec(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.schema
+        ));
+    }
+}
+
+/// Every key under a prefix of one test's own, deleted at the end.
+struct RedisScratch {
+    url: String,
+    prefix: String,
+}
+
+impl RedisScratch {
+    fn new(url: String) -> Self {
+        Self {
+            url,
+            prefix: unique("pm-cli"),
+        }
+    }
+
+    fn store(&self, name: &str) -> String {
+        with_params(&self.url, &format!("prefix={}&name={name}", self.prefix))
+    }
+
+    fn cmd(&self, args: &[&str]) {
+        let client = redis::Client::open(self.url.as_str()).expect("a url");
+        let mut conn = client.get_connection().expect("connects");
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.exec(&mut conn).expect("runs");
+    }
+}
+
+impl Drop for RedisScratch {
+    fn drop(&mut self) {
+        let Ok(client) = redis::Client::open(self.url.as_str()) else {
+            return;
+        };
+        let Ok(mut conn) = client.get_connection() else {
+            return;
+        };
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query(&mut conn)
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let _ = redis::cmd("DEL").arg(&keys).exec(&mut conn);
+        }
+    }
+}
+
+fn with_params(url: &str, params: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{params}")
+}
+
+/// Inserts `password` into a server URL (trust auth and a Redis without a
+/// password ignore it, or refuse it without echoing it).
+fn with_password(url: &str, user: &str, password: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a url");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{user}:{password}@{host}")
+}
+
+/// The round trip and copy rules on one server store.
+fn round_trip_through(server_store: &str, second_store: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = file_url("sqlite", dir.path(), "app.db");
+    set_all(&sqlite, AWKWARD);
+
+    // SQLite -> server, verified by count and checksum.
+    let copied = run(&["--json", "copy", &sqlite, server_store]).ok();
+    let parsed: serde_json::Value = serde_json::from_str(&copied).expect("json");
+    assert_eq!(parsed["entries"], AWKWARD.len());
+    assert_eq!(parsed["verified"], true);
+
+    // A non-empty target is refused.
+    let refused = run(&["copy", &sqlite, server_store]).code(1);
+    assert!(refused.stderr.contains("is not empty"), "{refused:?}");
+
+    // dump, load, dump: byte-identical, and identical to SQLite's dump.
+    let first = run(&["dump", server_store]).ok();
+    assert_eq!(first, run(&["dump", &sqlite]).ok());
+    let file = dir.path().join("dump.jsonl");
+    std::fs::write(&file, &first).expect("written");
+    run(&["load", second_store, file.to_str().expect("utf-8")]).ok();
+    assert_eq!(run(&["dump", second_store]).ok(), first);
+    run(&[
+        "load",
+        second_store,
+        file.to_str().expect("utf-8"),
+        "--replace",
+    ])
+    .ok();
+    assert_eq!(run(&["dump", second_store]).ok(), first);
+
+    // get, set, rm.
+    assert_eq!(
+        run(&["get", server_store, "alice"]).ok(),
+        "{\"age\":30,\"name\":\"Alice\",\"tags\":[\"a\",\"b\"]}\n"
+    );
+    run(&["set", server_store, "new", "[1]"]).ok();
+    assert_eq!(run(&["get", server_store, "new"]).ok(), "[1]\n");
+    run(&["rm", server_store, "new"]).ok();
+    run(&["get", server_store, "new"]).code(1);
+
+    let info = run(&["info", server_store]).ok();
+    assert!(
+        info.contains(&format!("entries:        {}", AWKWARD.len())),
+        "{info}"
+    );
+    assert!(info.contains("format version: 1"), "{info}");
+    assert!(run(&["verify", server_store]).ok().contains("ok:"));
+
+    // Back to a file: the same dump again.
+    let back = file_url("csv", dir.path(), "back.csv");
+    run(&["copy", server_store, &back]).ok();
+    assert_eq!(run(&["dump", &back]).ok(), first);
+}
+
+#[test]
+fn postgres_round_trip_copy_and_keys() {
+    let Some(url) = url_or_skip(POSTGRES, "postgres_round_trip_copy_and_keys") else {
+        return;
+    };
+    let scratch = PgScratch::new(url);
+    round_trip_through(&scratch.store("kv"), &scratch.store("second"));
+}
+
+#[test]
+fn postgres_verify_reports_bad_rows() {
+    let Some(url) = url_or_skip(POSTGRES, "postgres_verify_reports_bad_rows") else {
+        return;
+    };
+    let scratch = PgScratch::new(url);
+    let store = scratch.store("kv");
+    set_all(&store, &[("good", "1")]);
+    scratch.exec(&format!(
+        "INSERT INTO \"{}\".kv (key, value) VALUES (E'\\x01\\x01bad', '1')",
+        scratch.schema
+    ));
+    let report = run(&["verify", &store]).code(1);
+    assert!(report.stdout.contains("escape is damaged"), "{report:?}");
+    assert!(report.stdout.contains("bad"), "{report:?}");
+    let missing = scratch.store("nothing_here");
+    let report = run(&["verify", &missing]).code(1);
+    assert!(report.stdout.contains("no such table"), "{report:?}");
+    // Read commands create nothing.
+    assert!(run(&["info", &missing]).ok().contains("no map here yet"));
+}
+
+#[test]
+fn redis_round_trip_copy_and_keys() {
+    let Some(url) = url_or_skip(REDIS, "redis_round_trip_copy_and_keys") else {
+        return;
+    };
+    let scratch = RedisScratch::new(url);
+    round_trip_through(&scratch.store("kv"), &scratch.store("second"));
+}
+
+#[test]
+fn redis_verify_reports_bad_values() {
+    let Some(url) = url_or_skip(REDIS, "redis_verify_reports_bad_values") else {
+        return;
+    };
+    let scratch = RedisScratch::new(url);
+    let store = scratch.store("kv");
+    set_all(&store, &[("good", "1")]);
+    scratch.cmd(&[
+        "HSET",
+        &format!("{}:kv", scratch.prefix),
+        "broken",
+        "{not json",
+    ]);
+    let report = run(&["verify", &store]).code(1);
+    assert!(
+        report
+            .stdout
+            .contains("key \"broken\": the value is not JSON"),
+        "{report:?}"
+    );
+    let dump = run(&["dump", &store]).code(1);
+    assert!(dump.stderr.contains("key \"broken\""), "{dump:?}");
+}
+
+#[test]
+fn passwords_in_urls_are_never_printed() {
+    let secret = "s3cret-Pa55word";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = file_url("sqlite", dir.path(), "a.db");
+    set_all(&sqlite, &[("k", "1")]);
+    let mut checked = 0;
+    // Unreachable servers: the error names the server, never the password.
+    for url in [
+        format!("postgres://app:{secret}@127.0.0.1:1/db?table=kv"),
+        format!("redis://:{secret}@127.0.0.1:1/0"),
+        format!("mysql://app:{secret}@127.0.0.1/db"),
+        format!("postgres://app:{secret}@127.0.0.1:1/db?tabel=kv"),
+    ] {
+        for args in [
+            vec!["info", url.as_str()],
+            vec!["--json", "info", url.as_str()],
+            vec!["copy", sqlite.as_str(), url.as_str()],
+        ] {
+            let failed = run(&args);
+            assert_ne!(failed.code, 0, "{failed:?}");
+            assert!(!failed.all().contains(secret), "{args:?}: {failed:?}");
+            checked += 1;
+        }
+    }
+    // Reachable servers (trust auth accepts any password; Redis without a
+    // password refuses AUTH without echoing it).
+    if let Some(url) = url_or_skip(POSTGRES, "passwords_in_urls_are_never_printed (postgres)") {
+        let scratch = PgScratch::new(url.clone());
+        let user = url
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split_once('@'))
+            .map_or("postgres", |(user, _)| {
+                user.split(':').next().unwrap_or("postgres")
+            });
+        let store = with_params(
+            &with_password(&url, user, secret),
+            &format!("schema={}&table=kv", scratch.schema),
+        );
+        for args in [
+            vec!["copy", sqlite.as_str(), store.as_str()],
+            vec!["info", store.as_str()],
+            vec!["--json", "info", store.as_str()],
+            vec!["verify", store.as_str()],
+        ] {
+            let done = run(&args).ok();
+            assert!(!done.contains(secret), "{args:?}: {done}");
+            checked += 1;
+        }
+        let info = run(&["info", &store]).ok();
+        assert!(info.contains(":***@"), "{info}");
+    }
+    if let Some(url) = url_or_skip(REDIS, "passwords_in_urls_are_never_printed (redis)") {
+        let store = with_password(&url, "", secret);
+        let failed = run(&["copy", &sqlite, &store]);
+        assert!(!failed.all().contains(secret), "{failed:?}");
+        checked += 1;
+    }
+    assert!(checked >= 12);
+}
+
+#[test]
+fn redis_watch_prints_changes_of_other_instances() {
+    let Some(url) = url_or_skip(REDIS, "redis_watch_prints_changes_of_other_instances") else {
+        return;
+    };
+    let scratch = RedisScratch::new(url);
+    let store = scratch.store("kv");
+    set_all(&store, &[("first", "1")]);
+    let mut watcher = Command::new(common::binary())
+        .args(["--json", "watch", &store, "--count", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut stderr = BufReader::new(watcher.stderr.take().expect("piped"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("reads");
+    assert!(line.starts_with("watching"), "{line}");
+    run(&["set", &store, "alice", "{\"age\": 31}"]).ok();
+    run(&["rm", &store, "first"]).ok();
+    let output = watcher.wait_with_output().expect("ends");
+    assert!(output.status.success(), "{output:?}");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        printed,
+        "{\"key\":\"alice\",\"value\":{\"age\":31}}\n{\"key\":\"first\",\"removed\":true}\n"
+    );
+}
+
+#[test]
+fn postgres_watch_prints_changes_of_other_instances() {
+    let Some(url) = url_or_skip(POSTGRES, "postgres_watch_prints_changes_of_other_instances")
+    else {
+        return;
+    };
+    let scratch = PgScratch::new(url);
+    let store = scratch.store("kv");
+    set_all(&store, &[("first", "1")]);
+    let mut watcher = Command::new(common::binary())
+        .args(["watch", &store, "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut stderr = BufReader::new(watcher.stderr.take().expect("piped"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("reads");
+    assert!(line.starts_with("watching"), "{line}");
+    run(&["set", &store, "bob", "2"]).ok();
+    let output = watcher.wait_with_output().expect("ends");
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "set \"bob\" = 2\n");
+}
