@@ -2,6 +2,7 @@
 
 use std::io::Write;
 
+use futures::StreamExt;
 use persistent_map_core::RemoteChange;
 use serde_json::{json, Value};
 
@@ -42,7 +43,7 @@ pub async fn run(out: Output, store: &str, count: Option<u64>) -> Result<()> {
     tokio::pin!(interrupted);
     while count.is_none_or(|limit| seen < limit) {
         let change = tokio::select! {
-            change = changes.recv() => change,
+            change = changes.next() => change,
             _ = &mut interrupted => break,
         };
         let Some(change) = change else { break };
