@@ -59,17 +59,16 @@ async fn a_full_queue_slows_writers_down() {
             .await
             .expect("room in the queue");
     }
-    let blocked = {
-        let map = map.clone();
-        tokio::spawn(async move { map.insert("one too many".to_string(), 0).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!blocked.is_finished(), "the 11th change must wait for room");
+    // The ten changes stay pending while the backend is gated, so the
+    // eleventh finds the queue full on its very first poll.
+    let mut blocked = std::pin::pin!(map.insert("one too many".to_string(), 0));
+    assert!(
+        futures::poll!(blocked.as_mut()).is_pending(),
+        "the 11th change must wait for room"
+    );
+    assert_eq!(map.unflushed(), 10, "and it was not queued");
     backend.gate(false);
-    blocked
-        .await
-        .expect("task")
-        .expect("insert once there is room");
+    blocked.await.expect("insert once there is room");
     map.flush().await.expect("flush");
     assert_eq!(backend.stored::<String, u32>().await.len(), 11);
 }

@@ -251,10 +251,14 @@ impl PostgresSource {
         .await
         .map_err(self.fail("read"))?;
         let has = |n: &str, t: &str| columns.iter().any(|(c, ty)| c == n && ty == t);
-        if !(has("key", "text") && has("value", "jsonb") && columns.len() == 2) {
+        // Format 1: key and value; format 2 adds the key_hash primary key.
+        let layout_ok = has("key", "text")
+            && has("value", "jsonb")
+            && (columns.len() == 2 || (columns.len() == 3 && has("key_hash", "bytea")));
+        if !layout_ok {
             report.problem(
                 format!("table {}", self.qualified),
-                "not a persistent-map table (expected key TEXT PRIMARY KEY, value JSONB NOT NULL)",
+                "not a persistent-map table (expected key TEXT, value JSONB and, from format 2, key_hash BYTEA)",
             );
             return Ok(report);
         }
