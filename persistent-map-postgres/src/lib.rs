@@ -11,7 +11,7 @@ pub use config::{
     PostgresBuilder, PostgresOptions, Watch, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
     DEFAULT_SCHEMA, DEFAULT_TABLE,
 };
-pub use stored::VALUE_MARKER;
+pub use stored::{load_key, load_value, store_key, store_value, VALUE_MARKER};
 
 /// The sqlx pool types accepted by [`PostgresBackend::from_pool`], re-exported
 /// so callers need not depend on the same sqlx version by hand.

@@ -30,8 +30,19 @@ pub const VALUE_MARKER: &str = "persistent_map:json";
 const WRAPPED_PREFIX: &str = "{\"persistent_map:json\":";
 const PRINTED_PREFIX: &str = "{\"persistent_map:json\": ";
 
-/// The stored form of a key text.
-pub(crate) fn store_key(text: &str) -> Cow<'_, str> {
+/// The stored form of a key text (the key's
+/// [`key_to_text`](persistent_map_core::codec::key_to_text)): unchanged,
+/// unless it holds U+0000 (which PostgreSQL text cannot) or starts with
+/// U+0001, the escape. For tools that read or write the table directly.
+///
+/// ```
+/// use persistent_map_postgres::{load_key, store_key};
+///
+/// assert_eq!(store_key("alice"), "alice");
+/// let odd = "a\u{0}b";
+/// assert_eq!(load_key(&store_key(odd)).as_deref(), Some(odd));
+/// ```
+pub fn store_key(text: &str) -> Cow<'_, str> {
     if !text.contains('\0') && !text.starts_with(KEY_ESCAPE) {
         return Cow::Borrowed(text);
     }
@@ -53,8 +64,9 @@ pub(crate) fn store_key(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// The key text of a stored key, or `None` when the escape is damaged.
-pub(crate) fn load_key(stored: &str) -> Option<Cow<'_, str>> {
+/// The key text of a stored key ([`store_key`] undone), or `None` when the
+/// escape is damaged.
+pub fn load_key(stored: &str) -> Option<Cow<'_, str>> {
     let Some(body) = stored.strip_prefix(KEY_ESCAPE) else {
         return Some(Cow::Borrowed(stored));
     };
@@ -74,8 +86,14 @@ pub(crate) fn load_key(stored: &str) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(out))
 }
 
-/// The stored (JSONB) form of a value's JSON text.
-pub(crate) fn store_value(json: &str) -> Result<Cow<'_, str>, serde_json::Error> {
+/// The stored (JSONB) form of a value's JSON text: unchanged, unless JSONB
+/// cannot hold it as it is (it contains `\u0000`) or it looks like a
+/// wrapped value; then `{"persistent_map:json": "<the JSON text>"}`.
+///
+/// # Errors
+///
+/// When the wrapper cannot be written (never for valid JSON text).
+pub fn store_value(json: &str) -> Result<Cow<'_, str>, serde_json::Error> {
     if !json.contains("\\u0000") && !json.starts_with(WRAPPED_PREFIX) {
         return Ok(Cow::Borrowed(json));
     }
@@ -87,8 +105,9 @@ pub(crate) fn store_value(json: &str) -> Result<Cow<'_, str>, serde_json::Error>
     serde_json::to_string(&wrapper).map(Cow::Owned)
 }
 
-/// The JSON text of a value as PostgreSQL prints the stored JSONB.
-pub(crate) fn load_value(printed: String) -> String {
+/// The JSON text of a value from the stored JSONB as PostgreSQL prints it
+/// ([`store_value`] undone).
+pub fn load_value(printed: String) -> String {
     if !printed.starts_with(PRINTED_PREFIX) {
         return printed;
     }

@@ -21,7 +21,6 @@ use crate::entry::{show_key, Entry};
 use crate::error::{CliError, Result};
 
 const META_TABLE: &str = "persistent_map_meta";
-const KEY_ESCAPE: char = '\u{1}';
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
@@ -342,51 +341,24 @@ pub fn needs_wrapping(json: &str) -> bool {
     json.contains("\\u0000") || json.starts_with("{\"persistent_map:json\":")
 }
 
-/// The stored form of a value's JSON text.
+/// The stored form of a value's JSON text (see
+/// [`persistent_map_postgres::store_value`]).
 pub fn store_value(json: String) -> String {
-    if !needs_wrapping(&json) {
-        return json;
+    match persistent_map_postgres::store_value(&json) {
+        Ok(stored) => stored.into_owned(),
+        // Only a wrapper can fail to be written, and never for valid JSON.
+        Err(_) => json,
     }
-    let mut wrapper = serde_json::Map::with_capacity(1);
-    wrapper.insert(VALUE_MARKER.to_owned(), Value::String(json));
-    Value::Object(wrapper).to_string()
 }
 
 /// The stored form of a key text.
 pub fn store_key(text: &str) -> String {
-    if !text.contains('\0') && !text.starts_with(KEY_ESCAPE) {
-        return text.to_owned();
-    }
-    let mut out = String::from(KEY_ESCAPE);
-    for c in text.chars() {
-        match c {
-            KEY_ESCAPE => out.push_str("\u{1}1"),
-            '\0' => out.push_str("\u{1}0"),
-            c => out.push(c),
-        }
-    }
-    out
+    persistent_map_postgres::store_key(text).into_owned()
 }
 
 /// The key text of a stored key, or `None` when its escape is damaged.
 fn load_key(stored: &str) -> Option<String> {
-    let Some(body) = stored.strip_prefix(KEY_ESCAPE) else {
-        return Some(stored.to_owned());
-    };
-    let mut out = String::with_capacity(body.len());
-    let mut chars = body.chars();
-    while let Some(c) = chars.next() {
-        if c == KEY_ESCAPE {
-            match chars.next() {
-                Some('1') => out.push(KEY_ESCAPE),
-                Some('0') => out.push('\0'),
-                _ => return None,
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Some(out)
+    persistent_map_postgres::load_key(stored).map(std::borrow::Cow::into_owned)
 }
 
 #[cfg(test)]
