@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use persistent_map_core::codec::{key_from_text, key_to_text};
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Durability, Location, PersistentError, Result,
-    StorageBackend,
+    async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location,
+    PersistentError, Result, StorageBackend,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -84,10 +84,10 @@ where
         let mut out = HashMap::with_capacity(entries.len());
         for (text, value) in &entries {
             let at = self.location().with_key(render_key(text));
-            let key =
-                key_from_text(text).map_err(|e| PersistentError::decode("key", at.clone(), e))?;
-            let value =
-                V::deserialize(value).map_err(|e| PersistentError::decode("value", at, e))?;
+            let key = key_from_text(text)
+                .map_err(|e| PersistentError::decode(EntryPart::Key, at.clone(), e))?;
+            let value = V::deserialize(value)
+                .map_err(|e| PersistentError::decode(EntryPart::Value, at, e))?;
             out.insert(key, value);
         }
         *self.entries.lock().await = Some(entries);
@@ -112,12 +112,12 @@ where
         let before = next.clone();
         for op in batch {
             let text = key_to_text(op.key())
-                .map_err(|e| PersistentError::encode("key", self.location(), e));
+                .map_err(|e| PersistentError::encode(EntryPart::Key, self.location(), e));
             let applied = text.and_then(|text| match op {
                 BatchOp::Put { value, .. } => serde_json::to_value(value)
                     .map_err(|e| {
                         PersistentError::encode(
-                            "value",
+                            EntryPart::Value,
                             self.location().with_key(render_key(&text)),
                             e,
                         )

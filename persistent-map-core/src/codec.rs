@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::BatchOp;
-use crate::error::{render_key, Location, PersistentError};
+use crate::error::{render_key, EntryPart, Location, PersistentError};
 
 /// Encodes a key as text.
 ///
@@ -176,12 +176,14 @@ pub fn encode_batch<K: Serialize, V: Serialize>(
     let mut encoded = Vec::with_capacity(batch.len());
     for op in batch {
         let key = op.key();
-        let fail = |what: &'static str, e: serde_json::Error| {
-            PersistentError::encode(what, Location::new(store).with_key(render_key(key)), e)
+        let fail = |part: EntryPart, e: serde_json::Error| {
+            PersistentError::encode(part, Location::new(store).with_key(render_key(key)), e)
         };
-        let key_text = key_to_text(key).map_err(|e| fail("key", e))?;
+        let key_text = key_to_text(key).map_err(|e| fail(EntryPart::Key, e))?;
         let value = match op {
-            BatchOp::Put { value, .. } => Some(value_to_json(value).map_err(|e| fail("value", e))?),
+            BatchOp::Put { value, .. } => {
+                Some(value_to_json(value).map_err(|e| fail(EntryPart::Value, e))?)
+            }
             BatchOp::Delete { .. } => None,
         };
         encoded.push((key_text, value));
@@ -214,6 +216,7 @@ pub fn encode_batch<K: Serialize, V: Serialize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CodecDirection;
     use serde::Deserialize;
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -334,7 +337,7 @@ mod tests {
         let batch = [BatchOp::Delete { key: bad_key }];
         let err = encode_batch::<_, u8>(&batch, "kv.db").expect_err("map keys must be strings");
         assert!(
-            matches!(&err, PersistentError::Codec { decoding: false, what: "key", location, .. }
+            matches!(&err, PersistentError::Codec { direction: CodecDirection::Encode, part: EntryPart::Key, location, .. }
                 if location.store == "kv.db" && location.key.is_some()),
             "{err:?}"
         );
@@ -352,7 +355,7 @@ mod tests {
         ];
         let err = encode_batch(&batch, "kv.db").expect_err("map keys must be strings");
         assert!(
-            matches!(&err, PersistentError::Codec { decoding: false, what: "value", location, .. }
+            matches!(&err, PersistentError::Codec { direction: CodecDirection::Encode, part: EntryPart::Value, location, .. }
                 if location.key.as_deref() == Some("\"bad\"")),
             "{err:?}"
         );

@@ -170,12 +170,12 @@ pub enum PersistentError {
 
     /// A key or value could not be encoded, or a stored one could not be decoded
     /// (for example because the value type changed since it was written).
-    #[error("cannot {} {what} at {location}", if *.decoding { "decode" } else { "encode" })]
+    #[error("cannot {direction} {part} at {location}")]
     Codec {
-        /// `true` when reading stored data, `false` when encoding a new change.
-        decoding: bool,
-        /// `"key"` or `"value"`.
-        what: &'static str,
+        /// Encoding a new change, or decoding stored data.
+        direction: CodecDirection,
+        /// The key or the value.
+        part: EntryPart,
         /// Where: file and line, or table and key.
         location: Location,
         /// The serde error.
@@ -328,20 +328,20 @@ impl PersistentError {
     }
 
     /// A stored key or value that no longer decodes.
-    pub fn decode(what: &'static str, location: Location, source: impl Into<BoxError>) -> Self {
+    pub fn decode(part: EntryPart, location: Location, source: impl Into<BoxError>) -> Self {
         PersistentError::Codec {
-            decoding: true,
-            what,
+            direction: CodecDirection::Decode,
+            part,
             location,
             source: source.into(),
         }
     }
 
     /// A key or value that cannot be encoded.
-    pub fn encode(what: &'static str, location: Location, source: impl Into<BoxError>) -> Self {
+    pub fn encode(part: EntryPart, location: Location, source: impl Into<BoxError>) -> Self {
         PersistentError::Codec {
-            decoding: false,
-            what,
+            direction: CodecDirection::Encode,
+            part,
             location,
             source: source.into(),
         }
@@ -420,6 +420,44 @@ impl PersistentError {
     #[must_use]
     pub fn is_temporary(&self) -> bool {
         self.kind().is_temporary()
+    }
+}
+
+/// Which way a [`PersistentError::Codec`] conversion went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CodecDirection {
+    /// Encoding a new change for the store.
+    Encode,
+    /// Decoding what the store holds.
+    Decode,
+}
+
+impl fmt::Display for CodecDirection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CodecDirection::Encode => "encode",
+            CodecDirection::Decode => "decode",
+        })
+    }
+}
+
+/// The part of an entry a [`PersistentError::Codec`] concerns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EntryPart {
+    /// The key.
+    Key,
+    /// The value.
+    Value,
+}
+
+impl fmt::Display for EntryPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EntryPart::Key => "key",
+            EntryPart::Value => "value",
+        })
     }
 }
 
@@ -513,14 +551,19 @@ impl From<std::io::Error> for PersistentError {
 
 impl From<serde_json::Error> for PersistentError {
     fn from(source: serde_json::Error) -> Self {
+        let decoding = matches!(
+            source.classify(),
+            serde_json::error::Category::Syntax
+                | serde_json::error::Category::Data
+                | serde_json::error::Category::Eof
+        );
         PersistentError::Codec {
-            decoding: matches!(
-                source.classify(),
-                serde_json::error::Category::Syntax
-                    | serde_json::error::Category::Data
-                    | serde_json::error::Category::Eof
-            ),
-            what: "value",
+            direction: if decoding {
+                CodecDirection::Decode
+            } else {
+                CodecDirection::Encode
+            },
+            part: EntryPart::Value,
             location: Location::new("json"),
             source: Box::new(source),
         }

@@ -18,7 +18,10 @@ mod writer;
 pub use backend::{BatchOp, Capabilities, Durability, RemoteChange, RemoteChanges, StorageBackend};
 pub use batch::{Batch, Transaction};
 pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING};
-pub use error::{render_key, BoxError, ErrorKind, Location, Operation, PersistentError, Result};
+pub use error::{
+    render_key, BoxError, CodecDirection, EntryPart, ErrorKind, Location, Operation,
+    PersistentError, Result,
+};
 pub use map::PersistentMap;
 
 /// Re-exported so backend authors use the same `async_trait` as the core.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Durability, PersistentError, Result,
+    async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, PersistentError, Result,
     StorageBackend,
 };
 use serde::de::DeserializeOwned;
@@ -251,7 +251,7 @@ impl CsvBackend {
             let location = at(path).with_line(change.line);
             let key: K = key_from_text(&change.key).map_err(|e| {
                 PersistentError::decode(
-                    "key",
+                    EntryPart::Key,
                     location.clone().with_key(render_key(&change.key)),
                     e,
                 )
@@ -259,7 +259,11 @@ impl CsvBackend {
             match &change.value {
                 Some(json) => {
                     let value: V = value_from_json(json).map_err(|e| {
-                        PersistentError::decode("value", location.with_key(render_key(&key)), e)
+                        PersistentError::decode(
+                            EntryPart::Value,
+                            location.with_key(render_key(&key)),
+                            e,
+                        )
                     })?;
                     entries.insert(key, value);
                 }
@@ -464,9 +468,12 @@ fn prepare<K: Serialize, V: Serialize>(
     value: Option<&V>,
 ) -> Result<Prepared> {
     let location = || at(path).with_key(render_key(key));
-    let key_text = key_to_text(key).map_err(|e| PersistentError::encode("key", location(), e))?;
+    let key_text =
+        key_to_text(key).map_err(|e| PersistentError::encode(EntryPart::Key, location(), e))?;
     let value = value
-        .map(|v| value_to_json(v).map_err(|e| PersistentError::encode("value", location(), e)))
+        .map(|v| {
+            value_to_json(v).map_err(|e| PersistentError::encode(EntryPart::Value, location(), e))
+        })
         .transpose()?;
     Ok(Prepared {
         key: key_text,

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use csv_async::ErrorKind;
-use persistent_map_core::{Location, PersistentError};
+use persistent_map_core::{EntryPart, Location, PersistentError};
 
 /// The location of a file, as errors print it.
 pub(crate) fn at(path: &Path) -> Location {
@@ -28,7 +28,7 @@ pub(crate) fn from_csv(path: &Path, err: csv_async::Error) -> PersistentError {
         };
     }
     match err.kind() {
-        ErrorKind::Deserialize { .. } => PersistentError::decode("value", location, err),
+        ErrorKind::Deserialize { .. } => PersistentError::decode(EntryPart::Value, location, err),
         ErrorKind::Utf8 { .. } => PersistentError::corrupt(location, "record is not valid UTF-8"),
         _ => PersistentError::corrupt(location, err.to_string()),
     }

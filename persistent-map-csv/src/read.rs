@@ -34,7 +34,7 @@ use std::path::Path;
 
 use csv_async::{AsyncReaderBuilder, ByteRecord, StringRecord};
 use persistent_map_core::codec::key_from_text;
-use persistent_map_core::{render_key, PersistentError, Result};
+use persistent_map_core::{render_key, EntryPart, PersistentError, Result};
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -357,10 +357,10 @@ where
     let line = record.position().map_or(0, |p| p.line());
     let key_text = record.get(0).unwrap_or_default();
     let location = at(path).with_line(line).with_key(render_key(key_text));
-    let key =
-        key_from_text(key_text).map_err(|e| PersistentError::decode("key", location.clone(), e))?;
+    let key = key_from_text(key_text)
+        .map_err(|e| PersistentError::decode(EntryPart::Key, location.clone(), e))?;
     let (_, value): (String, V) = record
         .deserialize(None)
-        .map_err(|e| PersistentError::decode("value", location, e))?;
+        .map_err(|e| PersistentError::decode(EntryPart::Value, location, e))?;
     Ok((key, value))
 }

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBackend};
+use persistent_map_core::{
+    BatchOp, CodecDirection, EntryPart, PersistentError, PersistentMap, StorageBackend,
+};
 use persistent_map_csv::{Compaction, CsvBackend, Delimiter, SyncPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -255,8 +257,8 @@ async fn an_unencodable_value_fails_the_whole_batch_naming_its_key() {
     let err = backend.apply_batch(&batch).await.expect_err("refused");
     match &err {
         PersistentError::Codec {
-            decoding: false,
-            what: "value",
+            direction: CodecDirection::Encode,
+            part: EntryPart::Value,
             location,
             ..
         } => assert_eq!(location.key.as_deref(), Some("\"bad key\"")),

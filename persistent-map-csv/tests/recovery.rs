@@ -7,7 +7,9 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
-use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
+use persistent_map_core::{
+    CodecDirection, EntryPart, PersistentError, PersistentMap, StorageBackend,
+};
 use persistent_map_csv::CsvBackend;
 
 const HEADER: &str = "persistent-map-csv/2,key,value\n";
@@ -200,8 +202,8 @@ async fn an_undecodable_value_is_an_error_with_line_and_key() {
         .expect_err("strings are not numbers");
     match &err {
         PersistentError::Codec {
-            decoding: true,
-            what: "value",
+            direction: CodecDirection::Decode,
+            part: EntryPart::Value,
             location,
             ..
         } => {
@@ -225,8 +227,8 @@ async fn an_undecodable_key_is_an_error_with_line_and_key() {
         .expect_err("two is not a number");
     match &err {
         PersistentError::Codec {
-            decoding: true,
-            what: "key",
+            direction: CodecDirection::Decode,
+            part: EntryPart::Key,
             location,
             ..
         } => {

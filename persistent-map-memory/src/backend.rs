@@ -5,8 +5,8 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Durability, Location, PersistentError, Result,
-    StorageBackend,
+    async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location,
+    PersistentError, Result, StorageBackend,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -63,12 +63,17 @@ impl InMemoryBackend {
 }
 
 fn encode_key<K: Serialize>(key: &K) -> Result<String> {
-    serde_json::to_string(key).map_err(|e| PersistentError::encode("key", Location::new(NAME), e))
+    serde_json::to_string(key)
+        .map_err(|e| PersistentError::encode(EntryPart::Key, Location::new(NAME), e))
 }
 
 fn encode_value<K: Serialize, V: Serialize>(key: &K, value: &V) -> Result<String> {
     serde_json::to_string(value).map_err(|e| {
-        PersistentError::encode("value", Location::new(NAME).with_key(render_key(key)), e)
+        PersistentError::encode(
+            EntryPart::Value,
+            Location::new(NAME).with_key(render_key(key)),
+            e,
+        )
     })
 }
 
@@ -91,10 +96,14 @@ where
         let entries = self.lock().clone();
         for (k, v) in entries {
             let key: K = serde_json::from_str(&k).map_err(|e| {
-                PersistentError::decode("key", Location::new(NAME).with_key(k.clone()), e)
+                PersistentError::decode(EntryPart::Key, Location::new(NAME).with_key(k.clone()), e)
             })?;
             let value: V = serde_json::from_str(&v).map_err(|e| {
-                PersistentError::decode("value", Location::new(NAME).with_key(k.clone()), e)
+                PersistentError::decode(
+                    EntryPart::Value,
+                    Location::new(NAME).with_key(k.clone()),
+                    e,
+                )
             })?;
             sink(key, value);
         }

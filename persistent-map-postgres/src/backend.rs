@@ -11,7 +11,7 @@ use futures::TryStreamExt;
 use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
 use persistent_map_core::feed::Announcement;
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Durability, Location, Operation,
+    async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
 };
 use serde::de::DeserializeOwned;
@@ -544,24 +544,24 @@ impl PostgresBackend {
             Some(key) => self.location().with_key(key),
             None => self.location(),
         };
-        PersistentError::encode("value", location, err)
+        PersistentError::encode(EntryPart::Value, location, err)
     }
 
     /// Decodes one row of `SELECT key, value::text`.
     fn decode_row<K: DeserializeOwned, V: DeserializeOwned>(&self, row: &PgRow) -> Result<(K, V)> {
         let stored_key: String = row
             .try_get(0)
-            .map_err(|e| PersistentError::decode("key", self.location(), e))?;
+            .map_err(|e| PersistentError::decode(EntryPart::Key, self.location(), e))?;
         let at = || self.location().with_key(render_key(&stored_key));
         let key_text = load_key(&stored_key)
             .ok_or_else(|| PersistentError::corrupt(at(), "the key's U+0001 escape is damaged"))?;
-        let key: K =
-            key_from_text(&key_text).map_err(|e| PersistentError::decode("key", at(), e))?;
+        let key: K = key_from_text(&key_text)
+            .map_err(|e| PersistentError::decode(EntryPart::Key, at(), e))?;
         let printed: String = row
             .try_get(1)
-            .map_err(|e| PersistentError::decode("value", at(), e))?;
+            .map_err(|e| PersistentError::decode(EntryPart::Value, at(), e))?;
         let value: V = value_from_json(&load_value(printed))
-            .map_err(|e| PersistentError::decode("value", at(), e))?;
+            .map_err(|e| PersistentError::decode(EntryPart::Value, at(), e))?;
         Ok((key, value))
     }
 
@@ -784,7 +784,7 @@ where
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
         let key_text = key_to_text(key).map_err(|e| {
-            PersistentError::encode("key", self.location().with_key(render_key(key)), e)
+            PersistentError::encode(EntryPart::Key, self.location().with_key(render_key(key)), e)
         })?;
         sqlx::query_scalar(&self.sql()?.contains)
             .bind(store_key(&key_text).as_ref())
@@ -865,7 +865,11 @@ where
         let mut stored_keys = Vec::with_capacity(keys.len());
         for key in keys {
             let text = key_to_text(key).map_err(|e| {
-                PersistentError::encode("key", self.location().with_key(render_key(key)), e)
+                PersistentError::encode(
+                    EntryPart::Key,
+                    self.location().with_key(render_key(key)),
+                    e,
+                )
             })?;
             stored_keys.push(store_key(&text).into_owned());
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
 use persistent_map_core::feed::Announcement;
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Durability, Location, Operation,
+    async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
 };
 use redis::aio::ConnectionManager;
@@ -283,7 +283,7 @@ impl RedisBackend {
 
     fn encode_key<K: Serialize>(&self, key: &K) -> Result<String> {
         key_to_text(key).map_err(|e| {
-            PersistentError::encode("key", self.location().with_key(render_key(key)), e)
+            PersistentError::encode(EntryPart::Key, self.location().with_key(render_key(key)), e)
         })
     }
 
@@ -294,18 +294,19 @@ impl RedisBackend {
     ) -> Result<(K, V)> {
         let field = String::from_utf8(field).map_err(|e| {
             PersistentError::decode(
-                "key",
+                EntryPart::Key,
                 self.location()
                     .with_key(render_key(&String::from_utf8_lossy(e.as_bytes()))),
                 e,
             )
         })?;
         let at = || self.location().with_key(render_key(&field));
-        let key: K = key_from_text(&field).map_err(|e| PersistentError::decode("key", at(), e))?;
-        let value =
-            std::str::from_utf8(&value).map_err(|e| PersistentError::decode("value", at(), e))?;
-        let value: V =
-            value_from_json(value).map_err(|e| PersistentError::decode("value", at(), e))?;
+        let key: K =
+            key_from_text(&field).map_err(|e| PersistentError::decode(EntryPart::Key, at(), e))?;
+        let value = std::str::from_utf8(&value)
+            .map_err(|e| PersistentError::decode(EntryPart::Value, at(), e))?;
+        let value: V = value_from_json(value)
+            .map_err(|e| PersistentError::decode(EntryPart::Value, at(), e))?;
         Ok((key, value))
     }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::TryStreamExt;
 use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
 use persistent_map_core::{
-    async_trait, render_key, BatchOp, Capabilities, Durability, Location, Operation,
+    async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, Result, StorageBackend,
 };
 use serde::de::DeserializeOwned;
@@ -454,13 +454,21 @@ impl SqliteBackend {
             .await
             .map_err(|e| self.error(e, Operation::Load))?
         {
-            let key_text = self.text_column(&row, 0, "key", None)?;
+            let key_text = self.text_column(&row, 0, EntryPart::Key, None)?;
             let key: K = key_from_text(key_text).map_err(|e| {
-                PersistentError::decode("key", self.location().with_key(render_key(key_text)), e)
+                PersistentError::decode(
+                    EntryPart::Key,
+                    self.location().with_key(render_key(key_text)),
+                    e,
+                )
             })?;
-            let value_text = self.text_column(&row, 1, "value", Some(key_text))?;
+            let value_text = self.text_column(&row, 1, EntryPart::Value, Some(key_text))?;
             let value: V = value_from_json(value_text).map_err(|e| {
-                PersistentError::decode("value", self.location().with_key(render_key(key_text)), e)
+                PersistentError::decode(
+                    EntryPart::Value,
+                    self.location().with_key(render_key(key_text)),
+                    e,
+                )
             })?;
             sink(key, value);
         }
@@ -473,7 +481,7 @@ impl SqliteBackend {
         &self,
         row: &'r SqliteRow,
         index: usize,
-        what: &'static str,
+        what: EntryPart,
         key_text: Option<&str>,
     ) -> Result<&'r str> {
         let location = || match key_text {
@@ -706,7 +714,7 @@ where
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
         let key_text = key_to_text(key).map_err(|e| {
-            PersistentError::encode("key", self.location().with_key(render_key(key)), e)
+            PersistentError::encode(EntryPart::Key, self.location().with_key(render_key(key)), e)
         })?;
         let found: Option<i64> = sqlx::query_scalar(&self.inner.sql.contains)
             .bind(key_text)

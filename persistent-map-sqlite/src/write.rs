@@ -9,7 +9,7 @@
 //! [`MAX_CHUNK`], so each statement text is prepared once per connection.
 
 use persistent_map_core::codec::{key_to_text, value_to_json};
-use persistent_map_core::{render_key, BatchOp, Location, PersistentError};
+use persistent_map_core::{render_key, BatchOp, EntryPart, Location, PersistentError};
 use serde::Serialize;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
@@ -116,7 +116,7 @@ fn encode<K: Serialize, V: Serialize>(
     let size = chunk.len().trailing_zeros() as usize;
     let at = |key: &K| Location::new(store).with_key(render_key(key));
     let key_text =
-        |key: &K| key_to_text(key).map_err(|e| PersistentError::encode("key", at(key), e));
+        |key: &K| key_to_text(key).map_err(|e| PersistentError::encode(EntryPart::Key, at(key), e));
     // `statements` never mixes kinds in a chunk.
     if matches!(chunk.first(), Some(BatchOp::Delete { .. })) {
         return chunk
@@ -128,8 +128,8 @@ fn encode<K: Serialize, V: Serialize>(
     let mut rows = Vec::with_capacity(chunk.len());
     for op in chunk {
         if let BatchOp::Put { key, value } = op {
-            let value =
-                value_to_json(value).map_err(|e| PersistentError::encode("value", at(key), e))?;
+            let value = value_to_json(value)
+                .map_err(|e| PersistentError::encode(EntryPart::Value, at(key), e))?;
             rows.push((key_text(key)?, value));
         }
     }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use persistent_map_core::{
-    async_trait, BatchOp, Capabilities, ErrorKind, PersistentError, PersistentMap, Result,
-    StorageBackend,
+    async_trait, BatchOp, Capabilities, CodecDirection, EntryPart, ErrorKind, PersistentError,
+    PersistentMap, Result, StorageBackend,
 };
 use persistent_map_sqlite::{JournalMode, SqliteBackend, SqliteOptions, Synchronous};
 use serde::de::DeserializeOwned;
@@ -309,8 +309,8 @@ async fn an_undecodable_row_names_table_and_key_and_deletes_nothing() {
     let err = open_err::<String, u32>(&path).await;
     match &err {
         PersistentError::Codec {
-            decoding: true,
-            what: "value",
+            direction: CodecDirection::Decode,
+            part: EntryPart::Value,
             location,
             ..
         } => {
@@ -329,7 +329,7 @@ async fn an_undecodable_row_names_table_and_key_and_deletes_nothing() {
     // A key that no longer decodes is reported the same way.
     let err = open_err::<u32, u32>(&path).await;
     assert!(
-        matches!(&err, PersistentError::Codec { decoding: true, what: "key", location, .. }
+        matches!(&err, PersistentError::Codec { direction: CodecDirection::Decode, part: EntryPart::Key, location, .. }
             if location.key.as_deref() == Some("\"a\"") || location.key.as_deref() == Some("\"b\"") || location.key.as_deref() == Some("\"c\"")),
         "{err:?}"
     );
@@ -355,8 +355,8 @@ async fn null_and_blob_cells_are_typed_errors() {
             matches!(
                 &err,
                 PersistentError::Codec {
-                    decoding: true,
-                    what: "key",
+                    direction: CodecDirection::Decode,
+                    part: EntryPart::Key,
                     ..
                 }
             ),
@@ -374,8 +374,8 @@ async fn null_and_blob_cells_are_typed_errors() {
     let err = open_err::<String, u32>(&blob_value).await;
     match &err {
         PersistentError::Codec {
-            decoding: true,
-            what: "value",
+            direction: CodecDirection::Decode,
+            part: EntryPart::Value,
             location,
             ..
         } => assert_eq!(location.key.as_deref(), Some("\"k\"")),
@@ -419,8 +419,8 @@ async fn a_table_of_many_chunks_loads_whole_and_a_bad_row_deep_in_it_is_named() 
     let err = open_err::<String, Option<u64>>(&path).await;
     match &err {
         PersistentError::Codec {
-            decoding: true,
-            what: "value",
+            direction: CodecDirection::Decode,
+            part: EntryPart::Value,
             location,
             ..
         } => assert_eq!(location.key.as_deref(), Some("\"k09000\"")),
@@ -735,8 +735,8 @@ async fn a_batch_is_encoded_first_and_applied_whole() {
     let err = backend.apply_batch(&batch).await.expect_err("unencodable");
     match &err {
         PersistentError::Codec {
-            decoding: false,
-            what: "value",
+            direction: CodecDirection::Encode,
+            part: EntryPart::Value,
             location,
             ..
         } => assert_eq!(location.key.as_deref(), Some("\"bad\"")),
