@@ -80,6 +80,8 @@ struct Inner {
     scan_count: usize,
     /// `None` when watching is disabled.
     feed: Option<Feed>,
+    /// What the server's persistence settings make of an acknowledged write.
+    durability: Durability,
 }
 
 impl RedisBackend {
@@ -167,6 +169,7 @@ impl RedisBackend {
             ))),
             Watch::Disabled => None,
         };
+        let durability = server_durability(&mut check).await;
         let backend = Self {
             inner: Arc::new(Inner {
                 manager,
@@ -180,6 +183,7 @@ impl RedisBackend {
                 watch: options.watch_value(),
                 scan_count: options.scan_count_value(),
                 feed,
+                durability,
             }),
         };
         backend.prepare(&mut check).await?;
@@ -642,17 +646,90 @@ where
     /// (the server checks every command when it is queued, and with the
     /// append-only file it replays a transaction whole or not at all).
     fn capabilities(&self) -> Capabilities {
-        // What survives a server crash is the server's configuration; flush
-        // waits for the append-only file where the server offers that.
+        // Read from the server's persistence settings when the backend opened.
         Capabilities::new()
             .with_atomic_batch(true)
-            .with_durability(Durability::ServerManaged)
+            .with_durability(self.inner.durability)
+    }
+}
+
+/// What the server's persistence settings make of an acknowledged write:
+/// with `appendfsync always` every write is synced before the reply; with
+/// an append-only file on Redis 7.2 or later, `flush` waits for its fsync
+/// (`WAITAOF`); otherwise the server persists on its own schedule. Settings
+/// the server does not show (`CONFIG` refused) count as the last case.
+async fn server_durability(conn: &mut redis::aio::MultiplexedConnection) -> Durability {
+    let config = |name: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+                .await
+                .ok()
+                .and_then(|mut reply| reply.remove(name))
+        }
+    };
+    let appendonly = config("appendonly").await;
+    let appendfsync = config("appendfsync").await;
+    let info: Option<String> = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .ok();
+    let version = info.as_deref().and_then(redis_version);
+    durability_of(appendonly.as_deref(), appendfsync.as_deref(), version)
+}
+
+/// The `major.minor` of `redis_version:` in an `INFO server` reply.
+fn redis_version(info: &str) -> Option<(u32, u32)> {
+    let line = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))?;
+    let mut parts = line.trim().split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn durability_of(
+    appendonly: Option<&str>,
+    appendfsync: Option<&str>,
+    version: Option<(u32, u32)>,
+) -> Durability {
+    match (appendonly, appendfsync) {
+        (Some("yes"), Some("always")) => Durability::OnAcknowledge,
+        (Some("yes"), _) if version.is_some_and(|v| v >= (7, 2)) => Durability::OnFlush,
+        _ => Durability::ServerManaged,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durability_follows_the_persistence_settings() {
+        let info = "# Server\r\nredis_version:7.2.4\r\nredis_mode:standalone\r\n";
+        assert_eq!(redis_version(info), Some((7, 2)));
+        assert_eq!(
+            durability_of(Some("yes"), Some("always"), Some((7, 0))),
+            Durability::OnAcknowledge
+        );
+        assert_eq!(
+            durability_of(Some("yes"), Some("everysec"), Some((7, 2))),
+            Durability::OnFlush
+        );
+        assert_eq!(
+            durability_of(Some("yes"), Some("everysec"), Some((7, 0))),
+            Durability::ServerManaged,
+            "before 7.2 flush cannot wait for the fsync"
+        );
+        assert_eq!(
+            durability_of(Some("no"), Some("always"), Some((7, 4))),
+            Durability::ServerManaged
+        );
+        assert_eq!(durability_of(None, None, None), Durability::ServerManaged);
+    }
 
     #[test]
     fn batches_announce_their_keys_or_a_resync() {

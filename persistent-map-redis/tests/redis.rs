@@ -116,6 +116,52 @@ impl Drop for AclUser {
 }
 
 #[tokio::test]
+async fn the_declared_durability_follows_the_servers_persistence_settings() {
+    const TEST: &str = "the_declared_durability_follows_the_servers_persistence_settings";
+    let Some(url) = url_or_skip(TEST) else {
+        return;
+    };
+    let conn = redis::Client::open(url.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    let setting = |name: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("CONFIG")
+                .arg("GET")
+                .arg(name)
+                .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+                .await
+                .expect("CONFIG GET")
+                .remove(name)
+                .expect("the setting")
+        }
+    };
+    let (appendonly, appendfsync) = (setting("appendonly").await, setting("appendfsync").await);
+    let backend = RedisBackend::builder(&url)
+        .prefix(unique("pm-durability"))
+        .build()
+        .await
+        .expect("opens");
+    let declared = StorageBackend::<String, String>::capabilities(&backend).durability;
+    match (appendonly.as_str(), appendfsync.as_str()) {
+        ("no", _) => assert_eq!(declared, persistent_map_core::Durability::ServerManaged),
+        ("yes", "always") => {
+            assert_eq!(declared, persistent_map_core::Durability::OnAcknowledge)
+        }
+        other => report(&format!(
+            "{TEST}: declared {declared:?} with appendonly/appendfsync {other:?}"
+        )),
+    }
+    let _: () = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .expect("ping");
+}
+
+#[tokio::test]
 async fn a_flush_the_server_refuses_is_an_error() {
     const TEST: &str = "a_flush_the_server_refuses_is_an_error";
     let Some(admin_url) = url_or_skip(TEST) else {
