@@ -155,10 +155,6 @@ async fn the_declared_durability_follows_the_servers_persistence_settings() {
             "{TEST}: declared {declared:?} with appendonly/appendfsync {other:?}"
         )),
     }
-    let _: () = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .expect("ping");
 }
 
 #[tokio::test]
