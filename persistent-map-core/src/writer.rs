@@ -176,15 +176,8 @@ where
 
     async fn run(mut self) {
         while let Some(command) = self.next().await {
-            let settled = if command.is_write_behind() {
-                self.persist_behind(command).await
-            } else if command.is_write_through() {
-                self.commit_through(command).await
-            } else {
-                match self.control(command).await {
-                    Some(weight) => weight,
-                    None => return,
-                }
+            let Some(settled) = self.handle(command).await else {
+                return;
             };
             self.pipeline.release(settled);
             self.follow_waiting().await;
@@ -192,9 +185,15 @@ where
         tracing::trace!("write pipeline stopped: every handle was dropped");
     }
 
-    /// Runs a command that is not a change. Returns the weight settled, or
-    /// `None` when the writer must stop.
-    async fn control(&mut self, command: Command<K, V>) -> Option<usize> {
+    /// Runs `command` (and, for a change, those that join its batch).
+    /// Returns the weight settled, or `None` when the writer must stop.
+    async fn handle(&mut self, command: Command<K, V>) -> Option<usize> {
+        if command.is_write_behind() {
+            return Some(self.persist_behind(command).await);
+        }
+        if command.is_write_through() {
+            return Some(self.commit_through(command).await);
+        }
         let weight = command.weight();
         match command {
             Command::Flush(reply) => return Some(self.flush_group(reply).await),
@@ -226,11 +225,12 @@ where
                 self.pipeline.release(weight);
                 return None;
             }
-            change => {
-                // Changes never reach here; settle rather than lose one.
-                self.local.push_front(change);
-                return Some(0);
-            }
+            // Changes were dispatched above.
+            Command::Persist(_)
+            | Command::PersistGroup(_)
+            | Command::Commit(_)
+            | Command::Update(..)
+            | Command::Transaction(..) => {}
         }
         Some(weight)
     }
@@ -485,10 +485,6 @@ where
                 let unit = match decide(current.as_ref()) {
                     Decision::Keep => {
                         let _ = reply.send(Ok(current));
-                        return Admit::Taken;
-                    }
-                    Decision::Delete if current.is_none() && self.pipeline.exclusive => {
-                        let _ = reply.send(Ok(None));
                         return Admit::Taken;
                     }
                     Decision::Delete => Unit {
