@@ -51,7 +51,8 @@ step "cargo package (every crate meant for the registry, verified)"
 rm -rf target/package "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/persistent-map-*
 clean=()
 for package in persistent-map-core persistent-map-memory persistent-map-sqlite persistent-map-csv \
-    persistent-map-postgres persistent-map-redis persistent-map-conformance persistent-map; do
+    persistent-map-postgres persistent-map-redis persistent-map-conformance persistent-map \
+    persistent-map-cli; do
     clean+=(-p "$package")
 done
 cargo clean --quiet "${clean[@]}"

@@ -283,6 +283,15 @@ fn copy_refuses_a_non_empty_target_unless_replacing() {
     assert_eq!(run(&["dump", &from]).ok(), run(&["dump", &to]).ok());
 
     run(&["copy", &from, &from]).code(2);
+    // The same file spelled another way is the same store: refused, and
+    // --replace must not empty the source.
+    let respelled = format!("sqlite:{}", dir.path().join(".").join("from.db").display());
+    run(&["copy", &from, &respelled, "--replace"]).code(2);
+    assert_eq!(
+        run(&["get", &from, "alice"]).code,
+        0,
+        "the source is intact"
+    );
 }
 
 #[test]

@@ -395,7 +395,9 @@ impl CsvBackend {
             bytes,
             sync,
             store.dirty_tail,
-            store.len,
+            // Taken, so that an append whose future is dropped leaves the
+            // length unknown rather than stale.
+            store.len.take(),
         )
         .await;
         store.dirty_tail = appended.dirty_tail;

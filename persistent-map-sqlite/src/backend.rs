@@ -16,7 +16,7 @@ use persistent_map_core::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteRow};
-use sqlx::{ConnectOptions, Connection, Row, TypeInfo, ValueRef};
+use sqlx::{Connection, Row, TypeInfo, ValueRef};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
@@ -420,7 +420,9 @@ impl SqliteBackend {
     ) -> std::result::Result<MutexGuard<'_, Option<SqliteConnection>>, sqlx::Error> {
         let mut writer = self.inner.writer.lock().await;
         if writer.is_none() {
-            *writer = Some(self.inner.pool.connect_options().connect().await?);
+            // Taken from the pool (so it runs the pool's set-up, and a
+            // closed pool refuses it) and kept out of it.
+            *writer = Some(self.inner.pool.acquire().await?.detach());
         }
         Ok(writer)
     }
@@ -765,9 +767,11 @@ where
             Err(write::Failure::Sql(e)) => {
                 if is_io_error(&e) {
                     discard_failed_commit(conn, &self.inner.store).await;
-                    // Start the next write on a fresh connection.
-                    *writer = None;
                 }
+                // SQLite may have ended the transaction by itself (a full
+                // disk, an I/O error), leaving the connection's state unsure:
+                // the next write starts on a fresh connection.
+                *writer = None;
                 Err(map_sqlx_error(
                     e,
                     Operation::Write,
@@ -827,7 +831,16 @@ where
                 ));
             }
             after = chunk.last;
-            current = next.map_err(fail)?;
+            current = match next {
+                Ok(next) => next,
+                // A later chunk SQLite cannot pack (a damaged value, a chunk
+                // too large): read the rest row by row, which names a bad row.
+                Err(e) => {
+                    tracing::debug!(store = %self.inner.store, error = %e, "reading the rest row by row");
+                    self.load_rows(&mut tx, Some((after, -1)), sink).await?;
+                    return tx.rollback().await.map_err(fail);
+                }
+            };
         }
         tx.rollback().await.map_err(fail)
     }

@@ -58,6 +58,7 @@ pub(crate) fn map_sqlx_error(
                 source: err,
             }),
         },
+        (sqlx::Error::PoolClosed, _) => PersistentError::Closed,
         (sqlx::Error::Io(source), _) => PersistentError::io(path, source),
         (err, _) => PersistentError::backend(BACKEND, operation, location, err),
     }

@@ -426,6 +426,22 @@ async fn a_table_of_many_chunks_loads_whole_and_a_bad_row_deep_in_it_is_named() 
         } => assert_eq!(location.key.as_deref(), Some("\"k09000\"")),
         other => panic!("expected a decode error naming k09000, got {other:?}"),
     }
+
+    // Text that is not JSON at all deep in a later chunk (SQLite's json()
+    // refuses to pack it) is named too.
+    exec(&path, "UPDATE kv SET value = '7' WHERE key = 'k09000'").await;
+    exec(
+        &path,
+        "UPDATE kv SET value = 'not json' WHERE key = 'k09500'",
+    )
+    .await;
+    let err = open_err::<String, Option<u64>>(&path).await;
+    match &err {
+        PersistentError::Codec { location, .. } => {
+            assert_eq!(location.key.as_deref(), Some("\"k09500\""));
+        }
+        other => panic!("expected a decode error naming k09500, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -923,4 +939,16 @@ async fn the_synchronous_level_decides_the_declared_durability() {
         assert_eq!(map.durability(), durability, "{level:?}");
         map.close().await.expect("close");
     }
+}
+
+#[tokio::test]
+async fn a_closed_backend_refuses_writes_as_well_as_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = SqliteBackend::new(db_in(&dir)).await.expect("opens");
+    backend.close().await;
+    let err = backend
+        .save("k".to_string(), 1_u32)
+        .await
+        .expect_err("closed");
+    assert!(matches!(err, PersistentError::Closed), "{err:?}");
 }

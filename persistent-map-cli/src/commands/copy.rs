@@ -70,7 +70,7 @@ struct Copied {
 pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u64) -> Result<()> {
     let started = Instant::now();
     let (from, to) = (StoreName::parse(from)?, StoreName::parse(to)?);
-    if from == to {
+    if from.same_store(&to) {
         return Err(CliError::Usage(format!(
             "FROM and TO are the same store: {from}"
         )));
@@ -142,6 +142,16 @@ pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u
     let read = reading
         .await
         .map_err(|e| CliError::read("read", &from, e))??;
+    if read.entries != total {
+        // The source changed under the copy (or was the target after all).
+        return Err(CliError::CopyMismatch {
+            store: from.to_string(),
+            reason: format!(
+                "it held {total} entries when counted and {} when read (was it written meanwhile?)",
+                read.entries
+            ),
+        });
+    }
     target.close().await;
     bar.finish_and_clear();
 

@@ -9,7 +9,7 @@
 
 use persistent_map_postgres::{PostgresBackend, Watch};
 
-use super::postgres::{needs_wrapping, store_key, store_value};
+use super::postgres::store_key;
 use crate::entry::Entry;
 use crate::error::{CliError, Result};
 
@@ -41,13 +41,16 @@ pub async fn copy_in(backend: &PostgresBackend, shown: &str, entries: &[Entry]) 
         escape(&mut rows, store_key(&entry.key).as_bytes());
         rows.push(b'\t');
         json.clear();
-        // Writing a Value into a Vec cannot fail.
+        // Writing a Value into a String cannot fail.
         let _ = serde_json::to_writer(&mut json, &entry.value);
-        match std::str::from_utf8(&json) {
-            Ok(text) if !needs_wrapping(text) => escape(&mut rows, &json),
-            Ok(text) => escape(&mut rows, store_value(text.to_owned()).as_bytes()),
-            Err(_) => escape(&mut rows, &json),
-        }
+        let text = String::from_utf8_lossy(&json);
+        let stored =
+            persistent_map_postgres::store_value(&text).map_err(|e| CliError::BadRecord {
+                store: shown.to_owned(),
+                location: format!("key {}", persistent_map_core::render_key(&entry.key)),
+                reason: e.to_string(),
+            })?;
+        escape(&mut rows, stored.as_bytes());
         rows.push(b'\n');
     }
     let fail = |e: sqlx::Error| CliError::read("write to", shown, e);
@@ -70,7 +73,7 @@ pub async fn announce(backend: &PostgresBackend, shown: &str) -> Result<()> {
     }
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(backend.channel())
-        .bind(r#"{"from":"cli","resync":true}"#)
+        .bind(persistent_map_core::feed::Announcement::resync("cli").to_json())
         .execute(backend.pool())
         .await
         .map_err(|e| CliError::read("notify", shown, e))?;

@@ -305,8 +305,10 @@ impl CsvSource {
         batcher.finish().await
     }
 
-    pub fn lookup(&self, key: &str) -> Option<Value> {
-        self.entries.get(key).cloned()
+    /// The value under `key`; a damaged file is an error, as for a scan.
+    pub fn lookup(&self, key: &str) -> Result<Option<Value>> {
+        self.check()?;
+        Ok(self.entries.get(key).cloned())
     }
 
     pub async fn details(&self) -> Result<Details> {

@@ -165,7 +165,7 @@ impl Source {
     pub async fn lookup(&self, key: &str) -> Result<Option<serde_json::Value>> {
         match self {
             Source::Sqlite(s) => s.lookup(key).await,
-            Source::Csv(s) => Ok(s.lookup(key)),
+            Source::Csv(s) => s.lookup(key),
             Source::Postgres(s) => s.lookup(key).await,
             Source::Redis(s) => s.lookup(key).await,
         }
@@ -213,6 +213,9 @@ impl<'s> Batcher<'s> {
     }
 
     pub async fn push(&mut self, entry: Entry) -> Result<()> {
+        if self.stopped {
+            return Ok(());
+        }
         self.pending.push(entry);
         if self.pending.len() >= SCAN_BATCH {
             let full = std::mem::replace(&mut self.pending, Vec::with_capacity(SCAN_BATCH));

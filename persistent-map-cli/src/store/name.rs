@@ -35,6 +35,21 @@ pub enum StoreName {
 }
 
 impl StoreName {
+    /// Whether both names reach the same store, however they are spelled:
+    /// file paths are compared once resolved (`app.db` and `./app.db`),
+    /// server stores by their parsed URL, schema and table (or prefix and name).
+    pub fn same_store(&self, other: &StoreName) -> bool {
+        let resolved =
+            |path: &PathBuf| std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        match (self, other) {
+            (StoreName::Sqlite { path: a, table: t }, StoreName::Sqlite { path: b, table: u }) => {
+                t == u && resolved(a) == resolved(b)
+            }
+            (StoreName::Csv { path: a }, StoreName::Csv { path: b }) => resolved(a) == resolved(b),
+            _ => self == other,
+        }
+    }
+
     /// Parses a store URL. Every error is a usage error (exit code 2), and
     /// never repeats a password.
     pub fn parse(text: &str) -> Result<Self, CliError> {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use persistent_map_postgres::{PgConnectOptions, PgPool, PgPoolOptions, VALUE_MARKER};
+use persistent_map_postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use serde_json::Value;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
@@ -292,19 +292,8 @@ impl PostgresSource {
 
 /// A row's entry, as persistent-map-postgres reads it.
 fn decode(stored: &str, printed: String) -> std::result::Result<Entry, String> {
-    unwrap(stored, parse_value(&printed)?)
-}
-
-/// The entry of a stored key and its JSONB value, escapes undone.
-fn unwrap(stored: &str, mut value: Value) -> std::result::Result<Entry, String> {
     let key = load_key(stored).ok_or("the key's U+0001 escape is damaged")?;
-    if let Value::Object(object) = &value {
-        if object.len() == 1 {
-            if let Some(Value::String(inner)) = object.get(VALUE_MARKER) {
-                value = parse_value(inner)?;
-            }
-        }
-    }
+    let value = parse_value(&persistent_map_postgres::load_value(printed))?;
     Ok(Entry { key, value })
 }
 
@@ -335,22 +324,6 @@ fn copy_unescape(field: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
-/// Whether JSONB cannot hold this JSON as it is (or would read it back as
-/// a wrapped value).
-pub fn needs_wrapping(json: &str) -> bool {
-    json.contains("\\u0000") || json.starts_with("{\"persistent_map:json\":")
-}
-
-/// The stored form of a value's JSON text (see
-/// [`persistent_map_postgres::store_value`]).
-pub fn store_value(json: String) -> String {
-    match persistent_map_postgres::store_value(&json) {
-        Ok(stored) => stored.into_owned(),
-        // Only a wrapper can fail to be written, and never for valid JSON.
-        Err(_) => json,
-    }
-}
-
 /// The stored form of a key text.
 pub fn store_key(text: &str) -> String {
     persistent_map_postgres::store_key(text).into_owned()
@@ -366,23 +339,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stored_keys_round_trip() {
-        for text in ["plain", "", "\u{0}nul", "\u{1}soh", "a\u{1}b\u{0}c"] {
-            assert_eq!(load_key(&store_key(text)).as_deref(), Some(text));
-        }
-        assert_eq!(load_key("\u{1}\u{1}x"), None);
-    }
-
-    #[test]
     fn values_jsonb_cannot_hold_are_wrapped() {
         let nul = serde_json::to_string("a\u{0}b").expect("json");
-        let stored = store_value(nul.clone());
+        let stored = persistent_map_postgres::store_value(&nul)
+            .expect("wraps")
+            .into_owned();
         let printed = stored.replacen("json\":", "json\": ", 1);
         assert_eq!(
             decode("k", printed).expect("decodes").value,
             Value::String("a\u{0}b".into())
         );
-        assert_eq!(store_value("{\"a\":1}".into()), "{\"a\":1}");
     }
 
     #[test]
