@@ -173,6 +173,9 @@ pub struct Disk {
     durable_names: HashMap<PathBuf, usize>,
 }
 
+/// The file-system block size the simulated write-back works in (ext4's).
+const FS_BLOCK: usize = 4096;
+
 /// How a power-cut image treats the unsynced tail of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cut {
@@ -270,7 +273,14 @@ impl Disk {
                 let contents = if volatile.len() >= durable.len() && volatile.starts_with(durable) {
                     let extra = volatile.len() - durable.len();
                     let kept = extra * cut.kept_per_mille.min(1000) as usize / 1000;
-                    let mut bytes = volatile[..durable.len() + kept].to_vec();
+                    // Write-back reaches the disk a file-system block at a
+                    // time: an append cut short ends on a block boundary
+                    // (or at the last synced byte), unless all of it made it.
+                    let mut len = durable.len() + kept;
+                    if len < volatile.len() {
+                        len = (len / FS_BLOCK * FS_BLOCK).max(durable.len());
+                    }
+                    let mut bytes = volatile[..len].to_vec();
                     if cut.zero_fill {
                         bytes.resize(volatile.len(), 0);
                     }
