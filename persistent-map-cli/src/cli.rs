@@ -98,8 +98,10 @@ pub enum Command {
     /// Loads JSON Lines written by `dump` into a store, in batches, each
     /// batch atomic.
     ///
-    /// A file (not stdin) is checked whole before anything is written. If a
-    /// batch fails, the batches before it stay written.
+    /// The input is checked whole before anything is written (stdin is kept
+    /// in a temporary file first), so a bad line leaves the store as it was,
+    /// even with --replace. If a batch fails, the batches before it stay
+    /// written.
     #[command(
         after_help = "Examples:\n  persistent-map load sqlite:copy.db app.jsonl\n  persistent-map dump csv:a.csv | persistent-map load sqlite:b.db - --replace"
     )]

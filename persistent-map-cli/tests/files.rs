@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{block_on, file_url, run, set_all, AWKWARD};
+use common::{block_on, file_url, run, run_with_input, set_all, AWKWARD};
 use sqlx::Connection as _;
 
 fn sqlite_exec(path: &std::path::Path, sql: &str) {
@@ -104,6 +104,29 @@ fn load_refuses_a_bad_line_before_writing_anything() {
     let failed = run(&["load", &store, input.to_str().expect("utf-8")]).code(1);
     assert!(failed.stderr.contains("in.jsonl, line 3"), "{failed:?}");
     assert!(!dir.path().join("a.db").exists(), "nothing written");
+}
+
+#[test]
+fn load_from_stdin_with_replace_keeps_the_store_when_a_line_is_bad() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for store in [
+        file_url("sqlite", dir.path(), "a.db"),
+        file_url("csv", dir.path(), "a.csv"),
+    ] {
+        set_all(&store, &[("kept", "1"), ("also", "2")]);
+        let input = b"{\"key\":\"new\",\"value\":3}\n{\"key\":\"broken\"}\n";
+        let failed = run_with_input(&["load", &store, "-", "--replace"], input).code(1);
+        assert!(failed.stderr.contains("stdin, line 2"), "{failed:?}");
+        assert_eq!(run(&["get", &store, "kept"]).ok(), "1\n", "{store}");
+        assert_eq!(run(&["get", &store, "also"]).ok(), "2\n", "{store}");
+        run(&["get", &store, "new"]).code(1);
+
+        let good = b"{\"key\":\"new\",\"value\":3}\n\n{\"key\":\"other\",\"value\":4}\n";
+        let loaded = run_with_input(&["load", &store, "-", "--replace"], good).ok();
+        assert!(loaded.contains("loaded 2 entries"), "{loaded}");
+        run(&["get", &store, "kept"]).code(1);
+        assert_eq!(run(&["get", &store, "other"]).ok(), "4\n", "{store}");
+    }
 }
 
 #[test]

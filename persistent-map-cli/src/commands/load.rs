@@ -1,6 +1,6 @@
 //! `load STORE FILE`: JSON Lines into a store, in atomic batches.
 
-use std::io::BufRead;
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
 use persistent_map_core::BatchOp;
@@ -15,7 +15,7 @@ use crate::store::{StoreName, Target};
 
 /// Reads `{"key": …, "value": …}` lines one by one, skipping blank lines.
 struct Input {
-    reader: Box<dyn BufRead + Send>,
+    reader: std::io::BufReader<std::fs::File>,
     path: PathBuf,
     line: u64,
     text: String,
@@ -24,22 +24,12 @@ struct Input {
 }
 
 impl Input {
-    fn open(path: &Path) -> Result<Self> {
-        let reader: Box<dyn BufRead + Send> = if path == Path::new("-") {
-            Box::new(std::io::BufReader::new(std::io::stdin()))
-        } else {
-            Box::new(std::io::BufReader::with_capacity(
-                1 << 16,
-                std::fs::File::open(path).map_err(|e| CliError::file("open", path, e))?,
-            ))
-        };
+    /// Opens `path`, naming it `shown` in errors.
+    fn open(path: &Path, shown: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| CliError::file("open", shown, e))?;
         Ok(Self {
-            reader,
-            path: if path == Path::new("-") {
-                PathBuf::from("stdin")
-            } else {
-                path.to_path_buf()
-            },
+            reader: std::io::BufReader::with_capacity(1 << 16, file),
+            path: shown.to_path_buf(),
             line: 0,
             text: String::new(),
             read: 0,
@@ -87,43 +77,44 @@ pub async fn run(
     batch_size: u64,
 ) -> Result<()> {
     let name = StoreName::parse(store)?;
-    let from_stdin = file == Path::new("-");
-    // A file is checked whole first, so a bad line writes nothing.
-    if !from_stdin {
-        let mut input = Input::open(file)?;
-        while input.next()?.is_some() {}
-    }
-    let size = if from_stdin {
-        None
+    // Standard input is kept in a temporary file first, so that it is checked
+    // whole like a file: a bad line (or a broken pipe) then writes nothing,
+    // and above all `--replace` does not clear the store for input that
+    // turns out unusable.
+    let spooled = if file == Path::new("-") {
+        Some(blocking(spool_stdin).await??)
     } else {
-        std::fs::metadata(file).ok().map(|m| m.len())
+        None
+    };
+    let (path, shown) = match &spooled {
+        Some(temp) => (temp.path().to_path_buf(), PathBuf::from("stdin")),
+        None => (file.to_path_buf(), file.to_path_buf()),
+    };
+    let size = {
+        let (path, shown) = (path.clone(), shown.clone());
+        blocking(move || check_whole(&path, &shown)).await??
     };
     let target = Target::open(&name).await?;
     if replace {
         target.clear().await?;
     }
-    let bar = out.progress(size, "loading");
-    let mut input = Input::open(file)?;
-    let capacity = usize::try_from(batch_size).unwrap_or(usize::MAX);
-    let mut batch = Vec::with_capacity(capacity.min(65_536));
+    let bar = out.progress(Some(size), "loading");
+    let capacity = usize::try_from(batch_size).unwrap_or(usize::MAX).max(1);
+    // The file is read on a blocking thread, a batch ahead of the writes.
+    let (batches_tx, mut batches_rx) = tokio::sync::mpsc::channel(1);
+    let reader =
+        tokio::task::spawn_blocking(move || read_batches(&path, &shown, capacity, &batches_tx));
     let (mut loaded, mut batches) = (0_u64, 0_u64);
-    loop {
-        let next = input.next()?;
-        let done = next.is_none();
-        if let Some((key, value)) = next {
-            batch.push(BatchOp::Put { key, value });
-        }
-        if batch.len() >= capacity || (done && !batch.is_empty()) {
-            target.apply(&batch).await?;
-            loaded += batch.len() as u64;
-            batches += 1;
-            batch.clear();
-            bar.set_position(input.read);
-        }
-        if done {
-            break;
-        }
+    while let Some((batch, read)) = batches_rx.recv().await {
+        let batch: Vec<BatchOp<Value, Value>> = batch;
+        target.apply(&batch).await?;
+        loaded += batch.len() as u64;
+        batches += 1;
+        bar.set_position(read);
     }
+    reader
+        .await
+        .map_err(|e| CliError::file("read", "the input", std::io::Error::other(e)))??;
     target.flush().await?;
     target.close().await;
     bar.finish_and_clear();
@@ -137,4 +128,53 @@ pub async fn run(
         format!("loaded {loaded} entries into {name} in {batches} batches")
     })
     .map_err(stdout_error)
+}
+
+/// Runs blocking file work off the runtime's workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CliError::file("read", "the input", std::io::Error::other(e)))
+}
+
+/// Copies standard input into a temporary file, removed when dropped.
+fn spool_stdin() -> Result<tempfile::NamedTempFile> {
+    let mut temp = tempfile::NamedTempFile::new()
+        .map_err(|e| CliError::file("create a temporary file for", "stdin", e))?;
+    std::io::copy(&mut std::io::stdin().lock(), temp.as_file_mut())
+        .map_err(|e| CliError::file("read", "stdin", e))?;
+    Ok(temp)
+}
+
+/// Reads every line once, so a bad line is refused before anything is
+/// written; returns the input's size in bytes.
+fn check_whole(path: &Path, shown: &Path) -> Result<u64> {
+    let mut input = Input::open(path, shown)?;
+    while input.next()?.is_some() {}
+    Ok(input.read)
+}
+
+/// Sends the input's entries in batches of `capacity`, each with the bytes
+/// read so far; stops early when the receiver is gone.
+fn read_batches(
+    path: &Path,
+    shown: &Path,
+    capacity: usize,
+    batches: &tokio::sync::mpsc::Sender<(Vec<BatchOp<Value, Value>>, u64)>,
+) -> Result<()> {
+    let mut input = Input::open(path, shown)?;
+    let mut batch = Vec::with_capacity(capacity.min(65_536));
+    while let Some((key, value)) = input.next()? {
+        batch.push(BatchOp::Put { key, value });
+        if batch.len() >= capacity {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(capacity.min(65_536)));
+            if batches.blocking_send((full, input.read)).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    if !batch.is_empty() {
+        let _ = batches.blocking_send((batch, input.read));
+    }
+    Ok(())
 }

@@ -62,6 +62,22 @@ pub fn run_in(dir: &Path, args: &[&str]) -> Run {
     Run::from(output)
 }
 
+/// Runs the command with `input` on its standard input.
+pub fn run_with_input(args: &[&str], input: &[u8]) -> Run {
+    let mut child = Command::new(binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let mut stdin = child.stdin.take().expect("a piped stdin");
+    // The command may stop reading early (a refused line): a broken pipe is fine.
+    let _ = stdin.write_all(input);
+    drop(stdin);
+    Run::from(child.wait_with_output().expect("the binary ends"))
+}
+
 /// Runs the command in the current directory.
 pub fn run(args: &[&str]) -> Run {
     run_in(Path::new("."), args)
