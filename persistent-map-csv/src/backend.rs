@@ -33,8 +33,9 @@ use crate::thread::FileThread;
 ///
 /// Nothing on disk is touched until the first load or write; then the
 /// backend creates the file and its directory if missing and takes an
-/// exclusive lock on it (held until the backend is dropped). See the crate
-/// documentation for the file format and the guarantees.
+/// exclusive lock on it (held until the backend is dropped and its last
+/// queued write is done). See the crate documentation for the file format
+/// and the guarantees.
 ///
 /// ```
 /// use persistent_map_core::PersistentMap;
@@ -59,8 +60,7 @@ pub struct CsvBackend {
 
 /// An open, locked file.
 struct Store {
-    lock: LockFile,
-    /// Does the appends and syncs.
+    /// Does the appends and syncs; holds the store's lock.
     thread: FileThread,
     delimiter: u8,
     kind: Kind,
@@ -178,9 +178,9 @@ impl CsvBackend {
         create_parent(&self.path).await?;
         let lock = LockFile::acquire(&self.path, self.options.lock_timeout).await?;
         remove_stale_temp(&self.path).await;
+        let lock_path = lock.path().to_owned();
         let mut store = Store {
-            lock,
-            thread: FileThread::start(&self.path)?,
+            thread: FileThread::start(&self.path, lock)?,
             delimiter: self.options.delimiter.as_byte(),
             kind: Kind::Unscanned,
             rows: 0,
@@ -203,7 +203,7 @@ impl CsvBackend {
         }
         tracing::debug!(
             path = %self.path.display(),
-            lock = %store.lock.path().display(),
+            lock = %lock_path.display(),
             "opened csv store"
         );
         Ok(store)
@@ -305,16 +305,14 @@ impl CsvBackend {
         V: Serialize + DeserializeOwned,
     {
         let entries: HashMap<K, V> = read_legacy(&self.path).await?;
-        let mut encoder = Encoder::new(&self.path, store.delimiter, header_line(store.delimiter));
+        let mut encoder = Encoder::new(store.delimiter, header_line(store.delimiter));
         let mut live = HashSet::with_capacity(entries.len());
         for (key, value) in &entries {
             let change = prepare(&self.path, key, Some(value))?;
-            encoder
-                .put(&change.key, change.value.as_deref().unwrap_or_default())
-                .await?;
+            encoder.put(&change.key, change.value.as_deref().unwrap_or_default());
             live.insert(key_hash(&change.key));
         }
-        let contents = encoder.finish().await?;
+        let contents = encoder.finish();
         let file = replace_atomically(&self.io, &self.path, contents).await?;
         tracing::info!(
             path = %self.path.display(),
@@ -372,19 +370,19 @@ impl CsvBackend {
         self.check_synced(store)?;
         let file = self.ready::<K, V>(store).await?;
 
-        let mut encoder = Encoder::new(&self.path, store.delimiter, Vec::new());
+        let mut encoder = Encoder::new(store.delimiter, Vec::new());
         let mut rows = changes.len() as u64;
         if changes.len() > 1 {
-            encoder.batch(changes.len()).await?;
+            encoder.batch(changes.len());
             rows += 1;
         }
         for change in &changes {
             match &change.value {
-                Some(value) => encoder.put(&change.key, value).await?,
-                None => encoder.del(&change.key).await?,
+                Some(value) => encoder.put(&change.key, value),
+                None => encoder.del(&change.key),
             }
         }
-        let bytes = encoder.finish().await?;
+        let bytes = encoder.finish();
 
         let sync = self.options.sync == SyncPolicy::EveryWrite;
         let appended = append(

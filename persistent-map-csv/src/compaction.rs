@@ -49,14 +49,14 @@ pub(crate) async fn compact_contents(path: &Path, delimiter: u8) -> Result<Compa
 
     let mut ordered: Vec<(String, (u64, String))> = live.into_iter().collect();
     ordered.sort_unstable_by_key(|(_, (seq, _))| *seq);
-    let mut encoder = Encoder::new(path, delimiter, header_line(delimiter));
+    let mut encoder = Encoder::new(delimiter, header_line(delimiter));
     let mut hashes = HashSet::with_capacity(ordered.len());
     for (key, (_, value)) in &ordered {
-        encoder.put(key, value).await?;
+        encoder.put(key, value);
         hashes.insert(key_hash(key));
     }
     Ok(Compacted {
-        contents: encoder.finish().await?,
+        contents: encoder.finish(),
         live: hashes,
     })
 }

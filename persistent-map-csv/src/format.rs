@@ -12,10 +12,10 @@
 
 use std::path::Path;
 
-use csv_async::{AsyncWriter, AsyncWriterBuilder, ByteRecord};
+use csv_async::ByteRecord;
 use persistent_map_core::{PersistentError, Result};
 
-use crate::error::{at, from_csv};
+use crate::error::at;
 
 /// What the first column of the header starts with.
 pub(crate) const FORMAT_TAG: &str = "persistent-map-csv/";
@@ -130,63 +130,75 @@ pub(crate) fn parse_entry(record: &ByteRecord) -> Result<Entry, String> {
 }
 
 /// Encodes records into one buffer, to be written with a single call.
-/// Bytes the CSV writer stages before moving them into the output `Vec`.
-const ENCODER_BUFFER: usize = 512;
-
-pub(crate) struct Encoder<'a> {
-    path: &'a Path,
-    writer: AsyncWriter<Vec<u8>>,
+///
+/// Built on csv-core's writer, which csv-async's writer also uses, with the
+/// output grown to fit each field whole: a writer with a fixed staging
+/// buffer hands a long quoted field over in buffer-sized pieces, and csv-core
+/// rescans the rest of the field for quotes on every piece, which made a
+/// 32 MiB value take minutes to encode.
+pub(crate) struct Encoder {
+    writer: csv_core::Writer,
+    out: Vec<u8>,
 }
 
-impl<'a> Encoder<'a> {
+impl Encoder {
     /// An encoder whose buffer starts with `prefix` (e.g. the header line).
-    pub(crate) fn new(path: &'a Path, delimiter: u8, prefix: Vec<u8>) -> Self {
-        // The writer's own buffer only stages bytes on their way into the
-        // `Vec`: a small one spares every write an 8 KiB allocation.
-        let writer = AsyncWriterBuilder::new()
-            .delimiter(delimiter)
-            .has_headers(false)
-            .flexible(false)
-            .buffer_capacity(ENCODER_BUFFER)
-            .create_writer(prefix);
-        Self { path, writer }
+    pub(crate) fn new(delimiter: u8, prefix: Vec<u8>) -> Self {
+        let writer = csv_core::WriterBuilder::new().delimiter(delimiter).build();
+        Self {
+            writer,
+            out: prefix,
+        }
     }
 
-    async fn record(&mut self, fields: [&str; 3]) -> Result<()> {
-        self.writer
-            .write_record(fields)
-            .await
-            .map_err(|e| from_csv(self.path, e))
+    /// Runs one step of the writer on room enough for `most` bytes.
+    fn step(&mut self, most: usize, write: impl FnOnce(&mut csv_core::Writer, &mut [u8]) -> usize) {
+        let start = self.out.len();
+        self.out.resize(start + most, 0);
+        let written = write(&mut self.writer, &mut self.out[start..]);
+        self.out.truncate(start + written);
+    }
+
+    fn record(&mut self, fields: [&str; 3]) {
+        for (i, field) in fields.into_iter().enumerate() {
+            if i > 0 {
+                self.step(2, |w, out| w.delimiter(out).1);
+            }
+            // At most 2 + 2 * len bytes (a field of quotes only, quoted), so
+            // one call writes the field whole.
+            let input = field.as_bytes();
+            self.step(2 + 2 * input.len(), |w, out| w.field(input, out).2);
+        }
+        self.step(4, |w, out| w.terminator(out).1);
     }
 
     /// Appends a `put` record.
-    pub(crate) async fn put(&mut self, key: &str, value: &str) -> Result<()> {
-        self.record([OP_PUT, key, value]).await
+    pub(crate) fn put(&mut self, key: &str, value: &str) {
+        self.record([OP_PUT, key, value]);
     }
 
     /// Appends a tombstone.
-    pub(crate) async fn del(&mut self, key: &str) -> Result<()> {
-        self.record([OP_DEL, key, ""]).await
+    pub(crate) fn del(&mut self, key: &str) {
+        self.record([OP_DEL, key, ""]);
     }
 
     /// Appends the marker announcing a batch of `len` records.
-    pub(crate) async fn batch(&mut self, len: usize) -> Result<()> {
-        self.record([OP_BATCH, "", &len.to_string()]).await
+    pub(crate) fn batch(&mut self, len: usize) {
+        self.record([OP_BATCH, "", &len.to_string()]);
     }
 
     /// The encoded bytes.
-    pub(crate) async fn finish(self) -> Result<Vec<u8>> {
-        let path = self.path;
-        self.writer
-            .into_inner()
-            .await
-            .map_err(|e| PersistentError::io(path, e))
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        self.step(2, |w, out| w.finish(out).1);
+        self.out
     }
 }
 
-impl std::fmt::Debug for Encoder<'_> {
+impl std::fmt::Debug for Encoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Encoder").field("path", &self.path).finish()
+        f.debug_struct("Encoder")
+            .field("encoded", &self.out.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -224,17 +236,31 @@ mod tests {
         assert!(matches!(broken, Err(PersistentError::Corrupt { .. })));
     }
 
-    #[tokio::test]
-    async fn awkward_fields_are_quoted() {
-        let mut enc = Encoder::new(path(), b',', Vec::new());
-        enc.put("a,b", "\"x\"").await.expect("encodes");
-        enc.del("new\nline").await.expect("encodes");
-        enc.batch(2).await.expect("encodes");
-        let bytes = enc.finish().await.expect("finishes");
+    #[test]
+    fn awkward_fields_are_quoted() {
+        let mut enc = Encoder::new(b',', Vec::new());
+        enc.put("a,b", "\"x\"");
+        enc.del("new\nline");
+        enc.batch(2);
+        let bytes = enc.finish();
         assert_eq!(
             String::from_utf8(bytes).expect("utf-8"),
             "put,\"a,b\",\"\"\"x\"\"\"\ndel,\"new\nline\",\nbatch,,2\n"
         );
+    }
+
+    /// A long value that needs quoting is encoded in one pass: a writer
+    /// staging it through a small buffer rescanned the rest of the field for
+    /// every piece, which took minutes for 32 MiB.
+    #[test]
+    fn a_long_quoted_value_is_encoded_whole() {
+        let value = format!("\"{}\"", "x".repeat(32 << 20));
+        let mut enc = Encoder::new(b',', Vec::new());
+        enc.put("k", &value);
+        let bytes = enc.finish();
+        assert_eq!(bytes.len(), "put,k,".len() + value.len() + 4 + 1);
+        assert!(bytes.starts_with(b"put,k,\"\"\"xx"));
+        assert!(bytes.ends_with(b"xx\"\"\"\n"));
     }
 
     #[test]

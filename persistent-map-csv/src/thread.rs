@@ -42,13 +42,19 @@ pub(crate) struct FileThread {
 }
 
 impl FileThread {
-    /// Starts the thread for the store at `path` (named in errors and in
-    /// the thread's name).
-    pub(crate) fn start(path: &std::path::Path) -> Result<Self> {
+    /// Starts the thread for the store at `path` (named in errors).
+    ///
+    /// The thread keeps `held` (the store's lock) until it has run its last
+    /// job: appends whose callers gave up are still written after the store
+    /// is dropped, and the next opener must not take the file before then.
+    pub(crate) fn start<H: Send + 'static>(path: &std::path::Path, held: H) -> Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(String::from("persistent-map-csv"))
-            .spawn(move || serve(&queue))
+            .spawn(move || {
+                serve(&queue);
+                drop(held);
+            })
             .map_err(|e| PersistentError::io(path, e))?;
         Ok(Self {
             jobs,
@@ -235,7 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn jobs_run_in_order_and_return_their_results() {
-        let thread = FileThread::start(std::path::Path::new("test.csv")).expect("starts");
+        let thread = FileThread::start(std::path::Path::new("test.csv"), ()).expect("starts");
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut waiting = Vec::new();
         for i in 0..100 {
@@ -256,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_job_is_an_error_and_the_thread_goes_on() {
-        let thread = FileThread::start(std::path::Path::new("test.csv")).expect("starts");
+        let thread = FileThread::start(std::path::Path::new("test.csv"), ()).expect("starts");
         let err = thread
             .run(|| -> Result<()> { panic!("disk on fire") })
             .await
@@ -267,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_job_parks_the_caller_and_wakes_it() {
-        let thread = FileThread::start(std::path::Path::new("test.csv")).expect("starts");
+        let thread = FileThread::start(std::path::Path::new("test.csv"), ()).expect("starts");
         let value = thread
             .run(|| {
                 std::thread::sleep(Duration::from_millis(20));

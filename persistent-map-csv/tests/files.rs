@@ -463,3 +463,73 @@ async fn a_0_1_file_of_structs_loads_and_is_migrated() {
     assert_eq!(map.get(&2), Some(lovelace));
     assert_eq!(map.get(&3), Some(ada));
 }
+
+/// A backend dropped with appends still queued (their callers gave up on
+/// them) keeps the store locked until those appends are written, so the
+/// next opener never reads, truncates or appends to a half-written file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lock_is_held_until_abandoned_appends_are_written() {
+    const ABANDONED: usize = 400;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("s.csv");
+    let big = "x".repeat(1024);
+    let open = || {
+        CsvBackend::builder(&path)
+            .sync(SyncPolicy::EveryWrite)
+            .build()
+    };
+    for round in 0..3 {
+        let first = open();
+        StorageBackend::<String, String>::save(&first, format!("small{round}"), "1".into())
+            .await
+            .expect("saves");
+        for i in 0..ABANDONED {
+            let save = StorageBackend::<String, String>::save(
+                &first,
+                format!("big{round}-{i}"),
+                big.clone(),
+            );
+            futures::pin_mut!(save);
+            // One poll hands the append to the file thread; then the caller gives up.
+            let _ = futures::poll!(save.as_mut());
+        }
+        drop(first);
+
+        let second = open();
+        let seen: std::collections::HashMap<String, String> = second
+            .load_all()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the next opener reads the store: {e}"));
+        let abandoned = |map: &std::collections::HashMap<String, String>| {
+            (0..ABANDONED)
+                .filter(|i| map.contains_key(&format!("big{round}-{i}")))
+                .collect::<Vec<_>>()
+        };
+        StorageBackend::<String, String>::save(&second, format!("after{round}"), "2".into())
+            .await
+            .expect("saves");
+        drop(second);
+
+        let third = open();
+        let last: std::collections::HashMap<String, String> = third
+            .load_all()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the store reopens: {e}"));
+        assert_eq!(
+            last.get(&format!("after{round}")).map(String::as_str),
+            Some("2"),
+            "round {round}: the second opener's write was lost"
+        );
+        // Whatever the second opener found is all there is: nothing of the
+        // first backend landed after it took the store.
+        assert_eq!(
+            abandoned(&last),
+            abandoned(&seen),
+            "round {round}: appends of the dropped backend landed after the next opener took the store"
+        );
+        for i in abandoned(&last) {
+            let value = &last[&format!("big{round}-{i}")];
+            assert_eq!(value.len(), big.len(), "round {round}: append {i} is cut");
+        }
+    }
+}
