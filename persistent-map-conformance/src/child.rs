@@ -110,7 +110,9 @@ impl ChildRun {
                 .await
                 .unwrap_or_else(|_| panic!("the child reported nothing for {PATIENCE:?}"))
                 .ok()??;
-            if let Some(event) = line.strip_prefix(PREFIX) {
+            // Anywhere in the line: libtest may have printed `test <name> ... `
+            // without a line end before it.
+            if let Some((_, event)) = line.split_once(PREFIX) {
                 return Some(event.to_owned());
             }
         }
@@ -121,20 +123,20 @@ impl ChildRun {
         let _ = self.child.kill().await;
     }
 
-    /// Waits for the child to end and returns whether it succeeded, with
-    /// its standard error for a report.
-    pub(crate) async fn finish(mut self) -> (bool, String) {
-        while self.lines.next_line().await.ok().flatten().is_some() {}
+    /// Waits for the child to end and returns every event it reported,
+    /// with its standard error for a report. (Its exit status says little:
+    /// the test it is part of may assert that the parent half fails.)
+    pub(crate) async fn finish(mut self) -> (Vec<String>, String) {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
         let mut stderr = String::new();
         if let Some(mut pipe) = self.child.stderr.take() {
             let _ = pipe.read_to_string(&mut stderr).await;
         }
-        let ok = tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .is_some_and(|status| status.success());
-        (ok, stderr)
+        let _ = tokio::time::timeout(PATIENCE, self.child.wait()).await;
+        (events, stderr)
     }
 
     /// Everything the child wrote to its standard error so far, after
