@@ -55,7 +55,11 @@ impl StoreFactory for JsonFactory {
 
     fn files(&self) -> Vec<PathBuf> {
         // The data file and the temporary file renamed over it.
-        self.path().parent().map(PathBuf::from).into_iter().collect()
+        self.path()
+            .parent()
+            .map(PathBuf::from)
+            .into_iter()
+            .collect()
     }
 }
 

@@ -20,7 +20,9 @@ pub use crate::modes::{
     panicking_closures_leave_the_map_working, remove_reaches_a_shared_store,
     transactions_reach_the_cache_in_every_mode,
 };
-pub use crate::sharing::{load_keys_answers_in_the_order_asked, two_live_instances_follow_each_other};
+pub use crate::sharing::{
+    load_keys_answers_in_the_order_asked, two_live_instances_follow_each_other,
+};
 pub use crate::sync::flush_syncs_the_store_files;
 
 use crate::factory::StoreFactory;

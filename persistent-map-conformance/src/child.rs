@@ -69,11 +69,7 @@ impl ChildRun {
     /// Starts the current test executable as the child half of `case` on
     /// the store `locator`, run by `wrapper` (for example `strace` and its
     /// options) when one is given.
-    pub(crate) fn start(
-        case: &str,
-        locator: &str,
-        wrapper: &[OsString],
-    ) -> Result<Self, String> {
+    pub(crate) fn start(case: &str, locator: &str, wrapper: &[OsString]) -> Result<Self, String> {
         let test = current_test()?;
         let exe = std::env::current_exe()
             .map_err(|err| format!("the path of the test executable: {err}"))?;

@@ -104,7 +104,9 @@ pub async fn acknowledged_writes_survive_a_kill<F: StoreFactory>(mut factory: F)
             Some(_) => {}
             None => {
                 let stderr = run.stderr_after_kill().await;
-                panic!("{CASE}: the child stopped after {acknowledged} acknowledgements:\n{stderr}");
+                panic!(
+                    "{CASE}: the child stopped after {acknowledged} acknowledgements:\n{stderr}"
+                );
             }
         }
     }

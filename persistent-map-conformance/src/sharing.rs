@@ -144,13 +144,25 @@ pub async fn two_live_instances_follow_each_other<F: StoreFactory>(mut factory: 
     one.insert("by map one".into(), "a".into())
         .await
         .expect("insert");
-    until(|| two.get("by map one") == Some("a".into()), "map two sees map one's insert").await;
+    until(
+        || two.get("by map one") == Some("a".into()),
+        "map two sees map one's insert",
+    )
+    .await;
     two.remove(&"by map one".to_string()).await.expect("remove");
-    until(|| !one.contains_key("by map one"), "map one sees map two's removal").await;
+    until(
+        || !one.contains_key("by map one"),
+        "map one sees map two's removal",
+    )
+    .await;
     two.insert("by map two".into(), "b".into())
         .await
         .expect("insert");
-    until(|| one.get("by map two") == Some("b".into()), "map one sees map two's insert").await;
+    until(
+        || one.get("by map two") == Some("b".into()),
+        "map one sees map two's insert",
+    )
+    .await;
     one.close().await.expect("close");
     two.close().await.expect("close");
 }

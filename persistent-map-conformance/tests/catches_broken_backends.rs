@@ -47,7 +47,10 @@ enum Defect {
 
 impl Defect {
     fn shares(self) -> bool {
-        matches!(self, Defect::Shares | Defect::Echoes | Defect::ReversesLoadKeys)
+        matches!(
+            self,
+            Defect::Shares | Defect::Echoes | Defect::ReversesLoadKeys
+        )
     }
 }
 

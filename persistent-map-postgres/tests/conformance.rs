@@ -27,12 +27,9 @@ impl PostgresFactory {
     }
 
     fn names(&self) -> (String, String) {
-        self.attached.clone().unwrap_or_else(|| {
-            (
-                self.scratch.schema.clone(),
-                format!("map_{}", self.stores),
-            )
-        })
+        self.attached
+            .clone()
+            .unwrap_or_else(|| (self.scratch.schema.clone(), format!("map_{}", self.stores)))
     }
 
     async fn open(&self) -> persistent_map_core::Result<PostgresBackend> {
