@@ -8,6 +8,8 @@ use std::collections::HashMap;
 
 use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBackend};
 
+pub use crate::crash::{acknowledged_writes_survive_a_drop, acknowledged_writes_survive_a_kill};
+pub use crate::faults::a_failure_in_the_middle_of_a_batch;
 pub use crate::limits::{
     a_large_key_and_a_large_value_round_trip, a_million_changes_in_one_batch,
     keys_that_differ_slightly_stay_distinct,
@@ -18,6 +20,10 @@ pub use crate::modes::{
     panicking_closures_leave_the_map_working, remove_reaches_a_shared_store,
     transactions_reach_the_cache_in_every_mode,
 };
+pub use crate::sharing::{
+    load_keys_answers_in_the_order_asked, two_live_instances_follow_each_other,
+};
+pub use crate::sync::flush_syncs_the_store_files;
 
 use crate::factory::StoreFactory;
 use crate::harness::{assert_same, contents, open_fresh, reopen};

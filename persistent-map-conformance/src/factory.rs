@@ -1,7 +1,10 @@
 //! What a backend provides to be checked: a way to open a new store and to
-//! open the same store again.
+//! open the same store again, and optional hooks for the cases that need
+//! more (another process, the store's files, an injected failure).
 
-use persistent_map_core::{async_trait, Result, StorageBackend};
+use std::path::PathBuf;
+
+use persistent_map_core::{async_trait, PersistentError, Result, StorageBackend};
 
 use crate::types::{Fragile, Point, Record};
 
@@ -78,4 +81,99 @@ pub trait StoreFactory: Send + 'static {
     ///
     /// When the store cannot be opened (for example it is locked).
     async fn reopen(&mut self) -> Result<Self::Backend>;
+
+    /// A text naming the store made by the last [`fresh`](Self::fresh), from
+    /// which [`attach`](Self::attach) in another process (a copy of this
+    /// test executable) opens the same store: a path, a table name, a key
+    /// prefix. `None` (the default) means the store cannot be reached from
+    /// another process, and the case that kills a writing child
+    /// ([`acknowledged_writes_survive_a_kill`](crate::cases::acknowledged_writes_survive_a_kill))
+    /// prints a `SKIP:` notice saying so.
+    ///
+    /// ```
+    /// # use std::path::PathBuf;
+    /// # struct Factory { current: Option<PathBuf> }
+    /// # impl Factory {
+    /// fn locator(&self) -> Option<String> {
+    ///     self.current.as_ref().map(|path| path.display().to_string())
+    /// }
+    /// # }
+    /// ```
+    fn locator(&self) -> Option<String> {
+        None
+    }
+
+    /// Opens the store named by `locator` (a [`locator`](Self::locator) of
+    /// another process's factory) on a factory the suite has just built, in
+    /// a child process, and remembers it for [`reopen`](Self::reopen). Needed
+    /// only when `locator` gives `Some`.
+    ///
+    /// ```ignore
+    /// async fn attach(&mut self, locator: &str) -> persistent_map_core::Result<MyBackend> {
+    ///     self.current = Some(PathBuf::from(locator));
+    ///     MyBackend::open(locator).await
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the store cannot be opened. The default refuses with
+    /// [`PersistentError::Unsupported`].
+    async fn attach(&mut self, locator: &str) -> Result<Self::Backend> {
+        let _ = locator;
+        Err(PersistentError::Unsupported {
+            backend: "conformance factory",
+            feature: "attach (opening a store by its locator in another process)",
+        })
+    }
+
+    /// The files that make up the store made by the last
+    /// [`fresh`](Self::fresh) (data files, journals, logs; directories
+    /// count for the files inside them), so the suite can check that
+    /// `flush` syncs them
+    /// ([`flush_syncs_the_store_files`](crate::cases::flush_syncs_the_store_files)).
+    /// Empty (the default) means the store is not made of local files, and
+    /// the case prints a `SKIP:` notice.
+    ///
+    /// ```
+    /// # use std::path::PathBuf;
+    /// # struct Factory { dir: PathBuf }
+    /// # impl Factory {
+    /// fn files(&self) -> Vec<PathBuf> {
+    ///     vec![self.dir.clone()]
+    /// }
+    /// # }
+    /// ```
+    fn files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    /// Makes every later write of a key whose stored form contains `key`
+    /// fail inside the store made by the last [`fresh`](Self::fresh), with
+    /// the store's own mechanism (a trigger that raises an error, for
+    /// example), not a wrapper around the backend: the case
+    /// [`a_failure_in_the_middle_of_a_batch`](crate::cases::a_failure_in_the_middle_of_a_batch)
+    /// then checks what a batch that fails half-way leaves behind.
+    ///
+    /// Returns whether the failure is armed; `false` (the default) makes
+    /// that case print a `SKIP:` notice.
+    ///
+    /// ```ignore
+    /// async fn fail_writes_of(&mut self, key: &str) -> persistent_map_core::Result<bool> {
+    ///     let sql = format!(
+    ///         "CREATE TRIGGER fail BEFORE INSERT ON kv WHEN instr(NEW.key, '{key}') > 0 \
+    ///          BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+    ///     );
+    ///     self.admin_connection().execute(&sql).await?;
+    ///     Ok(true)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// When the failure could not be armed; the case then fails.
+    async fn fail_writes_of(&mut self, key: &str) -> Result<bool> {
+        let _ = key;
+        Ok(false)
+    }
 }

@@ -1,10 +1,15 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cases;
+mod child;
+mod crash;
 mod factory;
+mod faults;
 mod harness;
 mod limits;
 mod modes;
+mod sharing;
+mod sync;
 pub mod types;
 
 pub use factory::{ConformanceBackend, StoreFactory};
@@ -77,6 +82,12 @@ macro_rules! conformance_tests {
             keys_that_differ_slightly_stay_distinct,
             a_large_key_and_a_large_value_round_trip,
             a_million_changes_in_one_batch,
+            acknowledged_writes_survive_a_drop,
+            acknowledged_writes_survive_a_kill,
+            flush_syncs_the_store_files,
+            load_keys_answers_in_the_order_asked,
+            two_live_instances_follow_each_other,
+            a_failure_in_the_middle_of_a_batch,
         }
     };
 }

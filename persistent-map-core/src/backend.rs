@@ -385,10 +385,11 @@ where
     ///
     /// As [`load_all`](Self::load_all).
     async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>, PersistentError> {
-        let mut all = self.load_all().await?;
+        let all = self.load_all().await?;
+        // A key asked twice is answered twice: `get`, not `remove`.
         Ok(keys
             .iter()
-            .map(|key| (key.clone(), all.remove(key)))
+            .map(|key| (key.clone(), all.get(key).cloned()))
             .collect())
     }
 

@@ -883,9 +883,10 @@ where
             let (key, value) = self.decode_row::<K, V>(row)?;
             found.insert(key, value);
         }
+        // A key asked twice is answered twice: `get`, not `remove`.
         Ok(keys
             .iter()
-            .map(|key| (key.clone(), found.remove(key)))
+            .map(|key| (key.clone(), found.get(key).cloned()))
             .collect())
     }
 

@@ -11,6 +11,9 @@ use persistent_map_postgres::PostgresBackend;
 struct PostgresFactory {
     scratch: Scratch,
     stores: u32,
+    /// The schema and table a child process opened by their locator (the
+    /// parent's scratch schema, which the parent drops).
+    attached: Option<(String, String)>,
 }
 
 impl PostgresFactory {
@@ -19,13 +22,21 @@ impl PostgresFactory {
         Self {
             scratch: Scratch::new(url),
             stores: 0,
+            attached: None,
         }
     }
 
+    fn names(&self) -> (String, String) {
+        self.attached
+            .clone()
+            .unwrap_or_else(|| (self.scratch.schema.clone(), format!("map_{}", self.stores)))
+    }
+
     async fn open(&self) -> persistent_map_core::Result<PostgresBackend> {
+        let (schema, table) = self.names();
         PostgresBackend::builder(&self.scratch.url)
-            .schema(&self.scratch.schema)
-            .table(format!("map_{}", self.stores))
+            .schema(schema)
+            .table(table)
             .pool_size(2)
             .build()
             .await
@@ -43,6 +54,49 @@ impl StoreFactory for PostgresFactory {
 
     async fn reopen(&mut self) -> persistent_map_core::Result<PostgresBackend> {
         self.open().await
+    }
+
+    fn locator(&self) -> Option<String> {
+        let (schema, table) = self.names();
+        Some(format!("{schema}.{table}"))
+    }
+
+    async fn attach(&mut self, locator: &str) -> persistent_map_core::Result<PostgresBackend> {
+        let (schema, table) = locator.split_once('.').ok_or_else(|| {
+            persistent_map_core::PersistentError::Other(format!("bad locator {locator:?}").into())
+        })?;
+        self.attached = Some((schema.to_owned(), table.to_owned()));
+        self.open().await
+    }
+
+    /// A trigger on the map's table, created through a connection of its
+    /// own, that raises an error for any row whose key contains `key`.
+    async fn fail_writes_of(&mut self, key: &str) -> persistent_map_core::Result<bool> {
+        use sqlx::Connection as _;
+        let io = |err: sqlx::Error| persistent_map_core::PersistentError::Other(Box::new(err));
+        let (schema, table) = self.names();
+        let key = key.replace('\'', "''");
+        let mut conn = sqlx::PgConnection::connect(&self.scratch.url)
+            .await
+            .map_err(io)?;
+        let function = format!("\"{schema}\".\"fail_{table}\"");
+        let statements = [
+            format!(
+                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 BEGIN IF strpos(NEW.key, '{key}') > 0 THEN \
+                 RAISE EXCEPTION 'injected failure for the conformance suite'; END IF; \
+                 RETURN NEW; END $$"
+            ),
+            format!(
+                "CREATE TRIGGER \"fail_{table}\" BEFORE INSERT OR UPDATE ON \"{schema}\".\"{table}\" \
+                 FOR EACH ROW EXECUTE FUNCTION {function}()"
+            ),
+        ];
+        for sql in statements {
+            sqlx::query(&sql).execute(&mut conn).await.map_err(io)?;
+        }
+        conn.close().await.map_err(io)?;
+        Ok(true)
     }
 }
 

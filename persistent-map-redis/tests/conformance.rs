@@ -11,6 +11,9 @@ use persistent_map_redis::RedisBackend;
 struct RedisFactory {
     scratch: Scratch,
     stores: u32,
+    /// The prefix and name a child process opened by their locator (the
+    /// parent's scratch prefix, whose keys the parent deletes).
+    attached: Option<(String, String)>,
 }
 
 impl RedisFactory {
@@ -19,13 +22,21 @@ impl RedisFactory {
         Self {
             scratch: Scratch::new(url),
             stores: 0,
+            attached: None,
         }
     }
 
+    fn names(&self) -> (String, String) {
+        self.attached
+            .clone()
+            .unwrap_or_else(|| (self.scratch.prefix.clone(), format!("map{}", self.stores)))
+    }
+
     async fn open(&self) -> persistent_map_core::Result<RedisBackend> {
+        let (prefix, name) = self.names();
         RedisBackend::builder(&self.scratch.url)
-            .prefix(&self.scratch.prefix)
-            .name(format!("map{}", self.stores))
+            .prefix(prefix)
+            .name(name)
             // Small chunks, so loading exercises several HSCAN rounds.
             .scan_count(3)
             .build()
@@ -45,6 +56,23 @@ impl StoreFactory for RedisFactory {
     async fn reopen(&mut self) -> persistent_map_core::Result<RedisBackend> {
         self.open().await
     }
+
+    fn locator(&self) -> Option<String> {
+        let (prefix, name) = self.names();
+        Some(format!("{prefix} {name}"))
+    }
+
+    async fn attach(&mut self, locator: &str) -> persistent_map_core::Result<RedisBackend> {
+        let (prefix, name) = locator.split_once(' ').ok_or_else(|| {
+            persistent_map_core::PersistentError::Other(format!("bad locator {locator:?}").into())
+        })?;
+        self.attached = Some((prefix.to_owned(), name.to_owned()));
+        self.open().await
+    }
+
+    // No `fail_writes_of`: Redis has no trigger or per-field permission that
+    // refuses one field of an `HSET`, so a failure inside a batch cannot be
+    // injected with the server's own means.
 }
 
 conformance_tests!(RedisFactory::new(), skip_if = common::skip_reason());

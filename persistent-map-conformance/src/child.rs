@@ -1,0 +1,148 @@
+//! Running a case's other half in a child process: a copy of the current
+//! test executable, told by environment variables which case it is part of
+//! and which store to open.
+//!
+//! The child is the same test run again with `<test name> --exact`, which
+//! both `cargo test` (libtest) and `cargo nextest` accept. The test's name
+//! comes from the name libtest gives the thread that runs it. The child
+//! reports on its standard output, one line per event, each written with
+//! one unbuffered write so that what it printed before a kill reaches the
+//! parent whole.
+
+use std::ffi::OsString;
+use std::io::Write as _;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+
+/// Names the case a child process runs the child half of.
+const ROLE_VAR: &str = "PERSISTENT_MAP_CONFORMANCE_CHILD";
+/// The store the child opens, as the parent factory's `locator` gave it.
+const LOCATOR_VAR: &str = "PERSISTENT_MAP_CONFORMANCE_LOCATOR";
+/// Starts every line the child reports, so the test harness's own output
+/// (`running 1 test`) is told apart.
+const PREFIX: &str = "pm-conformance: ";
+
+/// How long the parent waits for a line from the child. Generous: the
+/// child builds nothing, but a loaded 2-core machine may be slow to start
+/// a process and open a store.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The locator to open when this process is the child half of `case`.
+pub(crate) fn role(case: &str) -> Option<String> {
+    if std::env::var_os(ROLE_VAR).is_some_and(|role| role == case) {
+        std::env::var(LOCATOR_VAR).ok()
+    } else {
+        None
+    }
+}
+
+/// Reports one event to the parent.
+pub(crate) fn report(line: &str) {
+    // One write per line, straight to the file descriptor (past libtest's
+    // capture of `print!`), so a kill never splits or loses a finished line.
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(format!("{PREFIX}{line}\n").as_bytes());
+    let _ = stdout.flush();
+}
+
+/// Why the current test cannot be re-run as a child, or its name.
+pub(crate) fn current_test() -> Result<String, String> {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => Ok(name.to_owned()),
+        _ => Err(String::from(
+            "the test runs on an unnamed thread, so its name for `--exact` is unknown \
+             (run it under libtest or nextest)",
+        )),
+    }
+}
+
+/// A running child half of `case`.
+pub(crate) struct ChildRun {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl ChildRun {
+    /// Starts the current test executable as the child half of `case` on
+    /// the store `locator`, run by `wrapper` (for example `strace` and its
+    /// options) when one is given.
+    pub(crate) fn start(case: &str, locator: &str, wrapper: &[OsString]) -> Result<Self, String> {
+        let test = current_test()?;
+        let exe = std::env::current_exe()
+            .map_err(|err| format!("the path of the test executable: {err}"))?;
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&exe);
+                command
+            }
+            None => Command::new(&exe),
+        };
+        command
+            .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
+            .env(ROLE_VAR, case)
+            .env(LOCATOR_VAR, locator)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .map_err(|err| format!("starting {}: {err}", exe.display()))?;
+        let stdout = child.stdout.take().ok_or("the child's standard output")?;
+        Ok(Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        })
+    }
+
+    /// The next event the child reports, `None` when its output ended.
+    pub(crate) async fn next(&mut self) -> Option<String> {
+        loop {
+            let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
+                .await
+                .unwrap_or_else(|_| panic!("the child reported nothing for {PATIENCE:?}"))
+                .ok()??;
+            // Anywhere in the line: libtest may have printed `test <name> ... `
+            // without a line end before it.
+            if let Some((_, event)) = line.split_once(PREFIX) {
+                return Some(event.to_owned());
+            }
+        }
+    }
+
+    /// Kills the child (`SIGKILL` on Unix) and waits until it is gone.
+    pub(crate) async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Waits for the child to end and returns every event it reported,
+    /// with its standard error for a report. (Its exit status says little:
+    /// the test it is part of may assert that the parent half fails.)
+    pub(crate) async fn finish(mut self) -> (Vec<String>, String) {
+        let mut events = Vec::new();
+        while let Some(event) = self.next().await {
+            events.push(event);
+        }
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr).await;
+        }
+        let _ = tokio::time::timeout(PATIENCE, self.child.wait()).await;
+        (events, stderr)
+    }
+
+    /// Everything the child wrote to its standard error so far, after
+    /// killing it, for a failure message.
+    pub(crate) async fn stderr_after_kill(mut self) -> String {
+        let _ = self.child.kill().await;
+        let mut stderr = String::new();
+        if let Some(mut pipe) = self.child.stderr.take() {
+            let _ = pipe.read_to_string(&mut stderr).await;
+        }
+        stderr
+    }
+}

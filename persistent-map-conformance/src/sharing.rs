@@ -1,0 +1,201 @@
+//! Rules for a store several live instances share: what `watch` announces
+//! and what `load_keys` answers.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use persistent_map_core::{PersistentMap, RemoteChange, RemoteChanges, StorageBackend};
+
+use crate::factory::StoreFactory;
+use crate::harness::skip_notice;
+
+/// How long a remote change may take to arrive. Generous: a loaded 2-core
+/// machine must never reach it, and a passing run never waits it out.
+const PATIENCE: Duration = Duration::from_secs(60);
+/// How often a map is looked at while waiting for a remote change.
+const POLL: Duration = Duration::from_millis(10);
+
+/// "`load_keys` returns the current stored value of each of `keys` (`None`
+/// for a missing key), in order": the answer follows the order asked, not
+/// the store's, with missing keys in their place.
+pub async fn load_keys_answers_in_the_order_asked<F: StoreFactory>(mut factory: F) {
+    let backend = factory.fresh().await.expect("factory opens a fresh store");
+    let stored: std::collections::HashMap<String, String> =
+        backend.load_all().await.expect("a fresh store loads");
+    assert!(stored.is_empty(), "a fresh store must be empty");
+    for k in ["a", "b", "c", "d"] {
+        backend
+            .save(k.to_owned(), format!("value of {k}"))
+            .await
+            .expect("save");
+    }
+    let asked: Vec<String> = ["d", "missing", "a", "c", "b", "a"]
+        .map(String::from)
+        .to_vec();
+    let answer = StorageBackend::<String, String>::load_keys(&backend, &asked)
+        .await
+        .expect("load_keys");
+    let expected: Vec<(String, Option<String>)> = asked
+        .iter()
+        .map(|k| {
+            let value = (k != "missing").then(|| format!("value of {k}"));
+            (k.clone(), value)
+        })
+        .collect();
+    assert_eq!(
+        answer, expected,
+        "load_keys must answer each key asked, in the order asked"
+    );
+}
+
+/// For a store shared by live instances (no exclusive lock, and `watch`
+/// gives a feed): "the backend must leave out changes made through itself",
+/// each instance hears of the other's writes, and two maps on the store
+/// follow each other's inserts and removals.
+///
+/// The echo check relies on a feed that delivers announcements in the
+/// order the store saw the writes (as one notification channel does): an
+/// instance's own write made before another instance's write would be
+/// announced before it.
+pub async fn two_live_instances_follow_each_other<F: StoreFactory>(mut factory: F) {
+    const CASE: &str = "two_live_instances_follow_each_other";
+    let first = factory.fresh().await.expect("factory opens a fresh store");
+    if StorageBackend::<String, String>::capabilities(&first).exclusive_lock {
+        skip_notice(
+            CASE,
+            &"the backend declares an exclusive lock: no two live instances",
+        );
+        return;
+    }
+    let Some(mut first_feed) = StorageBackend::<String, String>::watch(&first)
+        .await
+        .expect("watch")
+    else {
+        skip_notice(
+            CASE,
+            &"the backend's watch gives no feed: live instances do not follow each other",
+        );
+        return;
+    };
+    let second = factory
+        .reopen()
+        .await
+        .expect("a second live instance on the shared store");
+    let mut second_feed = StorageBackend::<String, String>::watch(&second)
+        .await
+        .expect("watch")
+        .expect("the second instance of a store with a feed has one too");
+
+    first
+        .save("from first".to_owned(), "1".to_owned())
+        .await
+        .expect("save through the first instance");
+    second
+        .save("from second".to_owned(), "2".to_owned())
+        .await
+        .expect("save through the second instance");
+    let heard = until_announced(&mut second_feed, "from first").await;
+    assert!(
+        !heard.iter().any(|k| k == "from second"),
+        "the second instance heard its own write announced back: {heard:?}"
+    );
+    let heard = until_announced(&mut first_feed, "from second").await;
+    assert!(
+        !heard.iter().any(|k| k == "from first"),
+        "the first instance heard its own write announced back: {heard:?}"
+    );
+    // Once more the other way round, so each feed is checked after its
+    // own instance's write.
+    first
+        .save("again from first".to_owned(), "3".to_owned())
+        .await
+        .expect("save");
+    let heard = until_announced(&mut second_feed, "again from first").await;
+    assert!(
+        !heard.iter().any(|k| k == "from second"),
+        "the second instance heard its own write announced back: {heard:?}"
+    );
+    let answer = StorageBackend::<String, String>::load_keys(
+        &second,
+        &["again from first".to_owned(), "from first".to_owned()],
+    )
+    .await
+    .expect("load_keys on the other instance");
+    assert_eq!(
+        answer,
+        vec![
+            ("again from first".to_owned(), Some("3".to_owned())),
+            ("from first".to_owned(), Some("1".to_owned())),
+        ],
+        "load_keys on the second instance sees the first one's writes, in the order asked"
+    );
+    drop((first_feed, second_feed, first, second));
+
+    let one = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a map on the shared store");
+    let two = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a second map on the shared store");
+    one.insert("by map one".into(), "a".into())
+        .await
+        .expect("insert");
+    until(
+        || two.get("by map one") == Some("a".into()),
+        "map two sees map one's insert",
+    )
+    .await;
+    two.remove(&"by map one".to_string()).await.expect("remove");
+    until(
+        || !one.contains_key("by map one"),
+        "map one sees map two's removal",
+    )
+    .await;
+    two.insert("by map two".into(), "b".into())
+        .await
+        .expect("insert");
+    until(
+        || one.get("by map two") == Some("b".into()),
+        "map one sees map two's insert",
+    )
+    .await;
+    one.close().await.expect("close");
+    two.close().await.expect("close");
+}
+
+/// Reads `feed` until it announces `key`, returning every key it announced.
+async fn until_announced(feed: &mut RemoteChanges<String>, key: &str) -> Vec<String> {
+    let mut heard = Vec::new();
+    let found = tokio::time::timeout(PATIENCE, async {
+        while let Some(change) = feed.next().await {
+            if let RemoteChange::Changed(keys) = change {
+                let done = keys.iter().any(|k| k == key);
+                heard.extend(keys);
+                if done {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+    .await;
+    match found {
+        Ok(true) => heard,
+        Ok(false) => panic!("the feed ended before it announced {key:?} (heard {heard:?})"),
+        Err(_) => panic!("the feed did not announce {key:?} within {PATIENCE:?} (heard {heard:?})"),
+    }
+}
+
+async fn until(condition: impl Fn() -> bool, what: &str) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !condition() {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: not within {PATIENCE:?}");
+}
