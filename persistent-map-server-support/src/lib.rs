@@ -1,0 +1,16 @@
+#![doc = include_str!("../README.md")]
+
+mod announcement;
+mod batch;
+mod feed;
+mod inbox;
+mod listen;
+mod reconnect;
+mod redact;
+
+pub use announcement::Announcement;
+pub use batch::encode_batch;
+pub use feed::Feed;
+pub use inbox::Inbox;
+pub use listen::Listen;
+pub use redact::redact_url;
