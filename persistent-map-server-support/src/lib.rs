@@ -5,6 +5,8 @@ mod batch;
 mod feed;
 mod inbox;
 mod listen;
+#[cfg(feature = "fault-proxy")]
+mod proxy;
 mod reconnect;
 mod redact;
 
@@ -13,4 +15,6 @@ pub use batch::encode_batch;
 pub use feed::Feed;
 pub use inbox::Inbox;
 pub use listen::Listen;
+#[cfg(feature = "fault-proxy")]
+pub use proxy::{Cut, FaultProxy};
 pub use redact::redact_url;
