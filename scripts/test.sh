@@ -28,8 +28,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --all-features --no-deps
 
 step "each crate on its own"
 for package in persistent-map-core persistent-map-memory persistent-map-sqlite \
-    persistent-map-csv persistent-map-postgres persistent-map-redis persistent-map-conformance \
-    persistent-map-cli; do
+    persistent-map-csv persistent-map-server-support persistent-map-postgres persistent-map-redis \
+    persistent-map-conformance persistent-map-cli; do
     cargo check --quiet -p "$package"
 done
 cargo check --quiet -p persistent-map --no-default-features
@@ -51,7 +51,7 @@ step "cargo package (every crate meant for the registry, verified)"
 rm -rf target/package "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/persistent-map-*
 clean=()
 for package in persistent-map-core persistent-map-memory persistent-map-sqlite persistent-map-csv \
-    persistent-map-postgres persistent-map-redis persistent-map-conformance persistent-map \
+    persistent-map-server-support persistent-map-postgres persistent-map-redis persistent-map-conformance persistent-map \
     persistent-map-cli; do
     clean+=(-p "$package")
 done

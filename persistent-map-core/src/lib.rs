@@ -8,7 +8,6 @@ mod closure;
 pub mod codec;
 mod detached;
 mod error;
-pub mod feed;
 mod health;
 mod map;
 mod outcome;

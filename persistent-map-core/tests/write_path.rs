@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::Switchable;
-use persistent_map_core::feed::{Feed, Inbox, Listen};
+use futures::channel::mpsc;
+use futures::StreamExt;
+use persistent_map_core::codec::key_from_text;
 use persistent_map_core::{
-    async_trait, BatchOp, PersistentError, PersistentMap, RemoteChanges, Result, StorageBackend,
-    WriteBehind,
+    async_trait, BatchOp, PersistentError, PersistentMap, RemoteChange, RemoteChanges, Result,
+    StorageBackend, WriteBehind,
 };
 use persistent_map_memory::InMemoryBackend;
 use serde::de::DeserializeOwned;
@@ -253,31 +255,13 @@ async fn the_write_through_queue_is_bounded_even_for_cancelled_calls() {
     assert_eq!(map.len(), stored, "the cache holds what was stored");
 }
 
-/// A listener that only keeps the inbox, so the test can announce changes.
-#[derive(Default)]
-struct HandListener {
-    inbox: Mutex<Option<Arc<Inbox>>>,
-}
-
-#[async_trait]
-impl Listen for HandListener {
-    type Error = PersistentError;
-
-    fn channel(&self) -> &str {
-        "by hand"
-    }
-
-    async fn start(&self, inbox: Arc<Inbox>) -> Result<()> {
-        *self.inbox.lock().expect("not poisoned") = Some(inbox);
-        Ok(())
-    }
-}
-
-/// A shared store whose change feed is a [`Feed`], counting full loads
-/// (`load_into`; a refresh of a few keys goes through `load_keys`).
+/// A shared store whose change feed is a channel the test announces key
+/// texts on, counting full loads (`load_into`; a refresh of a few keys goes
+/// through `load_keys`).
 struct Watched {
     store: InMemoryBackend,
-    feed: Feed<HandListener>,
+    /// The announcing end, once the map subscribed.
+    announce: Mutex<Option<mpsc::UnboundedSender<Vec<String>>>>,
     loads: AtomicUsize,
 }
 
@@ -301,7 +285,15 @@ where
         StorageBackend::<K, V>::delete(&self.store, key).await
     }
     async fn watch(&self) -> Result<Option<RemoteChanges<K>>> {
-        self.feed.take().await.map(Some)
+        let (tx, rx) = mpsc::unbounded::<Vec<String>>();
+        *self.announce.lock().expect("not poisoned") = Some(tx);
+        Ok(Some(Box::pin(rx.map(|texts| {
+            texts
+                .iter()
+                .map(|text| key_from_text(text))
+                .collect::<std::result::Result<Vec<K>, _>>()
+                .map_or(RemoteChange::Resync, RemoteChange::Changed)
+        }))))
     }
 }
 
@@ -311,7 +303,7 @@ async fn a_map_on_a_watched_store_loads_it_once_when_it_opens() {
     store.save("a".to_string(), 1_u32).await.expect("seed");
     let backend = Watched {
         store: store.clone(),
-        feed: Feed::new(HandListener::default()),
+        announce: Mutex::new(None),
         loads: AtomicUsize::new(0),
     };
     let map: PersistentMap<String, u32, _> = PersistentMap::new(backend).await.expect("open");
@@ -321,16 +313,16 @@ async fn a_map_on_a_watched_store_loads_it_once_when_it_opens() {
         .save("b".to_string(), 2_u32)
         .await
         .expect("remote write");
-    let inbox = map
+    let announce = map
         .backend()
-        .feed
-        .listener()
-        .inbox
+        .announce
         .lock()
         .expect("not poisoned")
         .clone()
-        .expect("the map took the feed");
-    inbox.push_keys(vec!["b".into()]);
+        .expect("the map subscribed");
+    announce
+        .unbounded_send(vec!["b".into()])
+        .expect("the map follows the feed");
     eventually("the announced write", || map.get("b") == Some(2)).await;
     assert_eq!(
         map.backend().loads.load(Ordering::SeqCst),

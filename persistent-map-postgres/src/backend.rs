@@ -8,19 +8,19 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use futures::TryStreamExt;
-use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
-use persistent_map_core::feed::Announcement;
+use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
 };
+use persistent_map_server_support::{encode_batch, Announcement};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
 use crate::config::{PostgresBuilder, PostgresOptions, Watch};
-use crate::error::{map_sqlx_error, outcome_unknown, BACKEND};
+use crate::error::{commit_error, map_sqlx_error, BACKEND};
 use crate::stored::{load_key, load_value, store_key, store_value};
 use crate::watch::{Feed, Listener};
 
@@ -511,7 +511,7 @@ impl PostgresBackend {
         batch: &[BatchOp<K, V>],
     ) -> Result<EncodedBatch> {
         let mut encoded = EncodedBatch::default();
-        for (key_text, value) in encode_batch(batch, &self.inner.store)? {
+        for (key_text, value) in encode_batch(batch, BACKEND, &self.inner.store)? {
             let key = stored(store_key(&key_text)).unwrap_or(key_text);
             match value {
                 Some(json) => {
@@ -565,8 +565,13 @@ impl PostgresBackend {
         Ok((key, value))
     }
 
-    /// Runs `work` in one transaction that also announces `payloads`, and
-    /// asks this instance's map to reload when the outcome is unknown.
+    /// Runs `work` in one transaction that also announces `payloads`.
+    ///
+    /// A connection lost before `COMMIT` is sent leaves nothing applied (the
+    /// server rolls back a session that ends inside a transaction): a
+    /// [`PersistentError::Connection`]. One lost while `COMMIT`'s reply is
+    /// awaited may have committed: [`PersistentError::OutcomeUnknown`], which
+    /// the map settles by reading the keys back.
     async fn write(
         &self,
         operation: Operation,
@@ -577,50 +582,43 @@ impl PostgresBackend {
         let inner = &*self.inner;
         let sql = self.sql()?;
         let fail = |e| map_sqlx_error(e, operation, location.clone(), &inner.endpoint);
-        let result = async {
-            let mut tx = inner.pool.begin().await.map_err(fail)?;
-            match &work {
-                Work::Batch(batch) => {
-                    if !batch.deletes.is_empty() {
-                        sqlx::query(&sql.delete)
-                            .bind(&batch.deletes)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(fail)?;
-                    }
-                    if !batch.put_keys.is_empty() {
-                        sqlx::query(&sql.upsert)
-                            .bind(&batch.put_keys)
-                            .bind(&batch.put_values)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(fail)?;
-                    }
+        let mut tx = inner.pool.begin().await.map_err(fail)?;
+        match &work {
+            Work::Batch(batch) => {
+                if !batch.deletes.is_empty() {
+                    sqlx::query(&sql.delete)
+                        .bind(&batch.deletes)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(fail)?;
                 }
-                Work::Clear => {
-                    sqlx::query(&sql.delete_all)
+                if !batch.put_keys.is_empty() {
+                    sqlx::query(&sql.upsert)
+                        .bind(&batch.put_keys)
+                        .bind(&batch.put_values)
                         .execute(&mut *tx)
                         .await
                         .map_err(fail)?;
                 }
             }
-            if !payloads.is_empty() {
-                sqlx::query(NOTIFY)
-                    .bind(&inner.channel)
-                    .bind(&payloads)
+            Work::Clear => {
+                sqlx::query(&sql.delete_all)
                     .execute(&mut *tx)
                     .await
                     .map_err(fail)?;
             }
-            tx.commit().await.map_err(fail)
         }
-        .await;
-        if let (Err(err), Some(feed)) = (&result, &inner.feed) {
-            if outcome_unknown(err) {
-                feed.resync_after_doubt();
-            }
+        if !payloads.is_empty() {
+            sqlx::query(NOTIFY)
+                .bind(&inner.channel)
+                .bind(&payloads)
+                .execute(&mut *tx)
+                .await
+                .map_err(fail)?;
         }
-        result
+        tx.commit()
+            .await
+            .map_err(|e| commit_error(e, operation, location.clone(), &inner.endpoint))
     }
 }
 
@@ -676,37 +674,6 @@ fn channel_name(schema: &str, table: &str) -> String {
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("persistent_map:{hash:016x}")
-}
-
-/// `postgres://user:secret@host/db?password=x` -> `postgres://user:***@host/db?password=***`.
-///
-/// Parsed with the `url` crate, so a password is found wherever the URL
-/// grammar puts it: the password in the user info becomes `***`, every query
-/// parameter keeps its name but not its value (`?password=`, `?pass=`, ...),
-/// and the fragment is dropped. A text that is not a URL is not shown at all.
-pub(crate) fn redact_url(text: &str) -> String {
-    let Ok(mut url) = url::Url::parse(text) else {
-        return String::from("<unparsable url>");
-    };
-    if url.password().is_some() {
-        // Only fails for a URL without a host, which has no password.
-        let _ = url.set_password(Some("***"));
-    }
-    if url.query().is_some() {
-        let names: Vec<String> = url
-            .query_pairs()
-            .map(|(name, _)| name.into_owned())
-            .collect();
-        url.set_query(None);
-        if !names.is_empty() {
-            let mut query = url.query_pairs_mut();
-            for name in &names {
-                query.append_pair(name, "***");
-            }
-        }
-    }
-    url.set_fragment(None);
-    url.into()
 }
 
 async fn relation_exists(
@@ -893,7 +860,7 @@ where
     async fn watch(&self) -> Result<Option<RemoteChanges<K>>> {
         match &self.inner.feed {
             Some(feed) => feed
-                .take()
+                .take(key_from_text::<K>)
                 .await
                 .map(Some)
                 .map_err(|e| self.error(e, Operation::Open)),
@@ -911,25 +878,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/app?sslmode=require&password=x"),
-            "postgres://app:***@db:5432/app?sslmode=***&password=***"
-        );
-        assert_eq!(redact_url("postgres://app@db/app"), "postgres://app@db/app");
-        assert_eq!(redact_url("postgres://db"), "postgres://db");
-        assert_eq!(
-            redact_url("postgres://u@host?password=x"),
-            "postgres://u@host?password=***"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p%2Fq%40r@host/db#p"),
-            "postgres://u:***@host/db"
-        );
-        assert_eq!(redact_url("postgres://u:x@host:port"), "<unparsable url>");
-    }
 
     #[test]
     fn channel_names_fit_the_identifier_limit() {

@@ -245,7 +245,7 @@ pub struct PostgresBuilder {
 impl std::fmt::Debug for PostgresBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresBuilder")
-            .field("url", &crate::backend::redact_url(&self.url))
+            .field("url", &persistent_map_server_support::redact_url(&self.url))
             .field("options", &self.options)
             .finish()
     }

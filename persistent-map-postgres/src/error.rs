@@ -51,8 +51,24 @@ pub(crate) fn is_connection_error(err: &sqlx::Error) -> bool {
     }
 }
 
-/// Whether a failed write may nevertheless have been committed: the
-/// connection broke while the outcome was on its way back.
-pub(crate) fn outcome_unknown(err: &PersistentError) -> bool {
-    matches!(err, PersistentError::Connection { .. })
+/// Maps an error of `COMMIT`: a connection lost while its reply was awaited
+/// (or while it was being sent) leaves the outcome unknown,
+/// [`PersistentError::OutcomeUnknown`]; any other error is mapped as by
+/// [`map_sqlx_error`] (the server refused the commit, nothing is applied).
+pub(crate) fn commit_error(
+    err: sqlx::Error,
+    operation: Operation,
+    location: Location,
+    endpoint: &str,
+) -> PersistentError {
+    if is_connection_error(&err) {
+        PersistentError::OutcomeUnknown {
+            backend: BACKEND,
+            operation,
+            location,
+            source: Box::new(err),
+        }
+    } else {
+        map_sqlx_error(err, operation, location, endpoint)
+    }
 }

@@ -4,19 +4,19 @@
 //! The listener keeps reading whatever happens downstream (an idle listener
 //! would hold back PostgreSQL's notification queue for every writer); the
 //! inbox, the hand-over to the map and the message format are
-//! [`persistent_map_core::feed`]'s.
+//! [`persistent_map_server_support`]'s.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use persistent_map_core::async_trait;
-use persistent_map_core::feed::{Inbox, Listen};
+use persistent_map_server_support::{Inbox, Listen};
 use sqlx::postgres::{PgListener, PgPool};
 
 use crate::stored::load_key;
 
 /// The change feed of one backend instance.
-pub(crate) type Feed = persistent_map_core::feed::Feed<Listener>;
+pub(crate) type Feed = persistent_map_server_support::Feed<Listener>;
 
 /// Starts `LISTEN` connections on a table's channel.
 pub(crate) struct Listener {
@@ -72,7 +72,7 @@ async fn listen(pool: &PgPool, channel: &str) -> Result<PgListener, sqlx::Error>
 }
 
 /// The listener task: reads notifications until the map stops following,
-/// reconnecting with a growing delay when the connection is lost, and asks
+/// reconnecting with a growing, jittered delay when the connection is lost, and asks
 /// for a resync after every reconnection (notifications sent meanwhile are lost).
 async fn run(
     mut listener: PgListener,

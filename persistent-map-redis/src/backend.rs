@@ -5,19 +5,19 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
-use persistent_map_core::feed::Announcement;
+use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
 };
+use persistent_map_server_support::{encode_batch, Announcement};
 use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::{RedisBuilder, RedisOptions, Watch};
-use crate::error::{map_redis_error, outcome_unknown, BACKEND};
+use crate::error::{exec_error, map_redis_error, BACKEND};
 use crate::watch::{Feed, Subscriber};
 
 /// The newest format this release reads and the one it writes.
@@ -332,8 +332,13 @@ impl RedisBackend {
         result.map_err(|e| self.error(e, operation))
     }
 
-    /// Runs an atomic pipeline, and asks this instance's map to reload when
-    /// its outcome is unknown.
+    /// Runs an atomic pipeline (`MULTI` ... `EXEC`, sent as one request).
+    ///
+    /// A connection that could not be made sent nothing: a
+    /// [`PersistentError::Connection`]. A connection lost once the request
+    /// may have gone out may have lost only `EXEC`'s reply:
+    /// [`PersistentError::OutcomeUnknown`], which the map settles by reading
+    /// the keys back (the server applies a transaction whole or not at all).
     async fn run_atomic(
         &self,
         pipe: &redis::Pipeline,
@@ -341,16 +346,9 @@ impl RedisBackend {
         location: Location,
     ) -> Result<()> {
         let mut conn = self.inner.manager.clone();
-        let result: Result<()> = pipe
-            .query_async::<()>(&mut conn)
+        pipe.query_async::<()>(&mut conn)
             .await
-            .map_err(|e| map_redis_error(e, operation, location, &self.inner.endpoint));
-        if let (Err(err), Some(feed)) = (&result, &self.inner.feed) {
-            if outcome_unknown(err) {
-                feed.resync_after_doubt();
-            }
-        }
-        result
+            .map_err(|e| exec_error(e, operation, location, &self.inner.endpoint))
     }
 }
 
@@ -408,37 +406,6 @@ fn has_no_fsync_to_wait_for(err: &redis::RedisError) -> bool {
     }
     let detail = err.detail().unwrap_or_default().to_ascii_lowercase();
     detail.starts_with("unknown command 'waitaof'") || detail.contains("appendonly is disabled")
-}
-
-/// `redis://user:secret@host/0` -> `redis://user:***@host/0`, and query values hidden.
-///
-/// Parsed with the `url` crate, so a password is found wherever the URL
-/// grammar puts it: the password in the user info becomes `***`, every query
-/// parameter keeps its name but not its value (`?password=`, `?pass=`, ...),
-/// and the fragment is dropped. A text that is not a URL is not shown at all.
-pub(crate) fn redact_url(text: &str) -> String {
-    let Ok(mut url) = url::Url::parse(text) else {
-        return String::from("<unparsable url>");
-    };
-    if url.password().is_some() {
-        // Only fails for a URL without a host, which has no password.
-        let _ = url.set_password(Some("***"));
-    }
-    if url.query().is_some() {
-        let names: Vec<String> = url
-            .query_pairs()
-            .map(|(name, _)| name.into_owned())
-            .collect();
-        url.set_query(None);
-        if !names.is_empty() {
-            let mut query = url.query_pairs_mut();
-            for name in &names {
-                query.append_pair(name, "***");
-            }
-        }
-    }
-    url.set_fragment(None);
-    url.into()
 }
 
 impl fmt::Debug for RedisBackend {
@@ -527,7 +494,7 @@ where
             return Ok(());
         }
         // Only the last change per key matters inside one transaction.
-        let net = encode_batch(batch, &self.inner.store)?;
+        let net = encode_batch(batch, BACKEND, &self.inner.store)?;
         let inner = &*self.inner;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -634,7 +601,7 @@ where
     async fn watch(&self) -> Result<Option<RemoteChanges<K>>> {
         match &self.inner.feed {
             Some(feed) => feed
-                .take()
+                .take(key_from_text::<K>)
                 .await
                 .map(Some)
                 .map_err(|e| self.error(e, Operation::Open)),
@@ -780,24 +747,5 @@ mod tests {
                 "{refused}"
             );
         }
-    }
-
-    #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("redis://user:s3cret@cache:6379/2"),
-            "redis://user:***@cache:6379/2"
-        );
-        assert_eq!(redact_url("redis://:s3cret@cache"), "redis://:***@cache");
-        assert_eq!(redact_url("redis://cache:6379"), "redis://cache:6379");
-        assert_eq!(
-            redact_url("redis+unix:///run/redis.sock?db=1&pass=s3cret"),
-            "redis+unix:///run/redis.sock?db=***&pass=***"
-        );
-        assert_eq!(
-            redact_url("redis://u@cache?password=s3cret"),
-            "redis://u@cache?password=***"
-        );
-        assert_eq!(redact_url("redis://u:s3cret/x@cache"), "<unparsable url>");
     }
 }

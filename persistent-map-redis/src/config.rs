@@ -227,7 +227,7 @@ pub struct RedisBuilder {
 impl std::fmt::Debug for RedisBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBuilder")
-            .field("url", &crate::backend::redact_url(&self.url))
+            .field("url", &persistent_map_server_support::redact_url(&self.url))
             .field("options", &self.options)
             .finish()
     }

@@ -37,8 +37,26 @@ pub(crate) fn is_connection_error(err: &redis::RedisError) -> bool {
         || err.is_unrecoverable_error()
 }
 
-/// Whether a failed write may nevertheless have been applied: the
-/// connection broke while the outcome was on its way back.
-pub(crate) fn outcome_unknown(err: &PersistentError) -> bool {
-    matches!(err, PersistentError::Connection { .. })
+/// Maps an error of the request that commits (`EXEC`, or the pipeline
+/// holding it). The driver does not tell whether a request it fails was
+/// sent, so every loss of the connection other than a refused connection
+/// (nothing was sent) counts as a lost reply: [`PersistentError::OutcomeUnknown`].
+/// A refused connection, or an error the server answered with (nothing
+/// applied), is mapped as by [`map_redis_error`].
+pub(crate) fn exec_error(
+    err: redis::RedisError,
+    operation: Operation,
+    location: Location,
+    endpoint: &str,
+) -> PersistentError {
+    if is_connection_error(&err) && !err.is_connection_refusal() {
+        PersistentError::OutcomeUnknown {
+            backend: BACKEND,
+            operation,
+            location,
+            source: Box::new(err),
+        }
+    } else {
+        map_redis_error(err, operation, location, endpoint)
+    }
 }

@@ -4,17 +4,17 @@
 //! The subscriber keeps reading whatever happens downstream (a subscriber
 //! that stops reading is eventually disconnected by the server's output
 //! buffer limit); the inbox, the hand-over to the map and the message format
-//! are [`persistent_map_core::feed`]'s.
+//! are [`persistent_map_server_support`]'s.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use persistent_map_core::async_trait;
-use persistent_map_core::feed::{Inbox, Listen};
+use persistent_map_server_support::{Inbox, Listen};
 
 /// The change feed of one backend instance.
-pub(crate) type Feed = persistent_map_core::feed::Feed<Subscriber>;
+pub(crate) type Feed = persistent_map_server_support::Feed<Subscriber>;
 
 /// Starts subscriber connections on a hash's channel.
 pub(crate) struct Subscriber {
@@ -83,7 +83,7 @@ async fn subscribe(
 }
 
 /// The subscriber task: reads messages until the map stops following,
-/// reconnecting with a growing delay when the connection is lost, and asks
+/// reconnecting with a growing, jittered delay when the connection is lost, and asks
 /// for a resync after every reconnection (messages published meanwhile are lost).
 async fn run(
     mut subscriber: redis::aio::PubSub,

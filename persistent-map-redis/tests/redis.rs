@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::server::{free_port, RedisServer};
 use common::{report, unique, url_or_skip, Scratch};
-use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
+use persistent_map_core::{ErrorKind, PersistentError, PersistentMap, StorageBackend};
 use persistent_map_redis::{RedisBackend, Watch};
 use redis::AsyncCommands;
 
@@ -22,15 +22,19 @@ async fn open(scratch: &Scratch, name: &str) -> RedisBackend {
         .expect("backend opens")
 }
 
+/// How long a condition may take on a loaded machine (2 cores shared with
+/// other builds): generous, since a passing run never waits for it.
+const DEADLINE: Duration = Duration::from_secs(60);
+
 async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + DEADLINE;
     while Instant::now() < deadline {
         if check() {
             return;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    panic!("{what} did not happen within 20 s");
+    panic!("{what} did not happen within {DEADLINE:?}");
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -301,7 +305,7 @@ async fn two_instances_follow_each_other_with_low_latency() {
         let started = Instant::now();
         a.insert(key.clone(), i).await.expect("insert");
         let acknowledged = Instant::now();
-        let deadline = acknowledged + Duration::from_secs(10);
+        let deadline = acknowledged + DEADLINE;
         while b.get(&key) != Some(i) {
             assert!(Instant::now() < deadline, "b never saw {key} = {i}");
             tokio::task::yield_now().await;
@@ -425,8 +429,12 @@ async fn server_restart_in_the_middle_of_a_write_stream() {
     server.kill();
     for i in 100..105 {
         let err = a.insert(key(i), i).await.expect_err("insert while down");
+        // The driver does not say whether a request on a connection that
+        // just died went out: the write's outcome is unknown until the map
+        // reads it back, which fails while the server is down.
         assert!(
-            matches!(&err, PersistentError::Connection { endpoint, .. } if endpoint == &format!("127.0.0.1:{}", server.port)),
+            matches!(&err, PersistentError::Connection { endpoint, .. } if endpoint == &format!("127.0.0.1:{}", server.port))
+                || err.kind() == ErrorKind::OutcomeUnknown,
             "{err:?}"
         );
         assert_eq!(
@@ -442,10 +450,12 @@ async fn server_restart_in_the_middle_of_a_write_stream() {
         .expect("server starts again");
     for i in 200..300 {
         // The manager reconnects on the first command after the restart.
-        let mut tries = 0;
+        let deadline = Instant::now() + DEADLINE;
         while let Err(err) = a.insert(key(i), i).await {
-            tries += 1;
-            assert!(tries < 20, "writes keep failing after the restart: {err}");
+            assert!(
+                Instant::now() < deadline,
+                "writes keep failing after the restart: {err}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         acknowledged.insert(key(i), i);

@@ -73,7 +73,7 @@ pub async fn announce(backend: &PostgresBackend, shown: &str) -> Result<()> {
     }
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(backend.channel())
-        .bind(persistent_map_core::feed::Announcement::resync("cli").to_json())
+        .bind(persistent_map_server_support::Announcement::resync("cli").to_json())
         .execute(backend.pool())
         .await
         .map_err(|e| CliError::read("notify", shown, e))?;

@@ -5,6 +5,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use persistent_map_server_support::redact_url;
+
 use crate::error::CliError;
 
 /// A parsed store URL.
@@ -235,32 +237,8 @@ fn server_url(text: &str) -> Result<ServerUrl, CliError> {
     } else {
         url.query_pairs_mut().clear().extend_pairs(kept);
     }
-    let shown = redact_url(&url);
+    let shown = redact_url(url.as_str());
     Ok((url.to_string(), shown, ours))
-}
-
-/// The URL with its password, and any `password` parameter, replaced by `***`.
-fn redact_url(url: &url::Url) -> String {
-    let mut shown = url.clone();
-    if shown.password().is_some() {
-        // Only fails for URLs that cannot have a password at all.
-        let _ = shown.set_password(Some("***"));
-    }
-    if shown.query().is_some() {
-        let pairs: Vec<(String, String)> = shown
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if k.to_ascii_lowercase().contains("password") {
-                    String::from("***")
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        shown.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    shown.to_string()
 }
 
 /// The passwords in any of `args` that is a URL (decoded and as written),
@@ -311,16 +289,15 @@ fn percent_decoded(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Any text that may be a URL, redacted for an error message: parsed and
-/// redacted when it parses, otherwise cut before a `@` that may follow a
-/// password.
+/// Any text that may be a URL, redacted for an error message. A text
+/// without `@`, `?` or `#` cannot hold a password anywhere the URL grammar
+/// puts one (a file name given where a URL was expected) and is shown as
+/// it is; any other is shown as [`redact_url`] shows it.
 fn redact(text: &str) -> String {
-    if let Ok(url) = url::Url::parse(text) {
-        return redact_url(&url);
-    }
-    match text.split_once('@') {
-        Some((_, host)) => format!("***@{host}"),
-        None => text.to_owned(),
+    if text.contains(['@', '?', '#']) {
+        redact_url(text)
+    } else {
+        text.to_owned()
     }
 }
 
@@ -379,7 +356,9 @@ mod tests {
         };
         assert_eq!(url, "postgres://app:s3cret@db:5432/prod?sslmode=disable");
         assert_eq!((schema.as_str(), table.as_str()), ("app", "users"));
-        assert_eq!(shown, "postgres://app:***@db:5432/prod?sslmode=disable");
+        // Every parameter's value is hidden, not only those named like a
+        // password (a driver may read a secret from any of them).
+        assert_eq!(shown, "postgres://app:***@db:5432/prod?sslmode=***");
         assert!(!name.to_string().contains("s3cret"));
         assert!(!format!("{name:?}").contains("s3cret"));
 
@@ -418,5 +397,9 @@ mod tests {
         assert!(!err.to_string().contains("s3cret"), "{err}");
         let err = StoreName::parse("postgres://u:s3cret@db/x?prefix=p").expect_err("wrong param");
         assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = StoreName::parse("postgres://u:s3cret@db:port/x").expect_err("bad port");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = StoreName::parse("app.db").expect_err("not a URL");
+        assert!(err.to_string().contains("\"app.db\""), "{err}");
     }
 }
