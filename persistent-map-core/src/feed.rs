@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 
 use crate::backend::{RemoteChange, RemoteChanges};
-use crate::codec::key_from_text;
+use crate::codec::KeyFormat;
 
 /// Keys an [`Inbox`] buffers before it gives up on them and asks for a reload.
 const INBOX_KEYS: usize = 16 * 1024;
@@ -51,8 +51,8 @@ const CHANNEL_CAPACITY: usize = 64;
 /// `{"from":"<instance>","keys":["a","b"]}` or
 /// `{"from":"<instance>","resync":true}`.
 ///
-/// `keys` are the keys' texts as the store holds them (usually
-/// [`key_to_text`](crate::codec::key_to_text)); an empty list is left out of
+/// `keys` are the keys' texts as the store holds them (in the store's
+/// [`KeyFormat`]); an empty list is left out of
 /// the JSON, and so is `resync` when false. Anything that sends this JSON on
 /// the backend's channel is followed, so a script that changes the store
 /// behind the maps' back can publish `{"from":"script","resync":true}`.
@@ -462,12 +462,20 @@ pub trait Listen: Send + Sync + 'static {
     /// When the first connection fails; the inbox is then closed.
     async fn start(&self, inbox: Arc<Inbox>) -> Result<(), Self::Error>;
 
-    /// The key text ([`key_from_text`] decodes it) of an announced key, as
-    /// the store holds it; `None` when it is damaged, which makes the map
+    /// The key text ([`key_format`](Self::key_format) decodes it) of an
+    /// announced key, as the store holds it; `None` when it is damaged, which makes the map
     /// reload. The default returns it unchanged; a backend that escapes
     /// keys in its store undoes that here.
     fn key_text<'a>(&self, announced: &'a str) -> Option<Cow<'a, str>> {
         Some(Cow::Borrowed(announced))
+    }
+
+    /// The format the store holds its keys in, which decodes the texts of
+    /// announced keys. The default is [`KeyFormat::Legacy`], the format of
+    /// stores that do not record one; a backend whose store records its
+    /// format returns that.
+    fn key_format(&self) -> KeyFormat {
+        KeyFormat::Legacy
     }
 }
 
@@ -510,7 +518,7 @@ impl<L: Listen> Feed<L> {
     }
 
     /// Starts a listener and hands it to a map: the changes other instances
-    /// announce, keys decoded with [`key_from_text`] (after
+    /// announce, keys decoded in [`Listen::key_format`] (after
     /// [`Listen::key_text`]); a key that does not decode as a `K` turns the
     /// batch into a resync.
     ///
@@ -600,7 +608,7 @@ fn decode_keys<K: DeserializeOwned, L: Listen>(listen: &L, announced: &[String])
         .iter()
         .map(|s| {
             let text = listen.key_text(s)?;
-            key_from_text(&text).ok()
+            listen.key_format().decode(&text).ok()
         })
         .collect::<Option<Vec<K>>>()
         .or_else(|| {
