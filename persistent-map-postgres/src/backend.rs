@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use futures::TryStreamExt;
-use persistent_map_core::codec::{encode_batch, key_from_text, key_to_text, value_from_json};
+use persistent_map_core::codec::{encode_batch, value_from_json, KeyFormat};
 use persistent_map_core::feed::Announcement;
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
@@ -37,7 +37,14 @@ pub(crate) const META_TABLE: &str = "persistent_map_meta";
 ///   the SHA-256 of the key's UTF-8 text (by the schema's
 ///   `persistent_map_key_hash` function): keys of any size. Tables of
 ///   format 1 keep format 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// * `3`: the layout of format 2, keys in [`KeyFormat::Distinct`] (formats 1
+///   and 2 write them in [`KeyFormat::Legacy`]): a string key whose text is
+///   JSON is quoted, so distinct keys stay distinct. Every table this
+///   release creates; tables of formats 1 and 2 keep their format.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The first format whose keys are in [`KeyFormat::Distinct`].
+const DISTINCT_KEYS_VERSION: u32 = 3;
 
 /// The function computing a format 2 table's `key_hash`.
 const KEY_HASH_FN: &str = "persistent_map_key_hash";
@@ -48,9 +55,9 @@ const SCHEMA_LOCK: i64 = 0x706d_6170;
 
 /// A [`StorageBackend`] that keeps a map in a table of a PostgreSQL database.
 ///
-/// Keys are stored as text with
-/// [`key_to_text`](persistent_map_core::codec::key_to_text) (string keys as
-/// themselves, other keys as JSON), values as `JSONB`, so the table can be
+/// Keys are stored as text in the table's [`KeyFormat`]
+/// ([`key_format`](Self::key_format): string keys as themselves, other keys
+/// as JSON), values as `JSONB`, so the table can be
 /// queried with SQL. Every batch the map hands over is one transaction.
 /// With [`Watch::Enabled`] (the default) each transaction also announces its
 /// keys with `pg_notify`, and maps on other instances re-read them. See the
@@ -96,6 +103,8 @@ struct Inner {
 
 /// The SQL texts this backend runs, built once for its table.
 struct Statements {
+    /// How the table's keys are written, from its format version.
+    key_format: KeyFormat,
     select_all: String,
     select_keys: String,
     count: String,
@@ -106,7 +115,7 @@ struct Statements {
 }
 
 impl Statements {
-    /// The statements for a table of `format` (1 or 2).
+    /// The statements for a table of `format` (1, 2 or 3).
     fn new(qualified: &str, schema: &str, format: u32) -> Self {
         let t = qualified;
         // Format 2 finds rows by the hash of their key (any size); format 1
@@ -126,6 +135,11 @@ impl Statements {
             )
         };
         Self {
+            key_format: if format >= DISTINCT_KEYS_VERSION {
+                KeyFormat::Distinct
+            } else {
+                KeyFormat::Legacy
+            },
             select_all: format!("SELECT key, value::text FROM {t}"),
             select_keys: format!("SELECT key, value::text FROM {t} WHERE {many}"),
             count: format!("SELECT COUNT(*) FROM {t}"),
@@ -366,7 +380,13 @@ impl PostgresBackend {
             self.create_table(&mut tx, &qualified).await?;
             FORMAT_VERSION
         } else {
-            self.check_columns(&columns)?
+            match self.check_columns(&columns)? {
+                // Formats 2 and 3 share a layout: the recorded version tells
+                // the key format, and a table without one keeps the legacy
+                // keys it was written with.
+                2 if stored == Some(DISTINCT_KEYS_VERSION as i32) => DISTINCT_KEYS_VERSION,
+                layout => layout,
+            }
         };
         if stored != Some(format as i32) {
             sqlx::query(&format!(
@@ -381,13 +401,15 @@ impl PostgresBackend {
             tracing::debug!(store = %inner.store, version = format, "format version recorded");
         }
         tx.commit().await.map_err(fail)?;
-        let _ = inner
-            .sql
-            .set(Statements::new(&qualified, &inner.schema, format));
+        let sql = Statements::new(&qualified, &inner.schema, format);
+        if let Some(feed) = &inner.feed {
+            feed.listener().set_key_format(sql.key_format);
+        }
+        let _ = inner.sql.set(sql);
         Ok(())
     }
 
-    /// Creates a format 2 table, and the schema's key hash function if it
+    /// Creates a table in the layout of format 2 (and 3), and the schema's key hash function if it
     /// is missing. The function only wraps `sha256(convert_to(key, 'UTF8'))`,
     /// which PostgreSQL cannot prove immutable on its own (`convert_to` is
     /// stable), as a generated column needs; for a given key it never changes.
@@ -473,6 +495,17 @@ impl PostgresBackend {
         &self.inner.table
     }
 
+    /// How the table stores keys: [`KeyFormat::Distinct`] for a table this
+    /// release created (format 3), [`KeyFormat::Legacy`] for one created by
+    /// an earlier release (formats 1 and 2), which keeps its format.
+    #[must_use]
+    pub fn key_format(&self) -> KeyFormat {
+        self.inner
+            .sql
+            .get()
+            .map_or(KeyFormat::Legacy, |sql| sql.key_format)
+    }
+
     /// The `LISTEN`/`NOTIFY` channel announcing changes to this table.
     #[must_use]
     pub fn channel(&self) -> &str {
@@ -511,11 +544,13 @@ impl PostgresBackend {
         batch: &[BatchOp<K, V>],
     ) -> Result<EncodedBatch> {
         let mut encoded = EncodedBatch::default();
-        for (key_text, value) in encode_batch(batch, &self.inner.store)? {
+        let key_format = self.sql()?.key_format;
+        for (key_text, value) in encode_batch(batch, &self.inner.store, key_format)? {
             let key = stored(store_key(&key_text)).unwrap_or(key_text);
             match value {
                 Some(json) => {
-                    let value = store_value(&json).map_err(|e| self.value_error(batch, &key, e))?;
+                    let value = store_value(&json)
+                        .map_err(|e| self.value_error(batch, key_format, &key, e))?;
                     let value = stored(value).unwrap_or(json);
                     encoded.put_keys.push(key);
                     encoded.put_values.push(value);
@@ -531,6 +566,7 @@ impl PostgresBackend {
     fn value_error<K: Serialize, V>(
         &self,
         batch: &[BatchOp<K, V>],
+        key_format: KeyFormat,
         stored_key: &str,
         err: serde_json::Error,
     ) -> PersistentError {
@@ -538,7 +574,11 @@ impl PostgresBackend {
             .iter()
             .rev()
             .map(BatchOp::key)
-            .find(|key| key_to_text(key).is_ok_and(|text| store_key(&text) == stored_key))
+            .find(|key| {
+                key_format
+                    .encode(key)
+                    .is_ok_and(|text| store_key(&text) == stored_key)
+            })
             .map(render_key);
         let location = match key {
             Some(key) => self.location().with_key(key),
@@ -555,7 +595,10 @@ impl PostgresBackend {
         let at = || self.location().with_key(render_key(&stored_key));
         let key_text = load_key(&stored_key)
             .ok_or_else(|| PersistentError::corrupt(at(), "the key's U+0001 escape is damaged"))?;
-        let key: K = key_from_text(&key_text)
+        let key: K = self
+            .sql()?
+            .key_format
+            .decode(&key_text)
             .map_err(|e| PersistentError::decode(EntryPart::Key, at(), e))?;
         let printed: String = row
             .try_get(1)
@@ -783,7 +826,7 @@ where
     }
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
-        let key_text = key_to_text(key).map_err(|e| {
+        let key_text = self.sql()?.key_format.encode(key).map_err(|e| {
             PersistentError::encode(EntryPart::Key, self.location().with_key(render_key(key)), e)
         })?;
         sqlx::query_scalar(&self.sql()?.contains)
@@ -863,8 +906,9 @@ where
 
     async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
         let mut stored_keys = Vec::with_capacity(keys.len());
+        let key_format = self.sql()?.key_format;
         for key in keys {
-            let text = key_to_text(key).map_err(|e| {
+            let text = key_format.encode(key).map_err(|e| {
                 PersistentError::encode(
                     EntryPart::Key,
                     self.location().with_key(render_key(key)),
