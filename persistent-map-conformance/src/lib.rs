@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod cases;
+mod distinct_keys;
 mod factory;
 mod harness;
 mod limits;
@@ -77,6 +78,7 @@ macro_rules! conformance_tests {
             keys_that_differ_slightly_stay_distinct,
             a_large_key_and_a_large_value_round_trip,
             a_million_changes_in_one_batch,
+            keys_that_share_a_legacy_text_stay_distinct,
         }
     };
 }

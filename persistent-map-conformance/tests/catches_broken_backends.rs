@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use persistent_map_conformance::{async_trait, cases, run_case, StoreFactory};
+use persistent_map_core::codec::{key_from_text, key_to_text};
 use persistent_map_core::{BatchOp, Capabilities, PersistentError, Result, StorageBackend};
 use persistent_map_memory::InMemoryBackend;
 use serde::de::DeserializeOwned;
@@ -29,6 +30,9 @@ enum Defect {
     TruncatesValues,
     /// Applies only the first 100,000 changes of a batch.
     CapsBatches,
+    /// Keeps keys as the legacy text form would read them back, where
+    /// `None` and `Some("null")` are one key.
+    LegacyKeyText,
 }
 
 /// Rewrites `x` through its JSON form when it is a string.
@@ -65,6 +69,10 @@ where
         }
         let key = match self.defect {
             Defect::NormalizesKeys => rewrite_string(key, |s| s.trim().to_lowercase()),
+            Defect::LegacyKeyText => key_to_text(&key)
+                .ok()
+                .and_then(|text| key_from_text(&text).ok())
+                .unwrap_or(key),
             _ => key,
         };
         let value = match self.defect {
@@ -181,6 +189,14 @@ fn a_backend_that_normalizes_keys_is_caught() {
 }
 
 #[test]
+fn a_backend_that_stores_keys_in_the_legacy_text_form_is_caught() {
+    assert!(fails(
+        Defect::LegacyKeyText,
+        cases::keys_that_share_a_legacy_text_stay_distinct
+    ));
+}
+
+#[test]
 fn a_backend_that_truncates_large_values_is_caught() {
     assert!(fails(
         Defect::TruncatesValues,
@@ -219,5 +235,9 @@ fn the_same_cases_pass_on_a_correct_backend() {
     run_case(
         BrokenFactory::new(Defect::None),
         cases::a_large_key_and_a_large_value_round_trip,
+    );
+    run_case(
+        BrokenFactory::new(Defect::None),
+        cases::keys_that_share_a_legacy_text_stay_distinct,
     );
 }
