@@ -205,7 +205,10 @@ fn is_json(text: &str) -> bool {
 fn may_be_json(text: &str) -> bool {
     matches!(
         text.as_bytes().first(),
-        Some(b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')
+        Some(
+            b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'[' | b'"' | b'-' | b'0'
+                ..=b'9' | b't' | b'f' | b'n'
+        )
     )
 }
 
@@ -474,7 +477,8 @@ mod tests {
     fn batch_errors_name_the_store_and_key() {
         let bad_key: HashMap<Vec<u8>, u8> = HashMap::from([(vec![1], 1)]);
         let batch = [BatchOp::Delete { key: bad_key }];
-        let err = encode_batch::<_, u8>(&batch, "kv.db", KeyFormat::Legacy).expect_err("map keys must be strings");
+        let err = encode_batch::<_, u8>(&batch, "kv.db", KeyFormat::Legacy)
+            .expect_err("map keys must be strings");
         assert!(
             matches!(&err, PersistentError::Codec { direction: CodecDirection::Encode, part: EntryPart::Key, location, .. }
                 if location.store == "kv.db" && location.key.is_some()),
@@ -492,7 +496,8 @@ mod tests {
                 value: bad_value,
             },
         ];
-        let err = encode_batch(&batch, "kv.db", KeyFormat::Legacy).expect_err("map keys must be strings");
+        let err =
+            encode_batch(&batch, "kv.db", KeyFormat::Legacy).expect_err("map keys must be strings");
         assert!(
             matches!(&err, PersistentError::Codec { direction: CodecDirection::Encode, part: EntryPart::Value, location, .. }
                 if location.key.as_deref() == Some("\"bad\"")),
@@ -589,7 +594,10 @@ mod tests {
             assert_eq!(f.decode::<String>(&text).expect("decodes"), key);
         }
         assert_eq!(f.encode(&Name("bob".into())).expect("encodes"), "bob");
-        assert_eq!(f.decode::<Name>("bob").expect("decodes"), Name("bob".into()));
+        assert_eq!(
+            f.decode::<Name>("bob").expect("decodes"),
+            Name("bob".into())
+        );
         assert_eq!(f.encode(&Color::Red).expect("encodes"), "Red");
         assert_eq!(f.decode::<Color>("Red").expect("decodes"), Color::Red);
         assert_eq!(f.encode(&42_u64).expect("encodes"), "42");
@@ -602,7 +610,8 @@ mod tests {
         assert_eq!(text, r#"{"id":1,"tag":"t"}"#);
         assert_eq!(f.decode::<Composite>(&text).expect("decodes"), composite);
         assert_eq!(
-            f.decode::<String>("42").expect("a hand-written raw text reads as itself"),
+            f.decode::<String>("42")
+                .expect("a hand-written raw text reads as itself"),
             "42"
         );
     }
@@ -613,7 +622,9 @@ mod tests {
             .decode::<u32>("not a number")
             .expect_err("not a u32");
         assert!(err.to_string().contains("not a number"), "{err}");
-        assert!(KeyFormat::Distinct.decode::<Composite>("{\"id\":1}").is_err());
+        assert!(KeyFormat::Distinct
+            .decode::<Composite>("{\"id\":1}")
+            .is_err());
     }
 
     #[test]

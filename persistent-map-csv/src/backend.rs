@@ -199,7 +199,9 @@ impl CsvBackend {
             lock,
             thread: FileThread::start(&self.path)?,
             delimiter: self.options.delimiter.as_byte(),
-            key_format: KeyFormat::NEW_STORES,
+            // What a file created now gets; the header of an existing one
+            // overrides it.
+            key_format: self.options.new_store_key_format,
             kind: Kind::Unscanned,
             rows: 0,
             live: HashSet::new(),

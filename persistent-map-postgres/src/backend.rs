@@ -99,6 +99,8 @@ struct Inner {
     feed: Option<Feed>,
     /// Set once the table's format is known (when the backend opens).
     sql: OnceLock<Statements>,
+    /// The key format a table created by this backend gets.
+    new_store_key_format: KeyFormat,
 }
 
 /// The SQL texts this backend runs, built once for its table.
@@ -304,6 +306,7 @@ impl PostgresBackend {
                 watch: options.watch_value(),
                 feed,
                 sql: OnceLock::new(),
+                new_store_key_format: options.new_store_key_format_value(),
             }),
         })
     }
@@ -378,7 +381,10 @@ impl PostgresBackend {
         .map_err(fail)?;
         let format = if columns.is_empty() {
             self.create_table(&mut tx, &qualified).await?;
-            FORMAT_VERSION
+            match inner.new_store_key_format {
+                KeyFormat::Legacy => DISTINCT_KEYS_VERSION - 1,
+                _ => FORMAT_VERSION,
+            }
         } else {
             match self.check_columns(&columns)? {
                 // Formats 2 and 3 share a layout: the recorded version tells

@@ -42,14 +42,15 @@ const VERSION_FIELD: &str = "format_version";
 /// message instead of a long list.
 const MAX_KEYS: usize = 10_000;
 
-/// Checks the keys' types and the format version, recording it for a new
-/// map (`HSETNX`, so instances opening a new map at once agree), and returns
-/// it. A hash that has entries but no version (written before versions were
+/// Checks the keys' types and the format version, recording `new_version`
+/// for a new map (`HSETNX`, so instances opening a new map at once agree),
+/// and returns it. A hash that has entries but no version (written before versions were
 /// kept) is recorded as format 1, so its keys keep their legacy form.
 async fn prepare(
     conn: &mut redis::aio::MultiplexedConnection,
     hash_key: &str,
     meta_key: &str,
+    new_version: u32,
     store: &str,
     endpoint: &str,
 ) -> Result<u32> {
@@ -72,7 +73,7 @@ async fn prepare(
     let initial = if has_entries {
         LEGACY_VERSION
     } else {
-        FORMAT_VERSION
+        new_version
     };
     let _: bool = conn
         .hset_nx(meta_key, VERSION_FIELD, initial)
@@ -222,7 +223,19 @@ impl RedisBackend {
             .map_err(|e| {
                 map_redis_error(e, Operation::Open, Location::new(store.clone()), &endpoint)
             })?;
-        let version = prepare(&mut check, &hash_key, &meta_key, &store, &endpoint).await?;
+        let new_version = match options.new_store_key_format_value() {
+            KeyFormat::Legacy => LEGACY_VERSION,
+            _ => FORMAT_VERSION,
+        };
+        let version = prepare(
+            &mut check,
+            &hash_key,
+            &meta_key,
+            new_version,
+            &store,
+            &endpoint,
+        )
+        .await?;
         let key_format = if version >= 2 {
             KeyFormat::Distinct
         } else {

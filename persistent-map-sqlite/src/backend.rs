@@ -169,7 +169,10 @@ impl Inner {
                     .execute(&mut *tx)
                     .await
                     .map_err(fail)?;
-                    FORMAT_VERSION
+                    match self.key_format {
+                        KeyFormat::Legacy => LEGACY_VERSION,
+                        _ => FORMAT_VERSION,
+                    }
                 } else {
                     self.check_columns(&columns)?;
                     tracing::info!(store = %self.store, "stamping a persistent-map 0.1.x table with format version {LEGACY_VERSION}");
@@ -353,7 +356,7 @@ impl SqliteBackend {
             pool.clone(),
             path.to_path_buf(),
             table.to_owned(),
-            options.busy_timeout_value(),
+            options,
             durability,
         )
         .await;
@@ -381,14 +384,14 @@ impl SqliteBackend {
         let path = pool.connect_options().get_filename().to_path_buf();
         let table = options.validated_table(&path)?.to_owned();
         let durability = pool_durability(&pool, &path).await?;
-        Self::prepare(pool, path, table, options.busy_timeout_value(), durability).await
+        Self::prepare(pool, path, table, &options, durability).await
     }
 
     async fn prepare(
         pool: SqlitePool,
         path: PathBuf,
         table: String,
-        busy_timeout: Duration,
+        options: &SqliteOptions,
         durability: Durability,
     ) -> Result<Self> {
         let store = format!("{} table \"{table}\"", path.display());
@@ -396,12 +399,14 @@ impl SqliteBackend {
         let mut inner = Inner {
             pool,
             writer: Mutex::new(None),
-            busy_timeout,
+            busy_timeout: options.busy_timeout_value(),
             durability,
             path,
             table,
             store,
-            key_format: KeyFormat::NEW_STORES,
+            // What a table created now gets; `prepare_schema` reads an
+            // existing table's.
+            key_format: options.new_store_key_format_value(),
             sql,
         };
         inner.key_format = key_format_of(inner.prepare_schema().await?);

@@ -102,6 +102,7 @@ pub async fn run(
     if replace {
         target.clear().await?;
     }
+    let key_format = target.key_format().await?;
     let bar = out.progress(size, "loading");
     let mut input = Input::open(file)?;
     let capacity = usize::try_from(batch_size).unwrap_or(usize::MAX);
@@ -111,6 +112,12 @@ pub async fn run(
         let next = input.next()?;
         let done = next.is_none();
         if let Some((key, value)) = next {
+            // A string is a stored key text, as `dump` writes it; other
+            // JSON is the key itself.
+            let key = match key {
+                Value::String(text) => target.key_of(key_format, &text)?,
+                key => key,
+            };
             batch.push(BatchOp::Put { key, value });
         }
         if batch.len() >= capacity || (done && !batch.is_empty()) {
