@@ -3,13 +3,13 @@
 //! command line are read, the JSON Lines form of `dump`, and the checksum
 //! `copy` compares.
 
-use persistent_map_core::codec::key_to_text;
+use persistent_map_core::codec::KeyFormat;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// One entry: the key's stored text (string keys as themselves, other keys
-/// as JSON, as `persistent_map_core::codec::key_to_text` writes them) and the
-/// value as JSON.
+/// One entry: the key's stored text (in the store's
+/// `persistent_map_core::codec::KeyFormat`: string keys as themselves, other
+/// keys as JSON) and the value as JSON.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub key: String,
@@ -49,11 +49,12 @@ impl Entry {
     }
 }
 
-/// The stored text of a key given as JSON: a JSON string is stored as its
-/// text, anything else as its compact JSON.
-pub fn key_text(key: &Value) -> String {
+/// The stored text of a key given as JSON, in a store's key `format`: a
+/// JSON string as its text (quoted in the distinct format when that text is
+/// itself JSON), anything else as its compact JSON.
+pub fn key_text(format: KeyFormat, key: &Value) -> String {
     // A serde_json::Value always serializes.
-    key_to_text(key).unwrap_or_default()
+    format.encode(key).unwrap_or_default()
 }
 
 /// A key given on the command line: JSON (`"alice"`, `42`, `{"id":7}`) or,
@@ -131,11 +132,24 @@ mod tests {
 
     #[test]
     fn keys_from_the_command_line() {
-        assert_eq!(key_text(&key_from_arg("alice")), "alice");
-        assert_eq!(key_text(&key_from_arg("\"alice\"")), "alice");
-        assert_eq!(key_text(&key_from_arg("42")), "42");
-        assert_eq!(key_text(&key_from_arg("{\"id\": 7}")), "{\"id\":7}");
-        assert_eq!(key_text(&key_from_arg("not json {")), "not json {");
+        for format in [KeyFormat::Legacy, KeyFormat::Distinct] {
+            let text = |arg: &str| key_text(format, &key_from_arg(arg));
+            assert_eq!(text("alice"), "alice");
+            assert_eq!(text("\"alice\""), "alice");
+            assert_eq!(text("42"), "42");
+            assert_eq!(text("{\"id\": 7}"), "{\"id\":7}");
+            assert_eq!(text("not json {"), "not json {");
+        }
+        assert_eq!(key_text(KeyFormat::Legacy, &key_from_arg("\"42\"")), "42");
+        assert_eq!(
+            key_text(KeyFormat::Distinct, &key_from_arg("\"42\"")),
+            "\"42\""
+        );
+        assert_eq!(key_text(KeyFormat::Distinct, &key_from_arg("null")), "null");
+        assert_eq!(
+            key_text(KeyFormat::Distinct, &key_from_arg("\"null\"")),
+            "\"null\""
+        );
     }
 
     #[test]

@@ -351,7 +351,7 @@ fn info_shows_format_count_size_shape_and_csv_ratio() {
     let info = run(&["info", &store]).ok();
     for expected in [
         "backend:        csv",
-        "format version: 2",
+        "format version: 3",
         "entries:        2",
         "records:        5 (2 live, 3 dead: 40% live)",
         "last rewrite:",
@@ -378,7 +378,7 @@ fn info_shows_format_count_size_shape_and_csv_ratio() {
     set_all(&sqlite, &[("k", "1")]);
     let info = run(&["info", &sqlite]).ok();
     assert!(
-        info.contains("format version: 1") && info.contains("database file"),
+        info.contains("format version: 2") && info.contains("database file"),
         "{info}"
     );
     let refused = run(&["compact", &sqlite]).code(1);
@@ -404,4 +404,68 @@ fn watch_is_for_shared_stores_only() {
     let dir = tempfile::tempdir().expect("temp dir");
     let refused = run(&["watch", &file_url("sqlite", dir.path(), "a.db")]).code(1);
     assert!(refused.stderr.contains("only shared stores"), "{refused:?}");
+}
+
+#[test]
+fn keys_whose_text_is_json_stay_distinct_keys_on_a_new_store() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for store in [
+        file_url("sqlite", dir.path(), "k.db"),
+        file_url("csv", dir.path(), "k.csv"),
+    ] {
+        // The number 42, the text "42", null and the text "null": four keys.
+        run(&["set", &store, "42", "1"]).ok();
+        run(&["set", &store, r#""42""#, "2"]).ok();
+        run(&["set", &store, "null", "3"]).ok();
+        run(&["set", &store, r#""null""#, "4"]).ok();
+        assert_eq!(run(&["get", &store, "42"]).ok(), "1\n", "{store}");
+        assert_eq!(run(&["get", &store, r#""42""#]).ok(), "2\n", "{store}");
+        assert_eq!(run(&["get", &store, "null"]).ok(), "3\n", "{store}");
+        assert_eq!(run(&["get", &store, r#""null""#]).ok(), "4\n", "{store}");
+        let json = run(&["--json", "get", &store, r#""42""#]).ok();
+        assert_eq!(json, "{\"key\":\"\\\"42\\\"\",\"value\":2}\n");
+
+        // A dump and a load into a new store keep the four keys apart, and
+        // so does a copy.
+        let dump = run(&["dump", &store]).ok();
+        let copy = format!("{store}-copy");
+        let copy = copy
+            .replace(".db-copy", "-copy.db")
+            .replace(".csv-copy", "-copy.csv");
+        run(&["copy", &store, &copy]).ok();
+        assert_eq!(run(&["dump", &copy]).ok(), dump, "{copy}");
+        let file = dir.path().join("dump.jsonl");
+        std::fs::write(&file, &dump).expect("write dump");
+        let loaded = copy.replace("-copy", "-loaded");
+        run(&["load", &loaded, file.to_str().expect("utf-8 path")]).ok();
+        assert_eq!(run(&["dump", &loaded]).ok(), dump, "{loaded}");
+        assert_eq!(run(&["get", &loaded, r#""null""#]).ok(), "4\n");
+    }
+}
+
+#[test]
+fn copy_keeps_a_legacy_sources_key_format() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let legacy = dir.path().join("legacy.csv");
+    std::fs::write(
+        &legacy,
+        "persistent-map-csv/2,key,value\nput,42,1\nput,alice,2\n",
+    )
+    .expect("write");
+    let source = file_url("csv", dir.path(), "legacy.csv");
+    let target = file_url("sqlite", dir.path(), "copy.db");
+    run(&["copy", &source, &target]).ok();
+    assert_eq!(run(&["dump", &target]).ok(), run(&["dump", &source]).ok());
+    // Stored as 0.2.0 stored it: a string key that looks like JSON unquoted.
+    assert_eq!(run(&["get", &target, r#""42""#]).ok(), "1\n");
+    let info = run(&["--json", "info", &target]).ok();
+    assert!(info.contains("\"format_version\":\"1\""), "{info}");
+
+    // Into an existing store of the other format, the texts would mean
+    // other keys: refused.
+    let new = file_url("csv", dir.path(), "new.csv");
+    run(&["set", &new, "x", "1"]).ok();
+    run(&["rm", &new, "x"]).ok();
+    let refused = run(&["copy", &source, &new]).code(2);
+    assert!(refused.stderr.contains("key format"), "{refused:?}");
 }

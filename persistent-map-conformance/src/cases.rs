@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBackend};
 
 pub use crate::crash::{acknowledged_writes_survive_a_drop, acknowledged_writes_survive_a_kill};
+pub use crate::distinct_keys::keys_that_share_a_legacy_text_stay_distinct;
 pub use crate::faults::a_failure_in_the_middle_of_a_batch;
 pub use crate::limits::{
     a_large_key_and_a_large_value_round_trip, a_million_changes_in_one_batch,

@@ -3,6 +3,7 @@
 pub mod cases;
 mod child;
 mod crash;
+mod distinct_keys;
 mod factory;
 mod faults;
 mod harness;
@@ -88,6 +89,7 @@ macro_rules! conformance_tests {
             load_keys_answers_in_the_order_asked,
             two_live_instances_follow_each_other,
             a_failure_in_the_middle_of_a_batch,
+            keys_that_share_a_legacy_text_stay_distinct,
         }
     };
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
 use persistent_map_conformance::{async_trait, cases, run_case, StoreFactory};
+use persistent_map_core::codec::{key_from_text, key_to_text};
 use persistent_map_core::{
     BatchOp, Capabilities, PersistentError, RemoteChange, RemoteChanges, Result, StorageBackend,
 };
@@ -43,6 +44,9 @@ enum Defect {
     Echoes,
     /// Shares its store, but answers `load_keys` in reverse order.
     ReversesLoadKeys,
+    /// Keeps keys as the legacy text form would read them back, where
+    /// `None` and `Some("null")` are one key.
+    LegacyKeyText,
 }
 
 impl Defect {
@@ -119,6 +123,10 @@ where
         }
         let key = match self.defect {
             Defect::NormalizesKeys => rewrite_string(key, |s| s.trim().to_lowercase()),
+            Defect::LegacyKeyText => key_to_text(&key)
+                .ok()
+                .and_then(|text| key_from_text(&text).ok())
+                .unwrap_or(key),
             _ => key,
         };
         let value = match self.defect {
@@ -287,6 +295,14 @@ fn a_backend_that_normalizes_keys_is_caught() {
 }
 
 #[test]
+fn a_backend_that_stores_keys_in_the_legacy_text_form_is_caught() {
+    assert!(fails(
+        Defect::LegacyKeyText,
+        cases::keys_that_share_a_legacy_text_stay_distinct
+    ));
+}
+
+#[test]
 fn a_backend_that_truncates_large_values_is_caught() {
     assert!(fails(
         Defect::TruncatesValues,
@@ -325,6 +341,10 @@ fn the_same_cases_pass_on_a_correct_backend() {
     run_case(
         BrokenFactory::new(Defect::None),
         cases::a_large_key_and_a_large_value_round_trip,
+    );
+    run_case(
+        BrokenFactory::new(Defect::None),
+        cases::keys_that_share_a_legacy_text_stay_distinct,
     );
 }
 

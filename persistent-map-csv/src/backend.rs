@@ -7,7 +7,7 @@ use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json, value_to_json};
+use persistent_map_core::codec::{value_from_json, value_to_json, KeyFormat};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, PersistentError, Result,
     StorageBackend,
@@ -63,6 +63,8 @@ struct Store {
     /// Does the appends and syncs; holds the store's lock.
     thread: FileThread,
     delimiter: u8,
+    /// How the file writes keys, from its header; a file keeps its format.
+    key_format: KeyFormat,
     kind: Kind,
     /// Data rows and batch markers in the file.
     rows: u64,
@@ -90,8 +92,9 @@ enum Kind {
     Ready(Arc<File>),
 }
 
-/// Keys and values encoded as text before any I/O, so a change that cannot
-/// be encoded fails without touching the file.
+/// Keys and values encoded as text (once the file's key format is known)
+/// before anything is written, so a change that cannot be encoded fails
+/// without changing the file.
 struct Prepared {
     key: String,
     value: Option<String>,
@@ -126,6 +129,20 @@ impl CsvBackend {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How the file stores keys, from its header: [`KeyFormat::Distinct`]
+    /// for a file this release created (format version 3),
+    /// [`KeyFormat::Legacy`] for one written by persistent-map 0.1.x or an
+    /// earlier 0.2 (no header, or format version 2), which keeps its format.
+    ///
+    /// # Errors
+    ///
+    /// As opening the store on first use: the file is locked by another
+    /// backend, or its header is malformed or from a newer release.
+    pub async fn key_format(&self) -> Result<KeyFormat> {
+        let mut state = self.state.lock().await;
+        Ok(self.open(&mut state).await?.key_format)
     }
 
     /// Rewrites the file with only its live entries, dropping replaced
@@ -182,6 +199,9 @@ impl CsvBackend {
         let mut store = Store {
             thread: FileThread::start(&self.path, lock)?,
             delimiter: self.options.delimiter.as_byte(),
+            // What a file created now gets; the header of an existing one
+            // overrides it.
+            key_format: self.options.new_store_key_format,
             kind: Kind::Unscanned,
             rows: 0,
             live: HashSet::new(),
@@ -191,14 +211,25 @@ impl CsvBackend {
         };
         match read_start(&self.path).await? {
             None => {
-                let file =
-                    replace_atomically(&self.io, &self.path, header_line(store.delimiter)).await?;
+                let header = header_line(store.delimiter, store.key_format);
+                let file = replace_atomically(&self.io, &self.path, header).await?;
                 store.kind = Kind::Ready(file);
                 store.len = None;
             }
             Some(start) => match parse_header(&self.path, &start)? {
-                Header::Current { delimiter } => store.delimiter = delimiter,
-                Header::Legacy => store.kind = Kind::Legacy,
+                Header::Current {
+                    delimiter,
+                    key_format,
+                } => {
+                    store.delimiter = delimiter;
+                    store.key_format = key_format;
+                }
+                Header::Legacy => {
+                    // Its keys stay as 0.1.x wrote them, also after the
+                    // migration to a file with a header.
+                    store.key_format = KeyFormat::Legacy;
+                    store.kind = Kind::Legacy;
+                }
             },
         }
         tracing::debug!(
@@ -247,9 +278,10 @@ impl CsvBackend {
         }
         let mut entries = HashMap::new();
         let path = &self.path;
+        let key_format = store.key_format;
         self.scan_store(store, |change| {
             let location = at(path).with_line(change.line);
-            let key: K = key_from_text(&change.key).map_err(|e| {
+            let key: K = key_format.decode(&change.key).map_err(|e| {
                 PersistentError::decode(
                     EntryPart::Key,
                     location.clone().with_key(render_key(&change.key)),
@@ -298,17 +330,19 @@ impl CsvBackend {
         }
     }
 
-    /// Rewrites a 0.1.x file in format version 2, atomically.
+    /// Rewrites a 0.1.x file in format version 2, atomically: with a header,
+    /// its keys still in the legacy format.
     async fn migrate<K, V>(&self, store: &mut Store) -> Result<()>
     where
         K: Eq + Hash + Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
     {
         let entries: HashMap<K, V> = read_legacy(&self.path).await?;
-        let mut encoder = Encoder::new(store.delimiter, header_line(store.delimiter));
+        let header = header_line(store.delimiter, store.key_format);
+        let mut encoder = Encoder::new(store.delimiter, header);
         let mut live = HashSet::with_capacity(entries.len());
         for (key, value) in &entries {
-            let change = prepare(&self.path, key, Some(value))?;
+            let change = prepare(&self.path, store.key_format, key, Some(value))?;
             encoder.put(&change.key, change.value.as_deref().unwrap_or_default());
             live.insert(key_hash(&change.key));
         }
@@ -336,7 +370,7 @@ impl CsvBackend {
             Kind::Ready(_) => {}
         }
         let rows_before = store.rows;
-        let compacted = compact_contents(&self.path, store.delimiter).await?;
+        let compacted = compact_contents(&self.path, store.delimiter, store.key_format).await?;
         let rows = compacted.rows();
         let file = replace_atomically(&self.io, &self.path, compacted.contents).await?;
         store.kind = Kind::Ready(file);
@@ -355,18 +389,22 @@ impl CsvBackend {
         Ok(())
     }
 
-    /// Appends already encoded changes as one write; `batch` adds the marker
-    /// that makes them all-or-nothing at load.
-    async fn write<K, V>(&self, changes: Vec<Prepared>) -> Result<()>
+    /// Appends the changes `encode` makes in the file's key format as one
+    /// write; a batch gets the marker that makes it all-or-nothing at load.
+    async fn write<K, V>(
+        &self,
+        encode: impl FnOnce(KeyFormat) -> Result<Vec<Prepared>> + Send,
+    ) -> Result<()>
     where
         K: Eq + Hash + Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
     {
+        let mut state = self.state.lock().await;
+        let store = self.open(&mut state).await?;
+        let changes = encode(store.key_format)?;
         if changes.is_empty() {
             return Ok(());
         }
-        let mut state = self.state.lock().await;
-        let store = self.open(&mut state).await?;
         self.check_synced(store)?;
         let file = self.ready::<K, V>(store).await?;
 
@@ -464,12 +502,14 @@ impl Store {
 /// Encodes a key and (for a put) a value as text, naming the key on failure.
 fn prepare<K: Serialize, V: Serialize>(
     path: &Path,
+    key_format: KeyFormat,
     key: &K,
     value: Option<&V>,
 ) -> Result<Prepared> {
     let location = || at(path).with_key(render_key(key));
-    let key_text =
-        key_to_text(key).map_err(|e| PersistentError::encode(EntryPart::Key, location(), e))?;
+    let key_text = key_format
+        .encode(key)
+        .map_err(|e| PersistentError::encode(EntryPart::Key, location(), e))?;
     let value = value
         .map(|v| {
             value_to_json(v).map_err(|e| PersistentError::encode(EntryPart::Value, location(), e))
@@ -513,25 +553,27 @@ where
     }
 
     async fn save(&self, key: K, value: V) -> Result<()> {
-        let change = prepare(&self.path, &key, Some(&value))?;
-        self.write::<K, V>(vec![change]).await
+        self.write::<K, V>(|format| Ok(vec![prepare(&self.path, format, &key, Some(&value))?]))
+            .await
     }
 
     async fn delete(&self, key: &K) -> Result<()> {
-        let change = prepare::<K, V>(&self.path, key, None)?;
-        self.write::<K, V>(vec![change]).await
+        self.write::<K, V>(|format| Ok(vec![prepare::<K, V>(&self.path, format, key, None)?]))
+            .await
     }
 
     async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
-        let changes = batch
-            .iter()
-            .map(|op| match op {
-                BatchOp::Put { key, value } => prepare(&self.path, key, Some(value)),
-                BatchOp::Delete { key } => prepare::<K, V>(&self.path, key, None),
-                _ => Err(PersistentError::unknown_change("csv")),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        self.write::<K, V>(changes).await
+        self.write::<K, V>(|format| {
+            batch
+                .iter()
+                .map(|op| match op {
+                    BatchOp::Put { key, value } => prepare(&self.path, format, key, Some(value)),
+                    BatchOp::Delete { key } => prepare::<K, V>(&self.path, format, key, None),
+                    _ => Err(PersistentError::unknown_change("csv")),
+                })
+                .collect()
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<()> {
@@ -552,7 +594,9 @@ where
     async fn clear(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
-        let file = replace_atomically(&self.io, &self.path, header_line(store.delimiter)).await?;
+        // The store keeps its key format: a cleared store is the same store.
+        let header = header_line(store.delimiter, store.key_format);
+        let file = replace_atomically(&self.io, &self.path, header).await?;
         store.kind = Kind::Ready(file);
         store.len = None;
         store.rows = 0;

@@ -3,6 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::Result;
 
 use crate::format::{header_line, Encoder};
@@ -24,13 +25,18 @@ impl Compacted {
     }
 }
 
-/// Reads the version 2 file at `path` and encodes its live entries in the
-/// order of their last write.
+/// Reads the version 2 or 3 file at `path` and encodes its live entries in
+/// the order of their last write, under the header of the same version: the
+/// file keeps its `key_format`.
 ///
 /// Works on the key text, without decoding keys or values: the text of a
 /// key is what identifies it in the file. An incomplete tail is left out,
 /// like a load would. A malformed record is an error and nothing is written.
-pub(crate) async fn compact_contents(path: &Path, delimiter: u8) -> Result<Compacted> {
+pub(crate) async fn compact_contents(
+    path: &Path,
+    delimiter: u8,
+    key_format: KeyFormat,
+) -> Result<Compacted> {
     let mut live: HashMap<String, (u64, String)> = HashMap::new();
     let mut seq = 0_u64;
     scan(path, delimiter, |change| {
@@ -49,7 +55,7 @@ pub(crate) async fn compact_contents(path: &Path, delimiter: u8) -> Result<Compa
 
     let mut ordered: Vec<(String, (u64, String))> = live.into_iter().collect();
     ordered.sort_unstable_by_key(|(_, (seq, _))| *seq);
-    let mut encoder = Encoder::new(delimiter, header_line(delimiter));
+    let mut encoder = Encoder::new(delimiter, header_line(delimiter, key_format));
     let mut hashes = HashSet::with_capacity(ordered.len());
     for (key, (_, value)) in &ordered {
         encoder.put(key, value);

@@ -1,5 +1,6 @@
 //! Options of a [`CsvBackend`] and the builder that sets them.
 
+use persistent_map_core::codec::KeyFormat;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -142,6 +143,7 @@ pub(crate) struct Options {
     pub(crate) compaction: Compaction,
     pub(crate) sync: SyncPolicy,
     pub(crate) lock_timeout: Duration,
+    pub(crate) new_store_key_format: KeyFormat,
 }
 
 impl Default for Options {
@@ -151,6 +153,7 @@ impl Default for Options {
             compaction: Compaction::default(),
             sync: SyncPolicy::default(),
             lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            new_store_key_format: KeyFormat::NEW_STORES,
         }
     }
 }
@@ -183,6 +186,16 @@ impl CsvBackendBuilder {
             options: Options::default(),
             io: real_io(),
         }
+    }
+
+    /// The key format a file this backend creates gets (default
+    /// [`KeyFormat::NEW_STORES`]); an existing store keeps its own. Creating
+    /// a store in [`KeyFormat::Legacy`] is for tools that copy the stored
+    /// texts of a legacy store, which cannot be translated without the
+    /// application's key type.
+    pub fn new_store_key_format(mut self, format: KeyFormat) -> Self {
+        self.options.new_store_key_format = format;
+        self
     }
 
     /// The column delimiter of a newly created file (default [`Delimiter::Comma`]).

@@ -1,8 +1,10 @@
-//! The record layout of format version 2: the header line, the three record
-//! kinds, and their encoding with csv-async.
+//! The record layout of format versions 2 and 3: the header line, the three
+//! record kinds, and their encoding with csv-async. The two versions differ
+//! only in how keys are written: version 2 in [`KeyFormat::Legacy`] (every
+//! string key unquoted), version 3 in [`KeyFormat::Distinct`].
 //!
 //! ```text
-//! persistent-map-csv/2,key,value     header: format tag and version, then column names
+//! persistent-map-csv/3,key,value     header: format tag and version, then column names
 //! put,alice,"{""age"":30}"           key as text, value as JSON
 //! del,alice,                         tombstone: alice is removed
 //! batch,,2                           the next 2 records are one all-or-nothing batch
@@ -13,14 +15,26 @@
 use std::path::Path;
 
 use csv_async::ByteRecord;
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{PersistentError, Result};
 
 use crate::error::at;
 
 /// What the first column of the header starts with.
 pub(crate) const FORMAT_TAG: &str = "persistent-map-csv/";
-/// The format this release writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The newest format this release reads, and the one of the files it creates.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+
+/// The oldest format with a header: keys in [`KeyFormat::Legacy`].
+const LEGACY_VERSION: u32 = 2;
+
+/// The header version of a file whose keys are in `format`.
+fn version_of(format: KeyFormat) -> u32 {
+    match format {
+        KeyFormat::Legacy => LEGACY_VERSION,
+        _ => FORMAT_VERSION,
+    }
+}
 
 const OP_PUT: &str = "put";
 const OP_DEL: &str = "del";
@@ -29,15 +43,19 @@ const OP_BATCH: &str = "batch";
 /// What the first line of a file says about its format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Header {
-    /// Format version 2, with the delimiter it was written with.
-    Current { delimiter: u8 },
+    /// Format version 2 or 3, with the delimiter it was written with and
+    /// the key format its version stands for.
+    Current {
+        delimiter: u8,
+        key_format: KeyFormat,
+    },
     /// No header: a file written by persistent-map 0.1.x (or an empty file).
     Legacy,
 }
 
-/// The header line, terminator included.
-pub(crate) fn header_line(delimiter: u8) -> Vec<u8> {
-    let mut line = format!("{FORMAT_TAG}{FORMAT_VERSION}").into_bytes();
+/// The header line of a file whose keys are in `key_format`, terminator included.
+pub(crate) fn header_line(delimiter: u8, key_format: KeyFormat) -> Vec<u8> {
+    let mut line = format!("{FORMAT_TAG}{}", version_of(key_format)).into_bytes();
     line.push(delimiter);
     line.extend_from_slice(b"key");
     line.push(delimiter);
@@ -66,12 +84,16 @@ pub(crate) fn parse_header(path: &Path, start: &[u8]) -> Result<Header> {
             supported: FORMAT_VERSION,
         });
     }
-    if version != FORMAT_VERSION {
-        return Err(PersistentError::corrupt(
-            at(path).with_line(1),
-            format!("unknown format version {version}"),
-        ));
-    }
+    let key_format = match version {
+        LEGACY_VERSION => KeyFormat::Legacy,
+        FORMAT_VERSION => KeyFormat::Distinct,
+        _ => {
+            return Err(PersistentError::corrupt(
+                at(path).with_line(1),
+                format!("unknown format version {version}"),
+            ))
+        }
+    };
     let rest = &rest[digits..];
     let &delimiter = rest.first().ok_or_else(malformed)?;
     let mut expected = vec![delimiter];
@@ -87,7 +109,10 @@ pub(crate) fn parse_header(path: &Path, start: &[u8]) -> Result<Header> {
     if line != expected.as_slice() {
         return Err(malformed());
     }
-    Ok(Header::Current { delimiter })
+    Ok(Header::Current {
+        delimiter,
+        key_format,
+    })
 }
 
 /// One record of a version 2 file, read but not yet decoded.
@@ -212,11 +237,23 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_old_files_are_legacy() {
-        let line = header_line(b';');
-        assert_eq!(line, b"persistent-map-csv/2;key;value\n");
+        let line = header_line(b';', KeyFormat::Distinct);
+        assert_eq!(line, b"persistent-map-csv/3;key;value\n");
         assert_eq!(
             parse_header(path(), &line).expect("parses"),
-            Header::Current { delimiter: b';' }
+            Header::Current {
+                delimiter: b';',
+                key_format: KeyFormat::Distinct
+            }
+        );
+        let line = header_line(b',', KeyFormat::Legacy);
+        assert_eq!(line, b"persistent-map-csv/2,key,value\n");
+        assert_eq!(
+            parse_header(path(), &line).expect("parses"),
+            Header::Current {
+                delimiter: b',',
+                key_format: KeyFormat::Legacy
+            }
         );
         assert_eq!(
             parse_header(path(), b"alice,30\n").expect("parses"),
@@ -227,11 +264,13 @@ mod tests {
 
     #[test]
     fn newer_and_broken_headers_are_refused() {
-        let newer = parse_header(path(), b"persistent-map-csv/3,key,value\n");
+        let newer = parse_header(path(), b"persistent-map-csv/4,key,value\n");
         assert!(matches!(
             newer,
-            Err(PersistentError::UnsupportedFormat { found: 3, .. })
+            Err(PersistentError::UnsupportedFormat { found: 4, .. })
         ));
+        let unknown = parse_header(path(), b"persistent-map-csv/1,key,value\n");
+        assert!(matches!(unknown, Err(PersistentError::Corrupt { .. })));
         let broken = parse_header(path(), b"persistent-map-csv/2,kex,value\n");
         assert!(matches!(broken, Err(PersistentError::Corrupt { .. })));
     }

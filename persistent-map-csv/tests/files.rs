@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{
     BatchOp, CodecDirection, EntryPart, PersistentError, PersistentMap, StorageBackend,
 };
@@ -167,7 +168,7 @@ async fn file_has_a_header_then_one_record_per_change() {
     map.remove(&"bob, jr".to_string()).await.expect("removes");
     assert_eq!(
         read(&path),
-        "persistent-map-csv/2,key,value\nput,alice,30\nput,\"bob, jr\",7\nput,alice,31\ndel,\"bob, jr\",\n"
+        "persistent-map-csv/3,key,value\nput,alice,30\nput,\"bob, jr\",7\nput,alice,31\ndel,\"bob, jr\",\n"
     );
 }
 
@@ -217,7 +218,7 @@ async fn a_batch_is_one_append_behind_a_marker() {
     backend.apply_batch(&batch).await.expect("applies");
     assert_eq!(
         read(&path),
-        "persistent-map-csv/2,key,value\nbatch,,3\nput,a,1\nput,b,2\ndel,a,\n"
+        "persistent-map-csv/3,key,value\nbatch,,3\nput,a,1\nput,b,2\ndel,a,\n"
     );
     let loaded: std::collections::HashMap<String, u32> = backend.load_all().await.expect("loads");
     assert_eq!(loaded, [("b".to_string(), 2)].into());
@@ -343,7 +344,7 @@ async fn clear_leaves_only_the_header() {
         .expect("opens");
     map.insert(1_u8, 1_u8).await.expect("inserts");
     map.clear().await.expect("clears");
-    assert_eq!(read(&path), "persistent-map-csv/2,key,value\n");
+    assert_eq!(read(&path), "persistent-map-csv/3,key,value\n");
     map.insert(2, 2).await.expect("inserts");
     map.close().await.expect("closes");
     drop(map);
@@ -369,7 +370,7 @@ async fn a_file_keeps_the_delimiter_it_was_created_with() {
     drop(map);
     assert_eq!(
         read(&path),
-        "persistent-map-csv/2;key;value\nput;\"a;b\";\"\"\"x,y\"\"\"\n"
+        "persistent-map-csv/3;key;value\nput;\"a;b\";\"\"\"x,y\"\"\"\n"
     );
     // Opened with the default (comma) option, the header's delimiter wins.
     let map: PersistentMap<String, String, _> = PersistentMap::new(CsvBackend::new(&path))
@@ -409,11 +410,23 @@ async fn a_0_1_file_of_strings_loads_is_migrated_and_stays_loadable() {
         .await
         .expect("inserts");
     map.remove(&"bob".to_string()).await.expect("removes");
+    map.insert("7".into(), "seven".into())
+        .await
+        .expect("inserts");
+    map.remove(&"7".to_string()).await.expect("removes");
+    assert_eq!(
+        map.backend().key_format().await.expect("open"),
+        KeyFormat::Legacy
+    );
     map.close().await.expect("closes");
     drop(map);
+    // The migration adds the header of the legacy key format; keys keep
+    // their 0.1.x text, a string that looks like JSON unquoted included.
     let migrated = read(&path);
     assert!(migrated.starts_with("persistent-map-csv/2,key,value\n"));
-    assert!(migrated.ends_with("put,dave,\"\"\"new\"\"\"\ndel,bob,\n"));
+    assert!(
+        migrated.ends_with("put,dave,\"\"\"new\"\"\"\ndel,bob,\nput,7,\"\"\"seven\"\"\"\ndel,7,\n")
+    );
 
     let map: PersistentMap<String, String, _> = PersistentMap::new(CsvBackend::new(&path))
         .await
@@ -532,4 +545,104 @@ async fn the_lock_is_held_until_abandoned_appends_are_written() {
             assert_eq!(value.len(), big.len(), "round {round}: append {i} is cut");
         }
     }
+}
+
+/// A key that is a string or a number, as an untagged enum: `"42"` and
+/// `42` are two keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Number(u32),
+}
+
+/// `Option<String>` keys whose texts collide in the legacy key format.
+fn colliding_keys() -> Vec<(Option<String>, u32)> {
+    [
+        None,
+        Some("null"),
+        Some("42"),
+        Some(""),
+        Some("\"x\""),
+        Some("alice"),
+    ]
+    .into_iter()
+    .map(|k| k.map(str::to_owned))
+    .zip(1..)
+    .collect()
+}
+
+#[tokio::test]
+async fn keys_that_share_a_legacy_text_stay_distinct_across_a_reopen_and_compaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keys.csv");
+    let map: PersistentMap<Option<String>, u32, _> = PersistentMap::new(CsvBackend::new(&path))
+        .await
+        .expect("opens");
+    for (k, v) in colliding_keys() {
+        map.insert(k, v).await.expect("insert");
+    }
+    map.close().await.expect("closes");
+    drop(map);
+    assert!(read(&path).starts_with("persistent-map-csv/3,key,value\n"));
+    for compact in [false, true] {
+        let backend = CsvBackend::new(&path);
+        if compact {
+            backend.compact().await.expect("compacts");
+            assert!(read(&path).starts_with("persistent-map-csv/3,key,value\n"));
+        }
+        let map: PersistentMap<Option<String>, u32, _> =
+            PersistentMap::new(backend).await.expect("reopens");
+        let mut got: Vec<(Option<String>, u32)> = map.iter().collect();
+        got.sort_by_key(|(_, v)| *v);
+        assert_eq!(got, colliding_keys(), "compacted: {compact}");
+        map.close().await.expect("closes");
+    }
+
+    let path = dir.path().join("enum.csv");
+    let map: PersistentMap<TextOrNumber, u32, _> = PersistentMap::new(CsvBackend::new(&path))
+        .await
+        .expect("opens");
+    map.insert(TextOrNumber::Text("42".into()), 1)
+        .await
+        .expect("insert");
+    map.insert(TextOrNumber::Number(42), 2)
+        .await
+        .expect("insert");
+    map.close().await.expect("closes");
+    drop(map);
+    let map: PersistentMap<TextOrNumber, u32, _> = PersistentMap::new(CsvBackend::new(&path))
+        .await
+        .expect("reopens");
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.get(&TextOrNumber::Text("42".into())), Some(1));
+    assert_eq!(map.get(&TextOrNumber::Number(42)), Some(2));
+}
+
+#[tokio::test]
+async fn a_version_2_file_keeps_the_legacy_key_format_through_writes_compaction_and_clear() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("v2.csv");
+    std::fs::write(
+        &path,
+        "persistent-map-csv/2,key,value\nput,42,1\nput,alice,2\n",
+    )
+    .expect("writes");
+    let map: PersistentMap<String, u32, _> = PersistentMap::new(CsvBackend::new(&path))
+        .await
+        .expect("opens");
+    assert_eq!(
+        map.backend().key_format().await.expect("open"),
+        KeyFormat::Legacy
+    );
+    assert_eq!(map.get("42"), Some(1));
+    map.insert("7".into(), 3).await.expect("insert");
+    assert!(read(&path).ends_with("put,7,3\n"));
+    map.backend().compact().await.expect("compacts");
+    assert_eq!(
+        read(&path),
+        "persistent-map-csv/2,key,value\nput,42,1\nput,alice,2\nput,7,3\n"
+    );
+    map.clear().await.expect("clears");
+    assert_eq!(read(&path), "persistent-map-csv/2,key,value\n");
 }

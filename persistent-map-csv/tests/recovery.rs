@@ -252,7 +252,7 @@ async fn a_newer_format_is_refused() {
             err,
             PersistentError::UnsupportedFormat {
                 found: 9,
-                supported: 2,
+                supported: 3,
                 ..
             }
         ),

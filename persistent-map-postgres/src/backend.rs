@@ -8,7 +8,7 @@ use std::str::FromStr;
 use std::sync::{Arc, OnceLock};
 
 use futures::TryStreamExt;
-use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
+use persistent_map_core::codec::{value_from_json, KeyFormat};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
@@ -37,7 +37,14 @@ pub(crate) const META_TABLE: &str = "persistent_map_meta";
 ///   the SHA-256 of the key's UTF-8 text (by the schema's
 ///   `persistent_map_key_hash` function): keys of any size. Tables of
 ///   format 1 keep format 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// * `3`: the layout of format 2, keys in [`KeyFormat::Distinct`] (formats 1
+///   and 2 write them in [`KeyFormat::Legacy`]): a string key whose text is
+///   JSON is quoted, so distinct keys stay distinct. Every table this
+///   release creates; tables of formats 1 and 2 keep their format.
+pub const FORMAT_VERSION: u32 = 3;
+
+/// The first format whose keys are in [`KeyFormat::Distinct`].
+const DISTINCT_KEYS_VERSION: u32 = 3;
 
 /// The function computing a format 2 table's `key_hash`.
 const KEY_HASH_FN: &str = "persistent_map_key_hash";
@@ -48,9 +55,9 @@ const SCHEMA_LOCK: i64 = 0x706d_6170;
 
 /// A [`StorageBackend`] that keeps a map in a table of a PostgreSQL database.
 ///
-/// Keys are stored as text with
-/// [`key_to_text`](persistent_map_core::codec::key_to_text) (string keys as
-/// themselves, other keys as JSON), values as `JSONB`, so the table can be
+/// Keys are stored as text in the table's [`KeyFormat`]
+/// ([`key_format`](Self::key_format): string keys as themselves, other keys
+/// as JSON), values as `JSONB`, so the table can be
 /// queried with SQL. Every batch the map hands over is one transaction.
 /// With [`Watch::Enabled`] (the default) each transaction also announces its
 /// keys with `pg_notify`, and maps on other instances re-read them. See the
@@ -92,10 +99,14 @@ struct Inner {
     feed: Option<Feed>,
     /// Set once the table's format is known (when the backend opens).
     sql: OnceLock<Statements>,
+    /// The key format a table created by this backend gets.
+    new_store_key_format: KeyFormat,
 }
 
 /// The SQL texts this backend runs, built once for its table.
 struct Statements {
+    /// How the table's keys are written, from its format version.
+    key_format: KeyFormat,
     select_all: String,
     select_keys: String,
     count: String,
@@ -106,7 +117,7 @@ struct Statements {
 }
 
 impl Statements {
-    /// The statements for a table of `format` (1 or 2).
+    /// The statements for a table of `format` (1, 2 or 3).
     fn new(qualified: &str, schema: &str, format: u32) -> Self {
         let t = qualified;
         // Format 2 finds rows by the hash of their key (any size); format 1
@@ -126,6 +137,11 @@ impl Statements {
             )
         };
         Self {
+            key_format: if format >= DISTINCT_KEYS_VERSION {
+                KeyFormat::Distinct
+            } else {
+                KeyFormat::Legacy
+            },
             select_all: format!("SELECT key, value::text FROM {t}"),
             select_keys: format!("SELECT key, value::text FROM {t} WHERE {many}"),
             count: format!("SELECT COUNT(*) FROM {t}"),
@@ -290,6 +306,7 @@ impl PostgresBackend {
                 watch: options.watch_value(),
                 feed,
                 sql: OnceLock::new(),
+                new_store_key_format: options.new_store_key_format_value(),
             }),
         })
     }
@@ -364,9 +381,18 @@ impl PostgresBackend {
         .map_err(fail)?;
         let format = if columns.is_empty() {
             self.create_table(&mut tx, &qualified).await?;
-            FORMAT_VERSION
+            match inner.new_store_key_format {
+                KeyFormat::Legacy => DISTINCT_KEYS_VERSION - 1,
+                _ => FORMAT_VERSION,
+            }
         } else {
-            self.check_columns(&columns)?
+            match self.check_columns(&columns)? {
+                // Formats 2 and 3 share a layout: the recorded version tells
+                // the key format, and a table without one keeps the legacy
+                // keys it was written with.
+                2 if stored == Some(DISTINCT_KEYS_VERSION as i32) => DISTINCT_KEYS_VERSION,
+                layout => layout,
+            }
         };
         if stored != Some(format as i32) {
             sqlx::query(&format!(
@@ -381,13 +407,15 @@ impl PostgresBackend {
             tracing::debug!(store = %inner.store, version = format, "format version recorded");
         }
         tx.commit().await.map_err(fail)?;
-        let _ = inner
-            .sql
-            .set(Statements::new(&qualified, &inner.schema, format));
+        let sql = Statements::new(&qualified, &inner.schema, format);
+        if let Some(feed) = &inner.feed {
+            feed.listener().set_key_format(sql.key_format);
+        }
+        let _ = inner.sql.set(sql);
         Ok(())
     }
 
-    /// Creates a format 2 table, and the schema's key hash function if it
+    /// Creates a table in the layout of format 2 (and 3), and the schema's key hash function if it
     /// is missing. The function only wraps `sha256(convert_to(key, 'UTF8'))`,
     /// which PostgreSQL cannot prove immutable on its own (`convert_to` is
     /// stable), as a generated column needs; for a given key it never changes.
@@ -473,6 +501,17 @@ impl PostgresBackend {
         &self.inner.table
     }
 
+    /// How the table stores keys: [`KeyFormat::Distinct`] for a table this
+    /// release created (format 3), [`KeyFormat::Legacy`] for one created by
+    /// an earlier release (formats 1 and 2), which keeps its format.
+    #[must_use]
+    pub fn key_format(&self) -> KeyFormat {
+        self.inner
+            .sql
+            .get()
+            .map_or(KeyFormat::Legacy, |sql| sql.key_format)
+    }
+
     /// The `LISTEN`/`NOTIFY` channel announcing changes to this table.
     #[must_use]
     pub fn channel(&self) -> &str {
@@ -511,11 +550,13 @@ impl PostgresBackend {
         batch: &[BatchOp<K, V>],
     ) -> Result<EncodedBatch> {
         let mut encoded = EncodedBatch::default();
-        for (key_text, value) in encode_batch(batch, BACKEND, &self.inner.store)? {
+        let key_format = self.sql()?.key_format;
+        for (key_text, value) in encode_batch(batch, BACKEND, &self.inner.store, key_format)? {
             let key = stored(store_key(&key_text)).unwrap_or(key_text);
             match value {
                 Some(json) => {
-                    let value = store_value(&json).map_err(|e| self.value_error(batch, &key, e))?;
+                    let value = store_value(&json)
+                        .map_err(|e| self.value_error(batch, key_format, &key, e))?;
                     let value = stored(value).unwrap_or(json);
                     encoded.put_keys.push(key);
                     encoded.put_values.push(value);
@@ -531,6 +572,7 @@ impl PostgresBackend {
     fn value_error<K: Serialize, V>(
         &self,
         batch: &[BatchOp<K, V>],
+        key_format: KeyFormat,
         stored_key: &str,
         err: serde_json::Error,
     ) -> PersistentError {
@@ -538,7 +580,11 @@ impl PostgresBackend {
             .iter()
             .rev()
             .map(BatchOp::key)
-            .find(|key| key_to_text(key).is_ok_and(|text| store_key(&text) == stored_key))
+            .find(|key| {
+                key_format
+                    .encode(key)
+                    .is_ok_and(|text| store_key(&text) == stored_key)
+            })
             .map(render_key);
         let location = match key {
             Some(key) => self.location().with_key(key),
@@ -555,7 +601,10 @@ impl PostgresBackend {
         let at = || self.location().with_key(render_key(&stored_key));
         let key_text = load_key(&stored_key)
             .ok_or_else(|| PersistentError::corrupt(at(), "the key's U+0001 escape is damaged"))?;
-        let key: K = key_from_text(&key_text)
+        let key: K = self
+            .sql()?
+            .key_format
+            .decode(&key_text)
             .map_err(|e| PersistentError::decode(EntryPart::Key, at(), e))?;
         let printed: String = row
             .try_get(1)
@@ -750,7 +799,7 @@ where
     }
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
-        let key_text = key_to_text(key).map_err(|e| {
+        let key_text = self.sql()?.key_format.encode(key).map_err(|e| {
             PersistentError::encode(EntryPart::Key, self.location().with_key(render_key(key)), e)
         })?;
         sqlx::query_scalar(&self.sql()?.contains)
@@ -830,8 +879,9 @@ where
 
     async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
         let mut stored_keys = Vec::with_capacity(keys.len());
+        let key_format = self.sql()?.key_format;
         for key in keys {
-            let text = key_to_text(key).map_err(|e| {
+            let text = key_format.encode(key).map_err(|e| {
                 PersistentError::encode(
                     EntryPart::Key,
                     self.location().with_key(render_key(key)),
@@ -859,11 +909,13 @@ where
 
     async fn watch(&self) -> Result<Option<RemoteChanges<K>>> {
         match &self.inner.feed {
-            Some(feed) => feed
-                .take(key_from_text::<K>)
-                .await
-                .map(Some)
-                .map_err(|e| self.error(e, Operation::Open)),
+            Some(feed) => {
+                let format = feed.listener().key_format();
+                feed.take(move |text: &str| format.decode::<K>(text))
+                    .await
+                    .map(Some)
+                    .map_err(|e| self.error(e, Operation::Open))
+            }
             None => Ok(None),
         }
     }

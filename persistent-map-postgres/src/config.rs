@@ -1,6 +1,7 @@
 //! Options for opening a [`PostgresBackend`]: schema, table, pool size,
 //! connect timeout and the change feed.
 
+use persistent_map_core::codec::KeyFormat;
 use std::time::Duration;
 
 use persistent_map_core::{Location, Operation, PersistentError, Result};
@@ -68,6 +69,7 @@ pub struct PostgresOptions {
     pool_size: u32,
     connect_timeout: Duration,
     watch: Watch,
+    new_store_key_format: KeyFormat,
 }
 
 impl Default for PostgresOptions {
@@ -78,6 +80,7 @@ impl Default for PostgresOptions {
             pool_size: DEFAULT_POOL_SIZE,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             watch: Watch::default(),
+            new_store_key_format: KeyFormat::NEW_STORES,
         }
     }
 }
@@ -123,6 +126,17 @@ impl PostgresOptions {
         self
     }
 
+    /// The key format a store this backend creates gets (default
+    /// [`KeyFormat::NEW_STORES`]); an existing store keeps its own. Creating
+    /// a store in [`KeyFormat::Legacy`] is for tools that copy the stored
+    /// texts of a legacy store, which cannot be translated without the
+    /// application's key type.
+    #[must_use]
+    pub fn new_store_key_format(mut self, format: KeyFormat) -> Self {
+        self.new_store_key_format = format;
+        self
+    }
+
     /// Whether to follow other instances' writes; see [`Watch`].
     #[must_use]
     pub fn watch(mut self, watch: Watch) -> Self {
@@ -152,6 +166,12 @@ impl PostgresOptions {
     #[must_use]
     pub fn connect_timeout_value(&self) -> Duration {
         self.connect_timeout
+    }
+
+    /// The key format of a store this backend creates.
+    #[must_use]
+    pub fn new_store_key_format_value(&self) -> KeyFormat {
+        self.new_store_key_format
     }
 
     /// The configured change-feed setting.
@@ -292,6 +312,12 @@ impl PostgresBuilder {
     /// See [`PostgresOptions::watch`].
     pub fn watch(mut self, watch: Watch) -> Self {
         self.options = self.options.watch(watch);
+        self
+    }
+
+    /// See [`PostgresOptions::new_store_key_format`].
+    pub fn new_store_key_format(mut self, format: KeyFormat) -> Self {
+        self.options = self.options.new_store_key_format(format);
         self
     }
 

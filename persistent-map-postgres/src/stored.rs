@@ -2,7 +2,7 @@
 //!
 //! PostgreSQL `TEXT` cannot contain the character U+0000, and `JSONB`
 //! refuses the escape `\u0000` inside a string. Keys and values are stored
-//! as [`key_to_text`](persistent_map_core::codec::key_to_text) and
+//! as the table's [`KeyFormat`](persistent_map_core::codec::KeyFormat) and
 //! [`value_to_json`](persistent_map_core::codec::value_to_json) give them,
 //! except for these rare cases, which get a reversible escape:
 //!
@@ -30,8 +30,8 @@ pub const VALUE_MARKER: &str = "persistent_map:json";
 const WRAPPED_PREFIX: &str = "{\"persistent_map:json\":";
 const PRINTED_PREFIX: &str = "{\"persistent_map:json\": ";
 
-/// The stored form of a key text (the key's
-/// [`key_to_text`](persistent_map_core::codec::key_to_text)): unchanged,
+/// The stored form of a key text (the key encoded in the table's
+/// [`KeyFormat`](persistent_map_core::codec::KeyFormat)): unchanged,
 /// unless it holds U+0000 (which PostgreSQL text cannot) or starts with
 /// U+0001, the escape. For tools that read or write the table directly.
 ///

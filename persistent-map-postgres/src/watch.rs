@@ -7,9 +7,10 @@
 //! [`persistent_map_server_support`]'s.
 
 use std::borrow::Cow;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use persistent_map_core::async_trait;
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_server_support::{Inbox, Listen};
 use sqlx::postgres::{PgListener, PgPool};
 
@@ -24,6 +25,9 @@ pub(crate) struct Listener {
     pool: PgPool,
     channel: String,
     instance: String,
+    /// The table's key format, set when the backend has read it (before
+    /// any map can take the feed).
+    key_format: OnceLock<KeyFormat>,
 }
 
 impl Listener {
@@ -32,7 +36,19 @@ impl Listener {
             pool,
             channel,
             instance,
+            key_format: OnceLock::new(),
         }
+    }
+
+    /// Records the table's key format, which decodes announced keys.
+    pub(crate) fn set_key_format(&self, format: KeyFormat) {
+        let _ = self.key_format.set(format);
+    }
+
+    /// The store's key format, which decodes announced keys.
+    pub(crate) fn key_format(&self) -> KeyFormat {
+        // Always set when the backend opens, before `watch` can run.
+        self.key_format.get().copied().unwrap_or(KeyFormat::Legacy)
     }
 }
 

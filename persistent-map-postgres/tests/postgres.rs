@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::server::{free_port, PgServer};
 use common::{report, url_or_skip, Scratch};
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{PersistentError, PersistentMap, StorageBackend};
 use persistent_map_postgres::{PostgresBackend, Watch};
 use serde::{Deserialize, Serialize};
@@ -170,6 +171,28 @@ async fn a_format_1_table_keeps_working_in_format_1() {
     .await
     .expect("meta row");
     assert_eq!(version, 1, "a format 1 table is not converted");
+    let backend = open(&scratch, "old").await;
+    assert_eq!(backend.key_format(), KeyFormat::Legacy);
+    let map: PersistentMap<String, String, _> = PersistentMap::new(backend).await.expect("opens");
+    map.insert("7".into(), "seven".into())
+        .await
+        .expect("insert");
+    map.close().await.expect("close");
+    let seven: String = sqlx::query_scalar(&format!(
+        "SELECT value #>> '{{}}' FROM \"{}\".old WHERE key = '7'",
+        scratch.schema
+    ))
+    .fetch_one(&setup)
+    .await
+    .expect("a string key that looks like JSON is stored unquoted, in the legacy format");
+    assert_eq!(seven, "seven");
+    sqlx::query(&format!(
+        "DELETE FROM \"{}\".old WHERE key = '7'",
+        scratch.schema
+    ))
+    .execute(&setup)
+    .await
+    .expect("delete");
     let map: PersistentMap<String, String, _> = PersistentMap::new(open(&scratch, "old").await)
         .await
         .expect("reopens");
@@ -465,4 +488,135 @@ fn public_types_are_send_sync_and_debug() {
     check::<persistent_map_postgres::PostgresBuilder>();
     check::<persistent_map_postgres::PostgresOptions>();
     check::<Watch>();
+}
+
+/// A key that is a string or a number, as an untagged enum: `"42"` and
+/// `42` are two keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Number(u32),
+}
+
+/// `Option<String>` keys whose texts collide in the legacy key format.
+fn colliding_keys() -> Vec<(Option<String>, u32)> {
+    [
+        None,
+        Some("null"),
+        Some("42"),
+        Some(""),
+        Some("\"x\""),
+        Some("alice"),
+    ]
+    .into_iter()
+    .map(|k| k.map(str::to_owned))
+    .zip(1..)
+    .collect()
+}
+
+#[tokio::test]
+async fn keys_that_share_a_legacy_text_stay_distinct_across_a_reopen_and_between_instances() {
+    let Some(url) = url_or_skip("keys_that_share_a_legacy_text_stay_distinct") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    let backend = open(&scratch, "awkward").await;
+    assert_eq!(backend.key_format(), KeyFormat::Distinct);
+    let map: PersistentMap<Option<String>, u32, _> =
+        PersistentMap::new(backend).await.expect("opens");
+    let other: PersistentMap<Option<String>, u32, _> =
+        PersistentMap::new(open(&scratch, "awkward").await)
+            .await
+            .expect("opens");
+    for (k, v) in colliding_keys() {
+        map.insert(k, v).await.expect("insert");
+    }
+    // The other instance reads the announced keys in the table's format.
+    eventually("every key reaches the other instance", || {
+        colliding_keys()
+            .iter()
+            .all(|(k, v)| other.get(k) == Some(*v))
+    })
+    .await;
+    map.close().await.expect("close");
+    other.close().await.expect("close");
+    let map: PersistentMap<Option<String>, u32, _> =
+        PersistentMap::new(open(&scratch, "awkward").await)
+            .await
+            .expect("reopens");
+    let mut got: Vec<(Option<String>, u32)> = map.iter().collect();
+    got.sort_by_key(|(_, v)| *v);
+    assert_eq!(got, colliding_keys());
+    for (k, _) in colliding_keys() {
+        assert!(
+            StorageBackend::<Option<String>, u32>::contains_key(map.backend(), &k)
+                .await
+                .expect("contains"),
+            "{k:?}"
+        );
+    }
+    map.close().await.expect("close");
+
+    let map: PersistentMap<TextOrNumber, u32, _> =
+        PersistentMap::new(open(&scratch, "either").await)
+            .await
+            .expect("opens");
+    map.insert(TextOrNumber::Text("42".into()), 1)
+        .await
+        .expect("insert");
+    map.insert(TextOrNumber::Number(42), 2)
+        .await
+        .expect("insert");
+    map.close().await.expect("close");
+    let map: PersistentMap<TextOrNumber, u32, _> =
+        PersistentMap::new(open(&scratch, "either").await)
+            .await
+            .expect("reopens");
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.get(&TextOrNumber::Text("42".into())), Some(1));
+    assert_eq!(map.get(&TextOrNumber::Number(42)), Some(2));
+    map.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_format_2_table_keeps_the_legacy_key_format() {
+    let Some(url) = url_or_skip("a_format_2_table_keeps_the_legacy_key_format") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    let backend = open(&scratch, "two").await;
+    // A table an earlier 0.2 created: the same layout, version 2.
+    sqlx::query(&format!(
+        "UPDATE \"{}\".persistent_map_meta SET format_version = 2 WHERE table_name = 'two'",
+        scratch.schema
+    ))
+    .execute(backend.pool())
+    .await
+    .expect("update");
+    let backend = open(&scratch, "two").await;
+    assert_eq!(backend.key_format(), KeyFormat::Legacy);
+    let map: PersistentMap<String, u32, _> =
+        PersistentMap::new(backend.clone()).await.expect("opens");
+    map.insert("42".into(), 1).await.expect("insert");
+    map.close().await.expect("close");
+    let keys: Vec<String> =
+        sqlx::query_scalar(&format!("SELECT key FROM \"{}\".two", scratch.schema))
+            .fetch_all(backend.pool())
+            .await
+            .expect("rows");
+    assert_eq!(keys, ["42"]);
+    let version: i32 = sqlx::query_scalar(&format!(
+        "SELECT format_version FROM \"{}\".persistent_map_meta WHERE table_name = 'two'",
+        scratch.schema
+    ))
+    .fetch_one(backend.pool())
+    .await
+    .expect("meta row");
+    assert_eq!(version, 2, "the table is not moved to the new format");
+    let map: PersistentMap<String, u32, _> = PersistentMap::new(open(&scratch, "two").await)
+        .await
+        .expect("reopens");
+    assert_eq!(map.get("42"), Some(1));
+    map.close().await.expect("close");
 }

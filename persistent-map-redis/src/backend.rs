@@ -5,7 +5,7 @@ use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
+use persistent_map_core::codec::{value_from_json, KeyFormat};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
@@ -20,12 +20,20 @@ use crate::config::{RedisBuilder, RedisOptions, Watch};
 use crate::error::{exec_error, map_redis_error, BACKEND};
 use crate::watch::{Feed, Subscriber};
 
-/// The newest format this release reads and the one it writes.
+/// The newest format this release reads, and the one it gives the maps it
+/// creates.
 ///
-/// * `1`: a hash `<prefix>:<name>` with one field per key (the key's text)
-///   holding the value's JSON text, and a hash `<prefix>:<name>:meta` with
-///   the field `format_version`.
-pub const FORMAT_VERSION: u32 = 1;
+/// * `1`: a hash `<prefix>:<name>` with one field per key (the key's text,
+///   in [`KeyFormat::Legacy`]) holding the value's JSON text, and a hash
+///   `<prefix>:<name>:meta` with the field `format_version`.
+/// * `2`: the same, keys in [`KeyFormat::Distinct`]: a string key whose text
+///   is JSON is quoted, so distinct keys stay distinct. Every map this
+///   release creates; a map of format 1 (or a hash without a meta hash)
+///   keeps the legacy format.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The format of a hash written before key formats had a version.
+const LEGACY_VERSION: u32 = 1;
 
 /// The field of the meta hash holding the format version.
 const VERSION_FIELD: &str = "format_version";
@@ -34,11 +42,65 @@ const VERSION_FIELD: &str = "format_version";
 /// message instead of a long list.
 const MAX_KEYS: usize = 10_000;
 
+/// Checks the keys' types and the format version, recording `new_version`
+/// for a new map (`HSETNX`, so instances opening a new map at once agree),
+/// and returns it. A hash that has entries but no version (written before versions were
+/// kept) is recorded as format 1, so its keys keep their legacy form.
+async fn prepare(
+    conn: &mut redis::aio::MultiplexedConnection,
+    hash_key: &str,
+    meta_key: &str,
+    new_version: u32,
+    store: &str,
+    endpoint: &str,
+) -> Result<u32> {
+    let location = || Location::new(store.to_owned());
+    let fail = |e| map_redis_error(e, Operation::Open, location(), endpoint);
+    for key in [hash_key, meta_key] {
+        let kind: String = redis::cmd("TYPE")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .map_err(fail)?;
+        if kind != "hash" && kind != "none" {
+            return Err(PersistentError::corrupt(
+                location(),
+                format!("the key {key:?} holds a {kind}, not a persistent-map hash"),
+            ));
+        }
+    }
+    let has_entries: bool = conn.exists(hash_key).await.map_err(fail)?;
+    let initial = if has_entries {
+        LEGACY_VERSION
+    } else {
+        new_version
+    };
+    let _: bool = conn
+        .hset_nx(meta_key, VERSION_FIELD, initial)
+        .await
+        .map_err(fail)?;
+    let found: String = conn.hget(meta_key, VERSION_FIELD).await.map_err(fail)?;
+    let found: u32 = found.parse().map_err(|_| {
+        PersistentError::corrupt(
+            location(),
+            format!("invalid format version {found:?} in {meta_key:?}"),
+        )
+    })?;
+    if found > FORMAT_VERSION {
+        return Err(PersistentError::UnsupportedFormat {
+            location: location(),
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(found)
+}
+
 /// A [`StorageBackend`] that keeps a map in a Redis hash.
 ///
-/// Keys are stored as hash fields with
-/// [`key_to_text`](persistent_map_core::codec::key_to_text) (string keys as
-/// themselves, other keys as JSON), values as JSON text. Every batch the map
+/// Keys are stored as hash fields in the map's [`KeyFormat`]
+/// ([`key_format`](Self::key_format): string keys as themselves, other keys
+/// as JSON), values as JSON text. Every batch the map
 /// hands over is one `MULTI`/`EXEC` transaction; with [`Watch::Enabled`]
 /// (the default) it also publishes its keys, and maps on other instances
 /// re-read them. Commands go through a [`ConnectionManager`], which
@@ -82,6 +144,8 @@ struct Inner {
     feed: Option<Feed>,
     /// What the server's persistence settings make of an acknowledged write.
     durability: Durability,
+    /// How the hash's fields encode keys, from the meta hash's version.
+    key_format: KeyFormat,
 }
 
 impl RedisBackend {
@@ -159,6 +223,24 @@ impl RedisBackend {
             .map_err(|e| {
                 map_redis_error(e, Operation::Open, Location::new(store.clone()), &endpoint)
             })?;
+        let new_version = match options.new_store_key_format_value() {
+            KeyFormat::Legacy => LEGACY_VERSION,
+            _ => FORMAT_VERSION,
+        };
+        let version = prepare(
+            &mut check,
+            &hash_key,
+            &meta_key,
+            new_version,
+            &store,
+            &endpoint,
+        )
+        .await?;
+        let key_format = if version >= 2 {
+            KeyFormat::Distinct
+        } else {
+            KeyFormat::Legacy
+        };
         let instance = format!("{:016x}", fastrand::u64(..));
         let feed = match options.watch_value() {
             Watch::Enabled => Some(Feed::new(Subscriber::new(
@@ -166,11 +248,12 @@ impl RedisBackend {
                 timeout,
                 channel.clone(),
                 instance.clone(),
+                key_format,
             ))),
             Watch::Disabled => None,
         };
         let durability = server_durability(&mut check).await;
-        let backend = Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 manager,
                 endpoint,
@@ -184,52 +267,9 @@ impl RedisBackend {
                 scan_count: options.scan_count_value(),
                 feed,
                 durability,
+                key_format,
             }),
-        };
-        backend.prepare(&mut check).await?;
-        Ok(backend)
-    }
-
-    /// Checks the keys' types and the format version, recording it for a
-    /// new map (`HSETNX`, so instances opening a new map at once agree).
-    async fn prepare(&self, conn: &mut redis::aio::MultiplexedConnection) -> Result<()> {
-        let inner = &*self.inner;
-        let fail = |e| self.error(e, Operation::Open);
-        for key in [&inner.hash_key, &inner.meta_key] {
-            let kind: String = redis::cmd("TYPE")
-                .arg(key)
-                .query_async(conn)
-                .await
-                .map_err(fail)?;
-            if kind != "hash" && kind != "none" {
-                return Err(PersistentError::corrupt(
-                    self.location(),
-                    format!("the key {key:?} holds a {kind}, not a persistent-map hash"),
-                ));
-            }
-        }
-        let _: bool = conn
-            .hset_nx(&inner.meta_key, VERSION_FIELD, FORMAT_VERSION)
-            .await
-            .map_err(fail)?;
-        let found: String = conn
-            .hget(&inner.meta_key, VERSION_FIELD)
-            .await
-            .map_err(fail)?;
-        let found: u32 = found.parse().map_err(|_| {
-            PersistentError::corrupt(
-                self.location(),
-                format!("invalid format version {found:?} in {:?}", inner.meta_key),
-            )
-        })?;
-        if found > FORMAT_VERSION {
-            return Err(PersistentError::UnsupportedFormat {
-                location: self.location(),
-                found,
-                supported: FORMAT_VERSION,
-            });
-        }
-        Ok(())
+        })
     }
 
     /// The server, as `host:port`.
@@ -248,6 +288,14 @@ impl RedisBackend {
     #[must_use]
     pub fn hash_key(&self) -> &str {
         &self.inner.hash_key
+    }
+
+    /// How the hash's fields encode keys: [`KeyFormat::Distinct`] for a map
+    /// this release created (format 2), [`KeyFormat::Legacy`] for one of
+    /// format 1, which keeps its format.
+    #[must_use]
+    pub fn key_format(&self) -> KeyFormat {
+        self.inner.key_format
     }
 
     /// The hash holding the format version: `<prefix>:<name>:meta`.
@@ -286,7 +334,7 @@ impl RedisBackend {
     }
 
     fn encode_key<K: Serialize>(&self, key: &K) -> Result<String> {
-        key_to_text(key).map_err(|e| {
+        self.inner.key_format.encode(key).map_err(|e| {
             PersistentError::encode(EntryPart::Key, self.location().with_key(render_key(key)), e)
         })
     }
@@ -305,8 +353,11 @@ impl RedisBackend {
             )
         })?;
         let at = || self.location().with_key(render_key(&field));
-        let key: K =
-            key_from_text(&field).map_err(|e| PersistentError::decode(EntryPart::Key, at(), e))?;
+        let key: K = self
+            .inner
+            .key_format
+            .decode(&field)
+            .map_err(|e| PersistentError::decode(EntryPart::Key, at(), e))?;
         let value = std::str::from_utf8(&value)
             .map_err(|e| PersistentError::decode(EntryPart::Value, at(), e))?;
         let value: V = value_from_json(value)
@@ -494,7 +545,7 @@ where
             return Ok(());
         }
         // Only the last change per key matters inside one transaction.
-        let net = encode_batch(batch, BACKEND, &self.inner.store)?;
+        let net = encode_batch(batch, BACKEND, &self.inner.store, self.inner.key_format)?;
         let inner = &*self.inner;
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -600,11 +651,13 @@ where
 
     async fn watch(&self) -> Result<Option<RemoteChanges<K>>> {
         match &self.inner.feed {
-            Some(feed) => feed
-                .take(key_from_text::<K>)
-                .await
-                .map(Some)
-                .map_err(|e| self.error(e, Operation::Open)),
+            Some(feed) => {
+                let format = feed.listener().key_format();
+                feed.take(move |text: &str| format.decode::<K>(text))
+                    .await
+                    .map(Some)
+                    .map_err(|e| self.error(e, Operation::Open))
+            }
             None => Ok(None),
         }
     }

@@ -1,6 +1,7 @@
 //! Options for opening a [`RedisBackend`]: key prefix and map name, HSCAN
 //! chunk size, timeouts and the change feed.
 
+use persistent_map_core::codec::KeyFormat;
 use std::time::Duration;
 
 use persistent_map_core::{Location, Operation, PersistentError, Result};
@@ -68,6 +69,7 @@ pub struct RedisOptions {
     connect_timeout: Duration,
     response_timeout: Duration,
     watch: Watch,
+    new_store_key_format: KeyFormat,
 }
 
 impl Default for RedisOptions {
@@ -79,6 +81,7 @@ impl Default for RedisOptions {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             watch: Watch::default(),
+            new_store_key_format: KeyFormat::NEW_STORES,
         }
     }
 }
@@ -131,6 +134,17 @@ impl RedisOptions {
         self
     }
 
+    /// The key format a store this backend creates gets (default
+    /// [`KeyFormat::NEW_STORES`]); an existing store keeps its own. Creating
+    /// a store in [`KeyFormat::Legacy`] is for tools that copy the stored
+    /// texts of a legacy store, which cannot be translated without the
+    /// application's key type.
+    #[must_use]
+    pub fn new_store_key_format(mut self, format: KeyFormat) -> Self {
+        self.new_store_key_format = format;
+        self
+    }
+
     /// Whether to follow other instances' writes; see [`Watch`].
     #[must_use]
     pub fn watch(mut self, watch: Watch) -> Self {
@@ -160,6 +174,12 @@ impl RedisOptions {
     #[must_use]
     pub fn response_timeout_value(&self) -> Duration {
         self.response_timeout
+    }
+
+    /// The key format of a store this backend creates.
+    #[must_use]
+    pub fn new_store_key_format_value(&self) -> KeyFormat {
+        self.new_store_key_format
     }
 
     /// The configured change-feed setting.
@@ -280,6 +300,12 @@ impl RedisBuilder {
     /// See [`RedisOptions::watch`].
     pub fn watch(mut self, watch: Watch) -> Self {
         self.options = self.options.watch(watch);
+        self
+    }
+
+    /// See [`RedisOptions::new_store_key_format`].
+    pub fn new_store_key_format(mut self, format: KeyFormat) -> Self {
+        self.options = self.options.new_store_key_format(format);
         self
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use persistent_map_core::async_trait;
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_server_support::{Inbox, Listen};
 
 /// The change feed of one backend instance.
@@ -22,6 +23,8 @@ pub(crate) struct Subscriber {
     connect_timeout: Duration,
     channel: String,
     instance: String,
+    /// The hash's key format: announced keys are its field texts.
+    key_format: KeyFormat,
 }
 
 impl Subscriber {
@@ -30,13 +33,20 @@ impl Subscriber {
         connect_timeout: Duration,
         channel: String,
         instance: String,
+        key_format: KeyFormat,
     ) -> Self {
         Self {
             client,
             connect_timeout,
             channel,
             instance,
+            key_format,
         }
+    }
+
+    /// The store's key format, which decodes announced keys.
+    pub(crate) fn key_format(&self) -> KeyFormat {
+        self.key_format
     }
 }
 

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 
 use common::server::{free_port, RedisServer};
 use common::{report, unique, url_or_skip, Scratch};
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{ErrorKind, PersistentError, PersistentMap, StorageBackend};
 use persistent_map_redis::{RedisBackend, Watch};
 use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
 
 async fn open(scratch: &Scratch, name: &str) -> RedisBackend {
     RedisBackend::builder(&scratch.url)
@@ -250,7 +252,9 @@ async fn the_hash_holds_readable_json_and_the_format_is_recorded() {
         .hget(backend.meta_key(), "format_version")
         .await
         .expect("meta");
-    assert_eq!(version, 1);
+    // Version 2: keys in the distinct key format.
+    assert_eq!(version, 2);
+    assert_eq!(persistent_map_redis::FORMAT_VERSION, 2);
     map.close().await.expect("close");
 
     // A key of another type is refused, untouched.
@@ -486,4 +490,135 @@ fn public_types_are_send_sync_and_debug() {
     check::<persistent_map_redis::RedisBuilder>();
     check::<persistent_map_redis::RedisOptions>();
     check::<Watch>();
+}
+
+/// A key that is a string or a number, as an untagged enum: `"42"` and
+/// `42` are two keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Number(u32),
+}
+
+/// `Option<String>` keys whose texts collide in the legacy key format.
+fn colliding_keys() -> Vec<(Option<String>, u32)> {
+    [
+        None,
+        Some("null"),
+        Some("42"),
+        Some(""),
+        Some("\"x\""),
+        Some("alice"),
+    ]
+    .into_iter()
+    .map(|k| k.map(str::to_owned))
+    .zip(1..)
+    .collect()
+}
+
+#[tokio::test]
+async fn keys_that_share_a_legacy_text_stay_distinct_across_a_reopen_and_between_instances() {
+    let Some(url) = url_or_skip("keys_that_share_a_legacy_text_stay_distinct") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    let backend = open(&scratch, "awkward").await;
+    assert_eq!(backend.key_format(), KeyFormat::Distinct);
+    let map: PersistentMap<Option<String>, u32, _> =
+        PersistentMap::new(backend).await.expect("opens");
+    let other: PersistentMap<Option<String>, u32, _> =
+        PersistentMap::new(open(&scratch, "awkward").await)
+            .await
+            .expect("opens");
+    for (k, v) in colliding_keys() {
+        map.insert(k, v).await.expect("insert");
+    }
+    // The other instance reads the announced keys in the hash's format.
+    eventually("every key reaches the other instance", || {
+        colliding_keys()
+            .iter()
+            .all(|(k, v)| other.get(k) == Some(*v))
+    })
+    .await;
+    map.close().await.expect("close");
+    other.close().await.expect("close");
+    let map: PersistentMap<Option<String>, u32, _> =
+        PersistentMap::new(open(&scratch, "awkward").await)
+            .await
+            .expect("reopens");
+    let mut got: Vec<(Option<String>, u32)> = map.iter().collect();
+    got.sort_by_key(|(_, v)| *v);
+    assert_eq!(got, colliding_keys());
+    for (k, _) in colliding_keys() {
+        assert!(
+            StorageBackend::<Option<String>, u32>::contains_key(map.backend(), &k)
+                .await
+                .expect("contains"),
+            "{k:?}"
+        );
+    }
+    map.close().await.expect("close");
+
+    let map: PersistentMap<TextOrNumber, u32, _> =
+        PersistentMap::new(open(&scratch, "either").await)
+            .await
+            .expect("opens");
+    map.insert(TextOrNumber::Text("42".into()), 1)
+        .await
+        .expect("insert");
+    map.insert(TextOrNumber::Number(42), 2)
+        .await
+        .expect("insert");
+    map.close().await.expect("close");
+    let map: PersistentMap<TextOrNumber, u32, _> =
+        PersistentMap::new(open(&scratch, "either").await)
+            .await
+            .expect("reopens");
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.get(&TextOrNumber::Text("42".into())), Some(1));
+    assert_eq!(map.get(&TextOrNumber::Number(42)), Some(2));
+    map.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_format_1_hash_keeps_the_legacy_key_format() {
+    let Some(url) = url_or_skip("a_format_1_hash_keeps_the_legacy_key_format") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    let backend = open(&scratch, "one").await;
+    let mut conn = backend.connection();
+    // A hash an earlier 0.2 created: version 1.
+    let _: () = conn
+        .hset(backend.meta_key(), "format_version", 1)
+        .await
+        .expect("hset");
+    let backend = open(&scratch, "one").await;
+    assert_eq!(backend.key_format(), KeyFormat::Legacy);
+    let map: PersistentMap<String, u32, _> =
+        PersistentMap::new(backend.clone()).await.expect("opens");
+    map.insert("42".into(), 1).await.expect("insert");
+    map.close().await.expect("close");
+    let fields: Vec<String> = conn.hkeys(backend.hash_key()).await.expect("hkeys");
+    assert_eq!(fields, ["42"]);
+    let version: u32 = conn
+        .hget(backend.meta_key(), "format_version")
+        .await
+        .expect("meta");
+    assert_eq!(version, 1, "the hash is not moved to the new format");
+
+    // A hash with entries but no version (its meta hash lost) is taken as
+    // legacy, and recorded so.
+    let _: () = conn.del(backend.meta_key()).await.expect("del");
+    let backend = open(&scratch, "one").await;
+    assert_eq!(backend.key_format(), KeyFormat::Legacy);
+    let map: PersistentMap<String, u32, _> = PersistentMap::new(backend).await.expect("opens");
+    assert_eq!(map.get("42"), Some(1));
+    map.close().await.expect("close");
+    let version: u32 = conn
+        .hget(open(&scratch, "one").await.meta_key(), "format_version")
+        .await
+        .expect("meta");
+    assert_eq!(version, 1);
 }

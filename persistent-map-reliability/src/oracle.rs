@@ -18,13 +18,22 @@ pub enum Expect {
     Unknown,
 }
 
-const HEADER: &[u8] = b"persistent-map-csv/2,key,value\n";
+/// The headers of versions 2 and 3, which differ only in how a key whose
+/// text is JSON is written: quoted in version 3, which (like any quoted
+/// field) the oracle leaves as unknown. Unquoted keys read the same in both.
+const HEADERS: [&[u8]; 2] = [
+    b"persistent-map-csv/2,key,value\n",
+    b"persistent-map-csv/3,key,value\n",
+];
 
-/// Reads `bytes` (a whole version 2 file) as the format defines it, for
-/// `String` keys and `u64` values.
+/// Reads `bytes` (a whole version 2 or 3 file) as the format defines it,
+/// for `String` keys and `u64` values.
 #[must_use]
 pub fn expect_csv(bytes: &[u8]) -> Expect {
-    let Some(body) = bytes.strip_prefix(HEADER) else {
+    let Some(body) = HEADERS
+        .iter()
+        .find_map(|header| bytes.strip_prefix(*header))
+    else {
         return Expect::Unknown;
     };
     if body.iter().any(|&b| b == b'"' || b == b'\r') {

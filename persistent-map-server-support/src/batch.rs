@@ -3,13 +3,13 @@
 
 use std::collections::HashMap;
 
-use persistent_map_core::codec::{key_to_text, value_to_json};
+use persistent_map_core::codec::{value_to_json, KeyFormat};
 use persistent_map_core::{render_key, BatchOp, EntryPart, Location, PersistentError};
 use serde::Serialize;
 
 /// Encodes a batch into its net changes: `(key text, Some(value JSON))` for
-/// a put and `(key text, None)` for a removal, with [`key_to_text`] and
-/// [`value_to_json`], keeping only the last change per key.
+/// a put and `(key text, None)` for a removal, with keys in the store's
+/// `format` and values by [`value_to_json`], keeping only the last change per key.
 ///
 /// Inside one transaction only the final state of each key matters, and
 /// distinct keys can then be written in any order (some statements, such as
@@ -20,6 +20,7 @@ use serde::Serialize;
 /// and `store` are what errors name.
 ///
 /// ```
+/// use persistent_map_core::codec::KeyFormat;
 /// use persistent_map_core::BatchOp;
 /// use persistent_map_server_support::encode_batch;
 ///
@@ -29,7 +30,7 @@ use serde::Serialize;
 ///     BatchOp::Delete { key: "a" },
 /// ];
 /// assert_eq!(
-///     encode_batch(&batch, "mine", "kv.db")?,
+///     encode_batch(&batch, "mine", "kv.db", KeyFormat::Distinct)?,
 ///     [("b".to_string(), Some("2".to_string())), ("a".to_string(), None)]
 /// );
 /// # Ok::<(), persistent_map_core::PersistentError>(())
@@ -46,6 +47,7 @@ pub fn encode_batch<K: Serialize, V: Serialize>(
     batch: &[BatchOp<K, V>],
     backend: &'static str,
     store: &str,
+    format: KeyFormat,
 ) -> Result<Vec<(String, Option<String>)>, PersistentError> {
     let mut encoded = Vec::with_capacity(batch.len());
     for op in batch {
@@ -53,7 +55,7 @@ pub fn encode_batch<K: Serialize, V: Serialize>(
         let fail = |part: EntryPart, e: serde_json::Error| {
             PersistentError::encode(part, Location::new(store).with_key(render_key(key)), e)
         };
-        let key_text = key_to_text(key).map_err(|e| fail(EntryPart::Key, e))?;
+        let key_text = format.encode(key).map_err(|e| fail(EntryPart::Key, e))?;
         let value = match op {
             BatchOp::Put { value, .. } => {
                 Some(value_to_json(value).map_err(|e| fail(EntryPart::Value, e))?)
@@ -123,16 +125,16 @@ mod tests {
     #[test]
     fn batches_keep_the_last_change_per_key_in_order() {
         assert_eq!(
-            encode_batch::<String, u32>(&[], "test", "s").expect("encodes"),
+            encode_batch::<String, u32>(&[], "test", "s", KeyFormat::Legacy).expect("encodes"),
             net(&[])
         );
         assert_eq!(
-            encode_batch(&[put("a", 1)], "test", "s").expect("encodes"),
+            encode_batch(&[put("a", 1)], "test", "s", KeyFormat::Legacy).expect("encodes"),
             net(&[("a", Some("1"))])
         );
         let sorted = [put("a", 1), delete("b"), put("c", 3)];
         assert_eq!(
-            encode_batch(&sorted, "test", "s").expect("encodes"),
+            encode_batch(&sorted, "test", "s", KeyFormat::Legacy).expect("encodes"),
             net(&[("a", Some("1")), ("b", None), ("c", Some("3"))])
         );
         let repeated = [
@@ -143,7 +145,7 @@ mod tests {
             put("b", 4),
         ];
         assert_eq!(
-            encode_batch(&repeated, "test", "s").expect("encodes"),
+            encode_batch(&repeated, "test", "s", KeyFormat::Legacy).expect("encodes"),
             net(&[("a", None), ("c", Some("3")), ("b", Some("4"))])
         );
         let keys = [
@@ -154,7 +156,7 @@ mod tests {
             BatchOp::Delete { key: 1_u8 },
         ];
         assert_eq!(
-            encode_batch(&keys, "test", "s").expect("encodes"),
+            encode_batch(&keys, "test", "s", KeyFormat::Legacy).expect("encodes"),
             net(&[("1", None)])
         );
     }
@@ -163,8 +165,8 @@ mod tests {
     fn batch_errors_name_the_store_and_key() {
         let bad_key: HashMap<Vec<u8>, u8> = HashMap::from([(vec![1], 1)]);
         let batch = [BatchOp::Delete { key: bad_key }];
-        let err =
-            encode_batch::<_, u8>(&batch, "test", "kv.db").expect_err("map keys must be strings");
+        let err = encode_batch::<_, u8>(&batch, "test", "kv.db", KeyFormat::Legacy)
+            .expect_err("map keys must be strings");
         assert!(
             matches!(&err, PersistentError::Codec { direction: CodecDirection::Encode, part: EntryPart::Key, location, .. }
                 if location.store == "kv.db" && location.key.is_some()),
@@ -182,7 +184,8 @@ mod tests {
                 value: bad_value,
             },
         ];
-        let err = encode_batch(&batch, "test", "kv.db").expect_err("map keys must be strings");
+        let err = encode_batch(&batch, "test", "kv.db", KeyFormat::Legacy)
+            .expect_err("map keys must be strings");
         assert!(
             matches!(&err, PersistentError::Codec { direction: CodecDirection::Encode, part: EntryPart::Value, location, .. }
                 if location.key.as_deref() == Some("\"bad\"")),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
-use persistent_map_core::codec::{key_from_text, key_to_text, value_from_json};
+use persistent_map_core::codec::{value_from_json, KeyFormat};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, Result, StorageBackend,
@@ -27,18 +27,36 @@ use crate::write::{self, CHUNK_SIZES};
 /// The table that records, per map table, the format version it was written in.
 pub(crate) const META_TABLE: &str = "persistent_map_meta";
 
-/// The newest on-disk format this release reads and the one it writes.
+/// The newest on-disk format this release reads, and the one it gives the
+/// tables it creates.
 ///
 /// * `0`: persistent-map 0.1.x: a table `kv (key TEXT PRIMARY KEY, value TEXT
 ///   NOT NULL)` and no metadata table. Opening such a file stamps it as `1`;
 ///   the rows are already in the version 1 layout.
-/// * `1`: the same table layout, plus a row in `persistent_map_meta`.
-pub const FORMAT_VERSION: u32 = 1;
+/// * `1`: the same table layout, plus a row in `persistent_map_meta`; keys in
+///   [`KeyFormat::Legacy`] (every string key unquoted). A table in this
+///   version stays in it: its keys are never rewritten.
+/// * `2`: the same layout, keys in [`KeyFormat::Distinct`] (a string key
+///   whose text is JSON is quoted, so distinct keys stay distinct). Every
+///   table this release creates.
+pub const FORMAT_VERSION: u32 = 2;
+
+/// The version a table without metadata (persistent-map 0.1.x) is stamped with.
+const LEGACY_VERSION: u32 = 1;
+
+/// The key format of a table in format `version`.
+fn key_format_of(version: u32) -> KeyFormat {
+    if version >= 2 {
+        KeyFormat::Distinct
+    } else {
+        KeyFormat::Legacy
+    }
+}
 
 /// A [`StorageBackend`] that keeps a map in a table of a SQLite database file.
 ///
-/// Keys are stored as text with
-/// [`key_to_text`](persistent_map_core::codec::key_to_text) (string keys as
+/// Keys are stored as text in the table's
+/// [`KeyFormat`] ([`key_format`](Self::key_format): string keys as
 /// themselves, other keys as JSON), values as JSON text. Every batch the map
 /// hands over is one transaction. See the crate documentation for the
 /// durability guarantees and the file format.
@@ -79,7 +97,135 @@ struct Inner {
     table: String,
     /// `<path> table "<table>"`, the store named in errors.
     store: String,
+    /// How the table's keys are written, from its format version.
+    key_format: KeyFormat,
     sql: Statements,
+}
+
+impl Inner {
+    /// Creates the metadata and map tables if missing and checks (or
+    /// records) the format version, all in one write transaction so that two
+    /// processes opening a new file at once cannot both create it. Returns
+    /// the table's format version.
+    async fn prepare_schema(&self) -> Result<u32> {
+        let fail = |e| map_sqlx_error(e, Operation::Open, file_location(&self.path), &self.path);
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(fail)?;
+        sqlx::query(&format!(
+            "CREATE TABLE IF NOT EXISTS {META_TABLE} \
+             (table_name TEXT PRIMARY KEY NOT NULL, format_version INTEGER NOT NULL)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+        let stored: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT format_version FROM {META_TABLE} WHERE table_name = ?1"
+        ))
+        .bind(&self.table)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(fail)?;
+
+        match stored {
+            Some(found) => {
+                let found = u32::try_from(found).map_err(|_| {
+                    PersistentError::corrupt(
+                        self.location(),
+                        format!("invalid format version {found} in {META_TABLE}"),
+                    )
+                })?;
+                if found > FORMAT_VERSION {
+                    return Err(PersistentError::UnsupportedFormat {
+                        location: self.location(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
+                }
+                if found < LEGACY_VERSION {
+                    // Versions 0 and 1 share the table layout and key
+                    // format: stamping is the whole migration.
+                    self.stamp(&mut tx, found, LEGACY_VERSION).await?;
+                }
+                // A version 1 table keeps it: moving it to version 2 would
+                // mean rewriting keys that other programs may read.
+                tx.commit().await.map_err(fail)?;
+                Ok(found.max(LEGACY_VERSION))
+            }
+            None => {
+                let columns: Vec<(String, i64)> =
+                    sqlx::query_as("SELECT name, pk FROM pragma_table_info(?1)")
+                        .bind(&self.table)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                let version = if columns.is_empty() {
+                    sqlx::query(&format!(
+                        "CREATE TABLE \"{}\" (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                        self.table
+                    ))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                    match self.key_format {
+                        KeyFormat::Legacy => LEGACY_VERSION,
+                        _ => FORMAT_VERSION,
+                    }
+                } else {
+                    self.check_columns(&columns)?;
+                    tracing::info!(store = %self.store, "stamping a persistent-map 0.1.x table with format version {LEGACY_VERSION}");
+                    LEGACY_VERSION
+                };
+                self.stamp(&mut tx, 0, version).await?;
+                tx.commit().await.map_err(fail)?;
+                Ok(version)
+            }
+        }
+    }
+
+    /// Accepts an existing table without metadata only if it has the 0.1.x
+    /// layout: `key` as its single primary key column, and `value`.
+    fn check_columns(&self, columns: &[(String, i64)]) -> Result<()> {
+        let has = |name: &str| columns.iter().any(|(c, _)| c.eq_ignore_ascii_case(name));
+        let key_is_pk = columns
+            .iter()
+            .filter(|(_, pk)| *pk > 0)
+            .map(|(c, _)| c.to_ascii_lowercase())
+            .eq(std::iter::once(String::from("key")));
+        if has("key") && has("value") && key_is_pk {
+            Ok(())
+        } else {
+            Err(PersistentError::corrupt(
+                self.location(),
+                "the table exists but is not a persistent-map table (expected key TEXT PRIMARY KEY, value TEXT)",
+            ))
+        }
+    }
+
+    async fn stamp(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        from: u32,
+        to: u32,
+    ) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO {META_TABLE} (table_name, format_version) VALUES (?1, ?2) \
+             ON CONFLICT(table_name) DO UPDATE SET format_version = excluded.format_version"
+        ))
+        .bind(&self.table)
+        .bind(i64::from(to))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| map_sqlx_error(e, Operation::Open, self.location(), &self.path))?;
+        tracing::debug!(store = %self.store, from, to, "format version recorded");
+        Ok(())
+    }
+
+    fn location(&self) -> Location {
+        Location::new(self.store.clone())
+    }
 }
 
 /// The SQL texts this backend runs, built once for its table.
@@ -210,7 +356,7 @@ impl SqliteBackend {
             pool.clone(),
             path.to_path_buf(),
             table.to_owned(),
-            options.busy_timeout_value(),
+            options,
             durability,
         )
         .await;
@@ -238,141 +384,35 @@ impl SqliteBackend {
         let path = pool.connect_options().get_filename().to_path_buf();
         let table = options.validated_table(&path)?.to_owned();
         let durability = pool_durability(&pool, &path).await?;
-        Self::prepare(pool, path, table, options.busy_timeout_value(), durability).await
+        Self::prepare(pool, path, table, &options, durability).await
     }
 
     async fn prepare(
         pool: SqlitePool,
         path: PathBuf,
         table: String,
-        busy_timeout: Duration,
+        options: &SqliteOptions,
         durability: Durability,
     ) -> Result<Self> {
         let store = format!("{} table \"{table}\"", path.display());
         let sql = Statements::new(&table);
-        let backend = Self {
-            inner: Arc::new(Inner {
-                pool,
-                writer: Mutex::new(None),
-                busy_timeout,
-                durability,
-                path,
-                table,
-                store,
-                sql,
-            }),
+        let mut inner = Inner {
+            pool,
+            writer: Mutex::new(None),
+            busy_timeout: options.busy_timeout_value(),
+            durability,
+            path,
+            table,
+            store,
+            // What a table created now gets; `prepare_schema` reads an
+            // existing table's.
+            key_format: options.new_store_key_format_value(),
+            sql,
         };
-        backend.prepare_schema().await?;
-        Ok(backend)
-    }
-
-    /// Creates the metadata and map tables if missing and checks (or
-    /// records) the format version, all in one write transaction so that two
-    /// processes opening a new file at once cannot both create it.
-    async fn prepare_schema(&self) -> Result<()> {
-        let inner = &*self.inner;
-        let fail = |e| map_sqlx_error(e, Operation::Open, file_location(&inner.path), &inner.path);
-        let mut tx = inner
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(fail)?;
-        sqlx::query(&format!(
-            "CREATE TABLE IF NOT EXISTS {META_TABLE} \
-             (table_name TEXT PRIMARY KEY NOT NULL, format_version INTEGER NOT NULL)"
-        ))
-        .execute(&mut *tx)
-        .await
-        .map_err(fail)?;
-        let stored: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT format_version FROM {META_TABLE} WHERE table_name = ?1"
-        ))
-        .bind(&inner.table)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(fail)?;
-
-        match stored {
-            Some(found) => {
-                let found = u32::try_from(found).map_err(|_| {
-                    PersistentError::corrupt(
-                        self.location(),
-                        format!("invalid format version {found} in {META_TABLE}"),
-                    )
-                })?;
-                if found > FORMAT_VERSION {
-                    return Err(PersistentError::UnsupportedFormat {
-                        location: self.location(),
-                        found,
-                        supported: FORMAT_VERSION,
-                    });
-                }
-                if found < FORMAT_VERSION {
-                    // Versions 0 and 1 share the table layout: stamping is
-                    // the whole migration.
-                    self.stamp(&mut tx, found).await?;
-                }
-            }
-            None => {
-                let columns: Vec<(String, i64)> =
-                    sqlx::query_as("SELECT name, pk FROM pragma_table_info(?1)")
-                        .bind(&inner.table)
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(fail)?;
-                if columns.is_empty() {
-                    sqlx::query(&format!(
-                        "CREATE TABLE \"{}\" (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                        inner.table
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-                } else {
-                    self.check_columns(&columns)?;
-                    tracing::info!(store = %inner.store, "stamping a persistent-map 0.1.x table with format version {FORMAT_VERSION}");
-                }
-                self.stamp(&mut tx, 0).await?;
-            }
-        }
-        tx.commit().await.map_err(fail)
-    }
-
-    /// Accepts an existing table without metadata only if it has the 0.1.x
-    /// layout: `key` as its single primary key column, and `value`.
-    fn check_columns(&self, columns: &[(String, i64)]) -> Result<()> {
-        let has = |name: &str| columns.iter().any(|(c, _)| c.eq_ignore_ascii_case(name));
-        let key_is_pk = columns
-            .iter()
-            .filter(|(_, pk)| *pk > 0)
-            .map(|(c, _)| c.to_ascii_lowercase())
-            .eq(std::iter::once(String::from("key")));
-        if has("key") && has("value") && key_is_pk {
-            Ok(())
-        } else {
-            Err(PersistentError::corrupt(
-                self.location(),
-                "the table exists but is not a persistent-map table (expected key TEXT PRIMARY KEY, value TEXT)",
-            ))
-        }
-    }
-
-    async fn stamp(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-        from: u32,
-    ) -> Result<()> {
-        sqlx::query(&format!(
-            "INSERT INTO {META_TABLE} (table_name, format_version) VALUES (?1, ?2) \
-             ON CONFLICT(table_name) DO UPDATE SET format_version = excluded.format_version"
-        ))
-        .bind(&self.inner.table)
-        .bind(i64::from(FORMAT_VERSION))
-        .execute(&mut **tx)
-        .await
-        .map_err(|e| self.error(e, Operation::Open))?;
-        tracing::debug!(store = %self.inner.store, from, to = FORMAT_VERSION, "format version recorded");
-        Ok(())
+        inner.key_format = key_format_of(inner.prepare_schema().await?);
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     /// The database file.
@@ -394,6 +434,15 @@ impl SqliteBackend {
     #[must_use]
     pub fn table(&self) -> &str {
         &self.inner.table
+    }
+
+    /// How the table stores keys: [`KeyFormat::Distinct`] for a table this
+    /// release created, [`KeyFormat::Legacy`] for one created by
+    /// persistent-map 0.1.x or an earlier 0.2 (format versions 0 and 1),
+    /// which keeps its format.
+    #[must_use]
+    pub fn key_format(&self) -> KeyFormat {
+        self.inner.key_format
     }
 
     /// The connection pool, for queries of your own (for example to read the
@@ -428,7 +477,7 @@ impl SqliteBackend {
     }
 
     fn location(&self) -> Location {
-        Location::new(self.inner.store.clone())
+        self.inner.location()
     }
 
     fn error(&self, err: sqlx::Error, operation: Operation) -> PersistentError {
@@ -457,7 +506,7 @@ impl SqliteBackend {
             .map_err(|e| self.error(e, Operation::Load))?
         {
             let key_text = self.text_column(&row, 0, EntryPart::Key, None)?;
-            let key: K = key_from_text(key_text).map_err(|e| {
+            let key: K = self.inner.key_format.decode(key_text).map_err(|e| {
                 PersistentError::decode(
                     EntryPart::Key,
                     self.location().with_key(render_key(key_text)),
@@ -715,7 +764,7 @@ where
     }
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
-        let key_text = key_to_text(key).map_err(|e| {
+        let key_text = self.inner.key_format.encode(key).map_err(|e| {
             PersistentError::encode(EntryPart::Key, self.location().with_key(render_key(key)), e)
         })?;
         let found: Option<i64> = sqlx::query_scalar(&self.inner.sql.contains)
@@ -761,7 +810,15 @@ where
         let Some(conn) = writer.as_mut() else {
             return Err(PersistentError::Closed);
         };
-        match write::write_batch(conn, &texts, batch, &self.inner.store).await {
+        match write::write_batch(
+            conn,
+            &texts,
+            batch,
+            &self.inner.store,
+            self.inner.key_format,
+        )
+        .await
+        {
             Ok(()) => Ok(()),
             Err(write::Failure::Encode(e)) => Err(e),
             Err(write::Failure::Sql(e)) => {
@@ -817,7 +874,7 @@ where
         while let Some(chunk) = current {
             let (next, decoded) =
                 tokio::join!(load::fetch_chunk(&mut tx, chunks, chunk.last), async {
-                    load::decode_chunk(&chunk.json, sink)
+                    load::decode_chunk(&chunk.json, self.inner.key_format, sink)
                 });
             if !decoded {
                 // Name the row that is wrong.

@@ -1,6 +1,7 @@
 //! Options for opening a [`SqliteBackend`]: table, journal mode, synchronous
 //! level, busy timeout and pool size.
 
+use persistent_map_core::codec::KeyFormat;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -137,6 +138,7 @@ pub struct SqliteOptions {
     synchronous: Synchronous,
     busy_timeout: Duration,
     pool_size: u32,
+    new_store_key_format: KeyFormat,
 }
 
 impl Default for SqliteOptions {
@@ -147,6 +149,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::default(),
             busy_timeout: DEFAULT_BUSY_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
+            new_store_key_format: KeyFormat::NEW_STORES,
         }
     }
 }
@@ -191,6 +194,16 @@ impl SqliteOptions {
         self
     }
 
+    /// The key format a store this backend creates gets (default
+    /// [`KeyFormat::NEW_STORES`]); an existing store keeps its own. Creating
+    /// a store in [`KeyFormat::Legacy`] is for tools that copy the stored
+    /// texts of a legacy store, which cannot be translated without the
+    /// application's key type.
+    pub fn new_store_key_format(mut self, format: KeyFormat) -> Self {
+        self.new_store_key_format = format;
+        self
+    }
+
     /// The table name.
     #[must_use]
     pub fn table_name(&self) -> &str {
@@ -207,6 +220,10 @@ impl SqliteOptions {
 
     pub(crate) fn pool_size_value(&self) -> u32 {
         self.pool_size
+    }
+
+    pub(crate) fn new_store_key_format_value(&self) -> KeyFormat {
+        self.new_store_key_format
     }
 
     /// The connect options every pooled connection is opened with, so each
@@ -327,6 +344,12 @@ impl SqliteBuilder {
     /// See [`SqliteOptions::pool_size`].
     pub fn pool_size(mut self, connections: u32) -> Self {
         self.options = self.options.pool_size(connections);
+        self
+    }
+
+    /// See [`SqliteOptions::new_store_key_format`].
+    pub fn new_store_key_format(mut self, format: KeyFormat) -> Self {
+        self.options = self.options.new_store_key_format(format);
         self
     }
 

@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use persistent_map_core::codec::key_from_text;
+use persistent_map_core::codec::KeyFormat;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::Deserializer;
 use sqlx::sqlite::SqliteConnection;
@@ -62,7 +62,11 @@ pub(crate) async fn fetch_chunk(
 /// Decodes a chunk's JSON, handing each entry to `sink`. `false` when some
 /// element does not decode (the caller then reads the chunk's rows one by
 /// one to name the culprit); entries before it were already handed over.
-pub(crate) fn decode_chunk<K, V>(json: &str, sink: &mut (dyn FnMut(K, V) + Send)) -> bool
+pub(crate) fn decode_chunk<K, V>(
+    json: &str,
+    format: KeyFormat,
+    sink: &mut (dyn FnMut(K, V) + Send),
+) -> bool
 where
     K: DeserializeOwned,
     V: DeserializeOwned,
@@ -70,6 +74,7 @@ where
     let mut de = serde_json::Deserializer::from_str(json);
     let decoded = ChunkSeed {
         sink,
+        format,
         _types: PhantomData,
     }
     .deserialize(&mut de)
@@ -80,6 +85,7 @@ where
 /// Visits the outer array, sending each pair to the sink as it is decoded.
 struct ChunkSeed<'s, K, V> {
     sink: &'s mut (dyn FnMut(K, V) + Send),
+    format: KeyFormat,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -99,7 +105,8 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for ChunkSeed<'
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
-        while let Some((key, value)) = entries.next_element::<Pair<K, V>>()?.map(|p| (p.0, p.1)) {
+        let pair = PairVisitor(self.format, PhantomData);
+        while let Some(Pair(key, value)) = entries.next_element_seed(pair)? {
             (self.sink)(key, value);
         }
         Ok(())
@@ -109,13 +116,24 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for ChunkSeed<'
 /// One `[key text, value]` element, decoded into the map's types.
 struct Pair<K, V>(K, V);
 
-impl<'de, K: DeserializeOwned, V: DeserializeOwned> serde::Deserialize<'de> for Pair<K, V> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_seq(PairVisitor(PhantomData))
+/// Decodes a [`Pair`], its key text in the table's format.
+struct PairVisitor<K, V>(KeyFormat, PhantomData<fn() -> (K, V)>);
+
+impl<K, V> Clone for PairVisitor<K, V> {
+    fn clone(&self) -> Self {
+        *self
     }
 }
 
-struct PairVisitor<K, V>(PhantomData<fn() -> (K, V)>);
+impl<K, V> Copy for PairVisitor<K, V> {}
+
+impl<'de, K: DeserializeOwned, V: DeserializeOwned> DeserializeSeed<'de> for PairVisitor<K, V> {
+    type Value = Pair<K, V>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Pair<K, V>, D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
 
 impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for PairVisitor<K, V> {
     type Value = Pair<K, V>;
@@ -129,7 +147,7 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for PairVisitor
         let text: Cow<'de, str> = pair
             .next_element::<Cow<'de, str>>()?
             .ok_or_else(|| A::Error::custom("a row that is not text"))?;
-        let key: K = key_from_text(&text).map_err(A::Error::custom)?;
+        let key: K = self.0.decode(&text).map_err(A::Error::custom)?;
         let value: V = pair
             .next_element()?
             .ok_or_else(|| A::Error::custom("a pair without a value"))?;
@@ -147,8 +165,15 @@ mod tests {
     fn decode<K: DeserializeOwned + Send, V: DeserializeOwned + Send>(
         json: &str,
     ) -> (bool, Vec<(K, V)>) {
+        decode_in(KeyFormat::Legacy, json)
+    }
+
+    fn decode_in<K: DeserializeOwned + Send, V: DeserializeOwned + Send>(
+        format: KeyFormat,
+        json: &str,
+    ) -> (bool, Vec<(K, V)>) {
         let mut got = Vec::new();
-        let ok = decode_chunk(json, &mut |k, v| got.push((k, v)));
+        let ok = decode_chunk(json, format, &mut |k, v| got.push((k, v)));
         (ok, got)
     }
 
@@ -167,6 +192,24 @@ mod tests {
         let (ok, got) = decode::<u64, String>(r#"[["42","x"]]"#);
         assert!(ok, "a number key stored as text decodes");
         assert_eq!(got, [(42, "x".to_string())]);
+    }
+
+    #[test]
+    fn keys_decode_in_the_table_format() {
+        let json = r#"[["null",1],["\"null\"",2],["alice",3]]"#;
+        let (ok, got) = decode_in::<Option<String>, u32>(KeyFormat::Distinct, json);
+        assert!(ok);
+        assert_eq!(
+            got,
+            [
+                (None, 1),
+                (Some("null".to_string()), 2),
+                (Some("alice".to_string()), 3)
+            ]
+        );
+        let (ok, got) = decode_in::<Option<String>, u32>(KeyFormat::Legacy, json);
+        assert!(ok);
+        assert_eq!(got[1], (Some("\"null\"".to_string()), 2));
     }
 
     #[test]

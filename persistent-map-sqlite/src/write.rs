@@ -8,7 +8,7 @@
 //! `DELETE ... IN`, in order. Chunk sizes are powers of two up to
 //! [`MAX_CHUNK`], so each statement text is prepared once per connection.
 
-use persistent_map_core::codec::{key_to_text, value_to_json};
+use persistent_map_core::codec::{value_to_json, KeyFormat};
 use persistent_map_core::{render_key, BatchOp, EntryPart, Location, PersistentError};
 use serde::Serialize;
 use sqlx::sqlite::SqliteConnection;
@@ -56,12 +56,13 @@ pub(crate) async fn write_batch<K: Serialize, V: Serialize>(
     texts: &Texts<'_>,
     batch: &[BatchOp<K, V>],
     store: &str,
+    format: KeyFormat,
 ) -> Result<(), Failure> {
     let mut statements = statements(batch);
     let Some(first) = statements.next() else {
         return Ok(());
     };
-    let mut pending = encode(first, store).map_err(Failure::Encode)?;
+    let mut pending = encode(first, store, format).map_err(Failure::Encode)?;
     let Some(mut next) = statements.next() else {
         return Ok(execute(conn, texts, &pending).await?);
     };
@@ -71,7 +72,7 @@ pub(crate) async fn write_batch<K: Serialize, V: Serialize>(
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     loop {
         let (done, encoded) = tokio::join!(execute(&mut tx, texts, &pending), async {
-            encode(next, store)
+            encode(next, store, format)
         });
         done?;
         pending = encoded.map_err(Failure::Encode)?;
@@ -112,11 +113,15 @@ async fn execute(
 fn encode<K: Serialize, V: Serialize>(
     chunk: &[BatchOp<K, V>],
     store: &str,
+    format: KeyFormat,
 ) -> Result<Encoded, PersistentError> {
     let size = chunk.len().trailing_zeros() as usize;
     let at = |key: &K| Location::new(store).with_key(render_key(key));
-    let key_text =
-        |key: &K| key_to_text(key).map_err(|e| PersistentError::encode(EntryPart::Key, at(key), e));
+    let key_text = |key: &K| {
+        format
+            .encode(key)
+            .map_err(|e| PersistentError::encode(EntryPart::Key, at(key), e))
+    };
     // `statements` never mixes kinds in a chunk.
     if matches!(chunk.first(), Some(BatchOp::Delete { .. })) {
         return chunk

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{
     async_trait, BatchOp, Capabilities, CodecDirection, EntryPart, ErrorKind, PersistentError,
     PersistentMap, Result, StorageBackend,
@@ -128,7 +129,8 @@ async fn string_keys_round_trip_and_stay_plain_text() {
     drop(again);
 
     let rows = raw_rows(&path, "kv").await;
-    assert_eq!(rows[0].0, "42");
+    // A string whose text is JSON is quoted, so it cannot be taken for the number.
+    assert_eq!(rows[0].0, "\"42\"");
     assert_eq!(rows[1].0, "alice");
     assert_eq!(
         rows[1].1,
@@ -254,20 +256,29 @@ async fn a_0_1_3_file_loads_every_entry_and_stays_readable_after_writes() {
     map.insert("carol".into(), "new".into())
         .await
         .expect("insert");
+    map.insert("7".into(), "seven".into())
+        .await
+        .expect("insert");
     map.remove(&"bob".to_string()).await.expect("remove");
     map.close().await.expect("close");
     drop(map);
 
-    // Stamped with the format version, table layout unchanged, so 0.1.x
-    // (which reads only `kv`) still reads it.
+    // Stamped with the legacy format version, table layout and key format
+    // unchanged, so 0.1.x (which reads only `kv`) still reads it.
     let backend = SqliteBackend::new(&path).await.expect("reopens");
+    assert_eq!(backend.key_format(), KeyFormat::Legacy);
     let version: i64 = sqlx::query_scalar(
         "SELECT format_version FROM persistent_map_meta WHERE table_name = 'kv'",
     )
     .fetch_one(backend.pool())
     .await
     .expect("meta row");
-    assert_eq!(version, i64::from(persistent_map_sqlite::FORMAT_VERSION));
+    assert_eq!(version, 1);
+    let seven: String = sqlx::query_scalar("SELECT value FROM kv WHERE key = '7'")
+        .fetch_one(backend.pool())
+        .await
+        .expect("a string key that looks like JSON is stored unquoted, as 0.1.x did");
+    assert_eq!(seven, "\"seven\"");
     let schema: String = sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = 'kv'")
         .fetch_one(backend.pool())
         .await
@@ -283,7 +294,8 @@ async fn a_0_1_3_file_loads_every_entry_and_stays_readable_after_writes() {
     assert_eq!(carol, "\"new\"");
 
     let map: PersistentMap<String, String, _> = PersistentMap::new(backend).await.expect("loads");
-    assert_eq!(map.len(), 4);
+    assert_eq!(map.len(), 5);
+    assert_eq!(map.get("7"), Some("seven".to_string()));
     assert_eq!(map.get("carol"), Some("new".to_string()));
     assert_eq!(map.get("bob"), None);
     assert_eq!(
@@ -951,4 +963,112 @@ async fn a_closed_backend_refuses_writes_as_well_as_reads() {
         .await
         .expect_err("closed");
     assert!(matches!(err, PersistentError::Closed), "{err:?}");
+}
+
+/// A key that is a string or a number, as an untagged enum: `"42"` and
+/// `42` are two keys.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Number(u32),
+}
+
+/// `Option<String>` keys whose texts collide in the legacy key format.
+fn awkward_keys() -> Vec<(Option<String>, u32)> {
+    [
+        None,
+        Some("null"),
+        Some("42"),
+        Some(""),
+        Some("\"x\""),
+        Some("alice"),
+    ]
+    .into_iter()
+    .map(|k| k.map(str::to_owned))
+    .zip(1..)
+    .collect()
+}
+
+#[tokio::test]
+async fn keys_that_share_a_legacy_text_stay_distinct_across_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let map = open::<Option<String>, u32>(&path).await;
+    assert_eq!(map.backend().key_format(), KeyFormat::Distinct);
+    for (k, v) in awkward_keys() {
+        map.insert(k, v).await.expect("insert");
+    }
+    map.close().await.expect("close");
+    drop(map);
+    let map = open::<Option<String>, u32>(&path).await;
+    let mut got: Vec<(Option<String>, u32)> = map.iter().collect();
+    got.sort_by_key(|(_, v)| *v);
+    assert_eq!(got, awkward_keys());
+    for (k, _) in awkward_keys() {
+        assert!(
+            StorageBackend::<Option<String>, u32>::contains_key(map.backend(), &k)
+                .await
+                .expect("contains"),
+            "{k:?}"
+        );
+    }
+    map.close().await.expect("close");
+    drop(map);
+
+    let path = dir.path().join("enum.db");
+    let map = open::<TextOrNumber, u32>(&path).await;
+    map.insert(TextOrNumber::Text("42".into()), 1)
+        .await
+        .expect("insert");
+    map.insert(TextOrNumber::Number(42), 2)
+        .await
+        .expect("insert");
+    map.close().await.expect("close");
+    drop(map);
+    let map = open::<TextOrNumber, u32>(&path).await;
+    assert_eq!(map.len(), 2);
+    assert_eq!(map.get(&TextOrNumber::Text("42".into())), Some(1));
+    assert_eq!(map.get(&TextOrNumber::Number(42)), Some(2));
+    map.close().await.expect("close");
+
+    let version: i64 = sqlx::query_scalar(
+        "SELECT format_version FROM persistent_map_meta WHERE table_name = 'kv'",
+    )
+    .fetch_one(map.backend().pool())
+    .await
+    .expect("meta row");
+    assert_eq!(version, i64::from(persistent_map_sqlite::FORMAT_VERSION));
+}
+
+#[tokio::test]
+async fn a_version_1_table_keeps_the_legacy_key_format() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db_in(&dir);
+    let map = open::<String, u32>(&path).await;
+    map.close().await.expect("close");
+    drop(map);
+    // A table an earlier 0.2 created: version 1, no key format recorded.
+    exec(
+        &path,
+        "UPDATE persistent_map_meta SET format_version = 1 WHERE table_name = 'kv'",
+    )
+    .await;
+    let map = open::<String, u32>(&path).await;
+    assert_eq!(map.backend().key_format(), KeyFormat::Legacy);
+    map.insert("42".into(), 1).await.expect("insert");
+    map.close().await.expect("close");
+    drop(map);
+    assert_eq!(
+        raw_rows(&path, "kv").await,
+        [("42".to_string(), "1".to_string())]
+    );
+    let backend = SqliteBackend::new(&path).await.expect("opens");
+    let version: i64 = sqlx::query_scalar(
+        "SELECT format_version FROM persistent_map_meta WHERE table_name = 'kv'",
+    )
+    .fetch_one(backend.pool())
+    .await
+    .expect("meta row");
+    assert_eq!(version, 1, "the table is not moved to the new format");
 }

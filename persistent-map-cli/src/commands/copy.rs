@@ -77,7 +77,19 @@ pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u
     }
     let source = Source::open(&from).await?;
     let total = source.count().await?;
-    let target = Target::open(&to).await?;
+    // The entries are copied as stored key texts, which mean the same keys
+    // only in the same key format: a new target gets the source's format,
+    // an existing one must have it.
+    let key_format = source.key_format().await?;
+    let target = Target::open_in(&to, key_format).await?;
+    let target_format = target.key_format().await?;
+    if target_format != key_format {
+        return Err(CliError::Usage(format!(
+            "{to} stores keys in the {target_format:?} key format and {from} in the \
+             {key_format:?} one: the stored key texts cannot be copied between them; \
+             copy into a new store, which gets the source's format"
+        )));
+    }
     let existing = target.len().await?;
     if existing > 0 {
         if !replace {

@@ -11,8 +11,8 @@ use crate::store::{Source, StoreName, Target};
 
 pub async fn get(out: Output, store: &str, key: &str) -> Result<()> {
     let name = StoreName::parse(store)?;
-    let text = key_text(&key_from_arg(key));
     let source = Source::open(&name).await?;
+    let text = key_text(source.key_format().await?, &key_from_arg(key));
     let value = source
         .lookup(&text)
         .await?
@@ -42,8 +42,8 @@ pub async fn set(out: Output, store: &str, key: &str, value: &str) -> Result<()>
         }])
         .await?;
     target.flush().await?;
+    let text = target.text_of(&key).await?;
     target.close().await;
-    let text = key_text(&key);
     out.result(&json!({ "key": text, "set": true }), || {
         format!("set {} in {name}", show_key(&text))
     })
@@ -61,8 +61,8 @@ pub async fn rm(out: Output, store: &str, key: &str) -> Result<()> {
             .await?;
         target.flush().await?;
     }
+    let text = target.text_of(&key).await?;
     target.close().await;
-    let text = key_text(&key);
     out.result(&json!({ "key": text, "removed": present }), || {
         if present {
             format!("removed {} from {name}", show_key(&text))

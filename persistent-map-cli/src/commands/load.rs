@@ -3,6 +3,7 @@
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::BatchOp;
 use serde::Serialize;
 use serde_json::Value;
@@ -11,7 +12,7 @@ use super::stdout_error;
 use crate::entry::Line;
 use crate::error::{CliError, Result};
 use crate::output::Output;
-use crate::store::{StoreName, Target};
+use crate::store::{key_of, StoreName, Target};
 
 /// Reads `{"key": …, "value": …}` lines one by one, skipping blank lines.
 struct Input {
@@ -95,6 +96,16 @@ pub async fn run(
         blocking(move || check_whole(&path, &shown)).await??
     };
     let target = Target::open(&name).await?;
+    // A key text must mean one key in the store's format: checked for every
+    // line before the store is cleared or written.
+    let keys = Keys {
+        format: target.key_format().await?,
+        store: target.shown().to_owned(),
+    };
+    {
+        let (path, shown, keys) = (path.clone(), shown.clone(), keys.clone());
+        blocking(move || check_keys(&path, &shown, &keys)).await??;
+    }
     if replace {
         target.clear().await?;
     }
@@ -102,8 +113,9 @@ pub async fn run(
     let capacity = usize::try_from(batch_size).unwrap_or(usize::MAX).max(1);
     // The file is read on a blocking thread, a batch ahead of the writes.
     let (batches_tx, mut batches_rx) = tokio::sync::mpsc::channel(1);
-    let reader =
-        tokio::task::spawn_blocking(move || read_batches(&path, &shown, capacity, &batches_tx));
+    let reader = tokio::task::spawn_blocking(move || {
+        read_batches(&path, &shown, &keys, capacity, &batches_tx)
+    });
     let (mut loaded, mut batches) = (0_u64, 0_u64);
     while let Some((batch, read)) = batches_rx.recv().await {
         let batch: Vec<BatchOp<Value, Value>> = batch;
@@ -146,6 +158,25 @@ fn spool_stdin() -> Result<tempfile::NamedTempFile> {
     Ok(temp)
 }
 
+/// The store's key format, which turns a line's key into the key to write.
+#[derive(Clone)]
+struct Keys {
+    format: KeyFormat,
+    /// The store, named in errors.
+    store: String,
+}
+
+impl Keys {
+    /// A string is a stored key text, as `dump` writes it; other JSON is the
+    /// key itself.
+    fn key(&self, key: Value) -> Result<Value> {
+        match key {
+            Value::String(text) => key_of(self.format, &text, &self.store),
+            key => Ok(key),
+        }
+    }
+}
+
 /// Reads every line once, so a bad line is refused before anything is
 /// written; returns the input's size in bytes.
 fn check_whole(path: &Path, shown: &Path) -> Result<u64> {
@@ -154,17 +185,28 @@ fn check_whole(path: &Path, shown: &Path) -> Result<u64> {
     Ok(input.read)
 }
 
+/// Checks that every key of the input is one key of the store.
+fn check_keys(path: &Path, shown: &Path, keys: &Keys) -> Result<()> {
+    let mut input = Input::open(path, shown)?;
+    while let Some((key, _)) = input.next()? {
+        keys.key(key)?;
+    }
+    Ok(())
+}
+
 /// Sends the input's entries in batches of `capacity`, each with the bytes
 /// read so far; stops early when the receiver is gone.
 fn read_batches(
     path: &Path,
     shown: &Path,
+    keys: &Keys,
     capacity: usize,
     batches: &tokio::sync::mpsc::Sender<(Vec<BatchOp<Value, Value>>, u64)>,
 ) -> Result<()> {
     let mut input = Input::open(path, shown)?;
     let mut batch = Vec::with_capacity(capacity.min(65_536));
     while let Some((key, value)) = input.next()? {
+        let key = keys.key(key)?;
         batch.push(BatchOp::Put { key, value });
         if batch.len() >= capacity {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(capacity.min(65_536)));

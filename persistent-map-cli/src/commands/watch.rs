@@ -37,6 +37,7 @@ pub async fn run(out: Output, store: &str, count: Option<u64>) -> Result<()> {
             why: "the backend has no change feed",
         });
     };
+    let key_format = target.key_format().await?;
     out.note(&format!("watching {name} (Ctrl-C to stop)"));
     let mut seen = 0_u64;
     let interrupted = tokio::signal::ctrl_c();
@@ -50,7 +51,7 @@ pub async fn run(out: Output, store: &str, count: Option<u64>) -> Result<()> {
         match change {
             RemoteChange::Changed(keys) => {
                 for (key, value) in target.load_keys(&keys).await? {
-                    print_change(out, &key, value.as_ref())?;
+                    print_change(out, key_text(key_format, &key), value.as_ref())?;
                     seen += 1;
                     if count.is_some_and(|limit| seen >= limit) {
                         break;
@@ -70,8 +71,8 @@ pub async fn run(out: Output, store: &str, count: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-fn print_change(out: Output, key: &Value, value: Option<&Value>) -> Result<()> {
-    let text = key_text(key);
+/// Prints a change of the key stored as `text`.
+fn print_change(out: Output, text: String, value: Option<&Value>) -> Result<()> {
     match value {
         Some(value) => out.result(&json!({ "key": text, "value": value }), || {
             format!("set {} = {value}", show_key(&text))

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use csv_async::{AsyncReaderBuilder, ByteRecord};
+use persistent_map_core::codec::KeyFormat;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
@@ -21,12 +22,15 @@ use crate::entry::{show_key, Entry};
 use crate::error::{CliError, Result};
 
 const FORMAT_TAG: &[u8] = b"persistent-map-csv/";
-const FORMAT_VERSION: u32 = 2;
+/// The newest format this tool reads: version 2 holds keys in the legacy
+/// key format, version 3 in the distinct one.
+const FORMAT_VERSION: u32 = 3;
+const LEGACY_KEYS_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Header {
-    /// Format version 2 with its delimiter.
-    Current(u8),
+    /// Format version 2 or 3: its delimiter and key format.
+    Current(u8, KeyFormat),
     /// No header: a persistent-map 0.1.x file, or an empty one.
     Legacy,
 }
@@ -80,8 +84,8 @@ impl CsvSource {
             Err(e) => return Err(CliError::read("read", &source.shown, e)),
         };
         match parse_header(&start) {
-            Ok(Header::Current(delimiter)) => {
-                source.header = Some(Header::Current(delimiter));
+            Ok(Header::Current(delimiter, key_format)) => {
+                source.header = Some(Header::Current(delimiter, key_format));
                 source.replay(delimiter).await?;
             }
             Ok(Header::Legacy) => {
@@ -283,6 +287,16 @@ impl CsvSource {
         }
     }
 
+    /// How the file holds keys; a missing or empty file is created in the
+    /// format of new stores.
+    pub fn key_format(&self) -> KeyFormat {
+        match self.header {
+            Some(Header::Current(_, format)) => format,
+            Some(Header::Legacy) => KeyFormat::Legacy,
+            None => KeyFormat::NEW_STORES,
+        }
+    }
+
     pub fn count(&self) -> Result<u64> {
         self.check()?;
         Ok(self.entries.len() as u64)
@@ -318,7 +332,8 @@ impl CsvSource {
             .map_err(|e| self.io(e))?;
         let live = self.entries.len() as u64;
         let format_version = match self.header {
-            Some(Header::Current(_)) => Some(FORMAT_VERSION.to_string()),
+            Some(Header::Current(_, KeyFormat::Legacy)) => Some(LEGACY_KEYS_VERSION.to_string()),
+            Some(Header::Current(..)) => Some(FORMAT_VERSION.to_string()),
             Some(Header::Legacy) if meta.len() > 0 => {
                 Some(String::from("1 (persistent-map 0.1.x, no header)"))
             }
@@ -383,11 +398,15 @@ fn parse_header(start: &[u8]) -> std::result::Result<Header, String> {
         .ok()
         .and_then(|t| t.parse().ok())
         .ok_or("malformed header line")?;
-    if version != FORMAT_VERSION {
-        return Err(format!(
-            "format version {version}: this tool reads version {FORMAT_VERSION} and 0.1.x files"
-        ));
-    }
+    let key_format = match version {
+        LEGACY_KEYS_VERSION => KeyFormat::Legacy,
+        FORMAT_VERSION => KeyFormat::Distinct,
+        _ => {
+            return Err(format!(
+                "format version {version}: this tool reads versions {LEGACY_KEYS_VERSION} and {FORMAT_VERSION} and 0.1.x files"
+            ))
+        }
+    };
     let rest = &rest[digits..];
     let &delimiter = rest.first().ok_or("malformed header line")?;
     let end = rest
@@ -402,7 +421,7 @@ fn parse_header(start: &[u8]) -> std::result::Result<Header, String> {
     if line != expected.as_slice() {
         return Err(String::from("malformed header line"));
     }
-    Ok(Header::Current(delimiter))
+    Ok(Header::Current(delimiter, key_format))
 }
 
 enum Parsed {

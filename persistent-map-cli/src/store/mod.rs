@@ -16,11 +16,12 @@ mod sqlite;
 mod target;
 
 use persistent_map_core::async_trait;
+use persistent_map_core::codec::KeyFormat;
 use serde::Serialize;
 
 pub use name::{passwords, StoreName};
 pub use shape::Shape;
-pub use target::Target;
+pub use target::{key_of, Target};
 
 use crate::entry::Entry;
 use crate::error::Result;
@@ -138,6 +139,17 @@ impl Source {
                 ..
             } => Source::Redis(redis::RedisSource::open(name, url, prefix, n).await?),
         })
+    }
+
+    /// How the store holds keys (the texts [`scan`](Self::scan) hands over
+    /// and [`lookup`](Self::lookup) takes).
+    pub async fn key_format(&self) -> Result<KeyFormat> {
+        match self {
+            Source::Sqlite(s) => s.key_format().await,
+            Source::Csv(s) => Ok(s.key_format()),
+            Source::Postgres(s) => s.key_format().await,
+            Source::Redis(s) => s.key_format().await,
+        }
     }
 
     /// The number of entries.

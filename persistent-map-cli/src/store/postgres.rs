@@ -11,6 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use futures::TryStreamExt;
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use serde_json::Value;
 use sqlx::postgres::PgConnection;
@@ -196,6 +197,18 @@ impl PostgresSource {
                     reason,
                 }),
         }
+    }
+
+    /// How the table holds keys: format version 3 in the distinct key
+    /// format, older ones in the legacy one; a missing table is created in
+    /// the format of new stores.
+    pub async fn key_format(&self) -> Result<KeyFormat> {
+        Ok(match self.format_version().await? {
+            Some(version) if version >= 3 => KeyFormat::Distinct,
+            Some(_) => KeyFormat::Legacy,
+            None if self.table_exists().await? => KeyFormat::Legacy,
+            None => KeyFormat::NEW_STORES,
+        })
     }
 
     async fn format_version(&self) -> Result<Option<i32>> {

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use persistent_map_core::codec::KeyFormat;
 use serde_json::Value;
 
 use super::{parse_value, Batcher, Details, Report, Sink, StoreName, SCAN_BATCH};
@@ -153,6 +154,19 @@ impl RedisSource {
 
     async fn key_type(&self, key: &str) -> Result<String> {
         self.query(redis::cmd("TYPE").arg(key)).await
+    }
+
+    /// How the hash holds keys: format version 2 in the distinct key format,
+    /// version 1 (or a hash without a version) in the legacy one; a missing
+    /// hash is created in the format of new stores.
+    pub async fn key_format(&self) -> Result<KeyFormat> {
+        let version = self.format_version().await?;
+        Ok(match version.as_deref().map(str::parse::<u32>) {
+            Some(Ok(version)) if version >= 2 => KeyFormat::Distinct,
+            Some(_) => KeyFormat::Legacy,
+            None if self.key_type(&self.hash).await? != "none" => KeyFormat::Legacy,
+            None => KeyFormat::NEW_STORES,
+        })
     }
 
     async fn format_version(&self) -> Result<Option<String>> {

@@ -2,6 +2,7 @@
 //! pool: ordered streaming scans, `PRAGMA integrity_check`, and a check of
 //! every row.
 
+use persistent_map_core::codec::KeyFormat;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -217,6 +218,18 @@ impl SqliteSource {
                     })
             }
         }
+    }
+
+    /// How the table holds keys: format version 2 in the distinct key
+    /// format, older ones (and an unstamped 0.1.x table) in the legacy one;
+    /// a missing table is created in the format of new stores.
+    pub async fn key_format(&self) -> Result<KeyFormat> {
+        Ok(match self.format_version().await? {
+            Some(version) if version >= 2 => KeyFormat::Distinct,
+            Some(_) => KeyFormat::Legacy,
+            None if self.table_exists().await? => KeyFormat::Legacy,
+            None => KeyFormat::NEW_STORES,
+        })
     }
 
     async fn format_version(&self) -> Result<Option<i64>> {

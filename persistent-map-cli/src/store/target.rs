@@ -4,6 +4,7 @@
 //! writes exactly what an application's map would (a string key as its
 //! text, any other key as JSON; the value as JSON).
 
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{BatchOp, PersistentError, RemoteChanges, StorageBackend};
 use persistent_map_csv::CsvBackend;
 use persistent_map_postgres::PostgresBackend;
@@ -41,24 +42,38 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
+    /// Opens the store, creating it in the format of new stores when missing.
     pub async fn open(name: &StoreName) -> Result<Self> {
+        Self::open_in(name, KeyFormat::NEW_STORES).await
+    }
+
+    /// Opens the store, creating it with `new_store_key_format` when missing
+    /// (`copy` creates its target in its source's format, so the stored key
+    /// texts it copies mean the same keys).
+    pub async fn open_in(name: &StoreName, new_store_key_format: KeyFormat) -> Result<Self> {
         let shown = name.to_string();
         let fail = |e: PersistentError| CliError::backend("open", &shown, e);
         let backend = match name {
             StoreName::Sqlite { path, table } => Backend::Sqlite(
                 SqliteBackend::builder(path)
                     .table(table)
+                    .new_store_key_format(new_store_key_format)
                     .build()
                     .await
                     .map_err(fail)?,
             ),
-            StoreName::Csv { path } => Backend::Csv(Box::new(CsvBackend::new(path))),
+            StoreName::Csv { path } => Backend::Csv(Box::new(
+                CsvBackend::builder(path)
+                    .new_store_key_format(new_store_key_format)
+                    .build(),
+            )),
             StoreName::Postgres {
                 url, schema, table, ..
             } => Backend::Postgres(
                 PostgresBackend::builder(url.as_str())
                     .schema(schema)
                     .table(table)
+                    .new_store_key_format(new_store_key_format)
                     .build()
                     .await
                     .map_err(fail)?,
@@ -69,6 +84,7 @@ impl Target {
                 RedisBackend::builder(url.as_str())
                     .prefix(prefix)
                     .name(name)
+                    .new_store_key_format(new_store_key_format)
                     .build()
                     .await
                     .map_err(fail)?,
@@ -88,6 +104,28 @@ impl Target {
 
     fn fail(&self, action: &'static str) -> impl Fn(PersistentError) -> CliError + '_ {
         move |e| CliError::backend(action, &self.shown, e)
+    }
+
+    /// How the store holds keys.
+    pub async fn key_format(&self) -> Result<KeyFormat> {
+        Ok(match &self.backend {
+            Backend::Sqlite(b) => b.key_format(),
+            Backend::Csv(b) => b.key_format().await.map_err(self.fail("open"))?,
+            Backend::Postgres(b) => b.key_format(),
+            Backend::Redis(b) => b.key_format(),
+        })
+    }
+
+    /// The store as shown to the user (password redacted).
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// The stored text of a key in this store.
+    pub async fn text_of(&self, key: &Value) -> Result<String> {
+        let format = self.key_format().await?;
+        // A `Value` always serializes.
+        Ok(format.encode(key).unwrap_or_default())
     }
 
     pub async fn len(&self) -> Result<usize> {
@@ -116,13 +154,16 @@ impl Target {
         if let Backend::Postgres(pg) = &self.backend {
             return super::bulk::copy_in(pg, &self.shown, &entries).await;
         }
-        let batch: Vec<BatchOp<Value, Value>> = entries
+        let format = self.key_format().await?;
+        let batch = entries
             .into_iter()
-            .map(|e| BatchOp::Put {
-                key: Value::String(e.key),
-                value: e.value,
+            .map(|e| {
+                Ok(BatchOp::Put {
+                    key: key_of(format, &e.key, &self.shown)?,
+                    value: e.value,
+                })
             })
-            .collect();
+            .collect::<Result<Vec<BatchOp<Value, Value>>>>()?;
         self.apply(&batch).await
     }
 
@@ -176,4 +217,30 @@ impl Target {
             sqlite.close().await;
         }
     }
+}
+
+/// The key a stored key text of the store `shown` stands for, as the JSON
+/// the backend encodes back to that same text.
+///
+/// # Errors
+///
+/// When the JSON would be stored as another text (a JSON text not in the
+/// compact form `serde_json` writes, such as an object whose fields are not
+/// in alphabetical order): writing it would make a second key.
+pub fn key_of(format: KeyFormat, text: &str, shown: &str) -> Result<Value> {
+    // Every text reads as a `Value`: as JSON, or else as a string.
+    let key = format
+        .decode(text)
+        .unwrap_or_else(|_| Value::String(text.to_owned()));
+    if format.encode(&key).ok().as_deref() == Some(text) {
+        return Ok(key);
+    }
+    Err(CliError::read(
+        "write to",
+        shown,
+        format!(
+            "the key text {} would be stored as another text; copy such keys with the application",
+            crate::entry::show_key(text)
+        ),
+    ))
 }
