@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 
-use persistent_map_core::codec::{key_from_text, key_to_text};
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location,
     PersistentError, Result, StorageBackend,
@@ -15,6 +15,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::Mutex;
+
+/// How keys are written as the file's object keys: the format that keeps
+/// distinct keys distinct (`None` and `Some("null")` of an `Option<String>`
+/// key get two texts).
+const KEY_FORMAT: KeyFormat = KeyFormat::Distinct;
 
 /// A JSON-object-in-a-file backend.
 #[derive(Debug)]
@@ -84,7 +89,8 @@ where
         let mut out = HashMap::with_capacity(entries.len());
         for (text, value) in &entries {
             let at = self.location().with_key(render_key(text));
-            let key = key_from_text(text)
+            let key = KEY_FORMAT
+                .decode(text)
                 .map_err(|e| PersistentError::decode(EntryPart::Key, at.clone(), e))?;
             let value = V::deserialize(value)
                 .map_err(|e| PersistentError::decode(EntryPart::Value, at, e))?;
@@ -111,7 +117,8 @@ where
         };
         let before = next.clone();
         for op in batch {
-            let text = key_to_text(op.key())
+            let text = KEY_FORMAT
+                .encode(op.key())
                 .map_err(|e| PersistentError::encode(EntryPart::Key, self.location(), e));
             let applied = text.and_then(|text| match op {
                 BatchOp::Put { value, .. } => serde_json::to_value(value)

@@ -480,7 +480,7 @@ async fn drop_reopen_rounds<F: StoreFactory>(mut factory: F, rounds: u32, runtim
             map = open_mode(&mut factory, mode, false, None)
                 .await
                 .unwrap_or_else(|err| {
-                    panic!("{runtime}, {mode:?}, round {round}: reopening right after drop failed: {err}")
+                    panic!("{runtime}, {mode:?}, round {round}: reopening right after drop failed: {err} ({err:?})")
                 });
             assert_eq!(
                 map.get("round"),

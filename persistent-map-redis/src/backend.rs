@@ -189,25 +189,34 @@ impl RedisBackend {
         // One direct connection first, so that a server that is down fails
         // the open at once with the real cause, instead of after the
         // manager's retries.
-        let mut check =
-            match tokio::time::timeout(timeout, client.get_multiplexed_async_connection()).await {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(err)) => {
-                    return Err(map_redis_error(
-                        err,
-                        Operation::Open,
-                        Location::new(endpoint.clone()),
-                        &endpoint,
-                    ))
-                }
-                Err(_) => {
-                    return Err(PersistentError::Connection {
-                        backend: BACKEND,
-                        endpoint,
-                        source: format!("no connection within {timeout:?}").into(),
-                    })
-                }
-            };
+        // With the configured timeouts: the driver's defaults (1 s to
+        // connect, 500 ms per reply) failed opens on a loaded machine.
+        let check_config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(options.response_timeout_value()));
+        let mut check = match tokio::time::timeout(
+            timeout,
+            client.get_multiplexed_async_connection_with_config(&check_config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(err)) => {
+                return Err(map_redis_error(
+                    err,
+                    Operation::Open,
+                    Location::new(endpoint.clone()),
+                    &endpoint,
+                ))
+            }
+            Err(_) => {
+                return Err(PersistentError::Connection {
+                    backend: BACKEND,
+                    endpoint,
+                    source: format!("no connection within {timeout:?}").into(),
+                })
+            }
+        };
         let hash_key = options.hash_key();
         let meta_key = format!("{hash_key}:meta");
         let channel = format!("{hash_key}:changes");

@@ -18,6 +18,9 @@ use crate::error::{CliError, Result};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long one reply may take (a page of a scan, a batch of writes).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct RedisSource {
     conn: redis::aio::MultiplexedConnection,
     hash: String,
@@ -40,20 +43,28 @@ impl RedisSource {
         // The parse error may quote the URL, password included: not shown.
         let client = redis::Client::open(url)
             .map_err(|_| CliError::Usage(format!("invalid Redis URL {shown}")))?;
-        let conn =
-            match tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
-                .await
-            {
-                Ok(Ok(conn)) => conn,
-                Ok(Err(e)) => return Err(CliError::read("connect to", &shown, e)),
-                Err(_) => {
-                    return Err(CliError::read(
-                        "connect to",
-                        &shown,
-                        format!("no connection within {CONNECT_TIMEOUT:?}"),
-                    ))
-                }
-            };
+        let conn = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            client.get_multiplexed_async_connection_with_config(
+                // The driver's default 500 ms per reply is too short for
+                // a scan of a large hash on a busy server.
+                &redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(RESPONSE_TIMEOUT)),
+            ),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(CliError::read("connect to", &shown, e)),
+            Err(_) => {
+                return Err(CliError::read(
+                    "connect to",
+                    &shown,
+                    format!("no connection within {CONNECT_TIMEOUT:?}"),
+                ))
+            }
+        };
         let hash = format!("{prefix}:{map}");
         Ok(Self {
             conn,
