@@ -722,7 +722,6 @@ where
         );
         self.replace_cache().instrument(span.clone()).await?;
         span.record("entries", self.cache().len());
-        self.pipeline.stats.resynced();
         Ok(())
     }
 
@@ -736,6 +735,9 @@ where
             "load the store",
         )
         .await?;
+        // Counted before the cache changes, so whoever sees the new cache
+        // also sees the resync in the stats.
+        self.pipeline.stats.resynced();
         self.cache().retain(|k, _| fresh.contains_key(k));
         for (k, v) in fresh {
             self.cache().insert(k, v);
