@@ -34,7 +34,10 @@ async fn through<F: StoreFactory>(factory: &mut F) {
         .expect("a map opens on a fresh store");
     assert_eq!(map.name(), "conformance-through");
     let stats = map.stats();
-    assert_eq!((stats.commits, stats.changes_written, stats.entries), (0, 0, 0));
+    assert_eq!(
+        (stats.commits, stats.changes_written, stats.entries),
+        (0, 0, 0)
+    );
     assert_eq!(stats.since_last_flush, None, "no flush yet");
 
     for i in 0..10 {

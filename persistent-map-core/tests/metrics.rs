@@ -15,7 +15,9 @@ async fn counters_histograms_and_gauges_carry_the_map_name() {
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     // Before the map opens: handles taken earlier would go nowhere.
-    recorder.install().expect("the only recorder of this test binary");
+    recorder
+        .install()
+        .expect("the only recorder of this test binary");
 
     let backend = Switchable::new(true);
     let map: PersistentMap<String, u32, _> = PersistentMap::builder(backend.clone())
