@@ -185,7 +185,11 @@ impl Stats {
         let changes = changes as u64;
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.changes_written.fetch_add(changes, Ordering::Relaxed);
-        self.max_batch.fetch_max(changes, Ordering::Relaxed);
+        // A plain load first: the maximum rarely changes, and `fetch_max` is
+        // a compare-and-swap loop on most targets.
+        if changes > self.max_batch.load(Ordering::Relaxed) {
+            self.max_batch.fetch_max(changes, Ordering::Relaxed);
+        }
         #[cfg(feature = "metrics")]
         self.telemetry.batch_written(changes, elapsed);
         #[cfg(not(feature = "metrics"))]
