@@ -32,8 +32,9 @@ for package in persistent-map-core persistent-map-memory persistent-map-sqlite \
     persistent-map-conformance persistent-map-cli; do
     cargo check --quiet -p "$package"
 done
+cargo check --quiet -p persistent-map-core --features metrics
 cargo check --quiet -p persistent-map --no-default-features
-for feature in sqlite csv_backend in_memory postgres redis; do
+for feature in sqlite csv_backend in_memory postgres redis metrics; do
     cargo check --quiet -p persistent-map --no-default-features --features "$feature"
 done
 

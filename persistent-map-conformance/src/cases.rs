@@ -24,6 +24,7 @@ pub use crate::modes::{
 pub use crate::sharing::{
     load_keys_answers_in_the_order_asked, two_live_instances_follow_each_other,
 };
+pub use crate::stats::stats_follow_counted_operations;
 pub use crate::sync::flush_syncs_the_store_files;
 
 use crate::factory::StoreFactory;

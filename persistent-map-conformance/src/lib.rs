@@ -10,6 +10,7 @@ mod harness;
 mod limits;
 mod modes;
 mod sharing;
+mod stats;
 mod sync;
 pub mod types;
 
@@ -90,6 +91,7 @@ macro_rules! conformance_tests {
             two_live_instances_follow_each_other,
             a_failure_in_the_middle_of_a_batch,
             keys_that_share_a_legacy_text_stay_distinct,
+            stats_follow_counted_operations,
         }
     };
 }

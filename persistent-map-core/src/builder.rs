@@ -12,6 +12,7 @@ use crate::backend::StorageBackend;
 use crate::error::Result;
 use crate::map::PersistentMap;
 use crate::queue::PipelineConfig;
+use crate::stats::DEFAULT_MAP_NAME;
 
 /// The default upper bound on changes per backend batch.
 pub const DEFAULT_MAX_BATCH: usize = 1024;
@@ -114,6 +115,7 @@ pub struct PersistentMapBuilder<K, V, B> {
     max_batch: usize,
     max_pending: usize,
     write_behind: Option<WriteBehind>,
+    name: String,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -129,6 +131,7 @@ where
             max_batch: DEFAULT_MAX_BATCH,
             max_pending: DEFAULT_MAX_PENDING,
             write_behind: None,
+            name: String::from(DEFAULT_MAP_NAME),
             _types: PhantomData,
         }
     }
@@ -165,6 +168,30 @@ where
         self
     }
 
+    /// The map's name (default [`DEFAULT_MAP_NAME`], `"default"`): the `map`
+    /// field of its `tracing` spans and, with the `metrics` feature, the
+    /// `map` label of its metrics. Give each map of a process its own name
+    /// to tell their figures apart.
+    ///
+    /// ```
+    /// use persistent_map_core::PersistentMap;
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map: PersistentMap<String, u32, _> = PersistentMap::builder(InMemoryBackend::new())
+    ///     .name("sessions")
+    ///     .build()
+    ///     .await?;
+    /// assert_eq!(map.name(), "sessions");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     /// Opens the map: loads every stored entry and starts the writer task.
     ///
     /// # Errors
@@ -179,7 +206,7 @@ where
                 .unwrap_or(self.max_pending),
             behind_delay: self.write_behind.map(|mode| mode.max_delay),
         };
-        PersistentMap::open(self.backend, config).await
+        PersistentMap::open(self.backend, config, self.name.into()).await
     }
 }
 
@@ -190,6 +217,7 @@ impl<K, V, B> fmt::Debug for PersistentMapBuilder<K, V, B> {
             .field("max_batch", &self.max_batch)
             .field("max_pending", &self.max_pending)
             .field("write_behind", &self.write_behind)
+            .field("name", &self.name)
             .finish()
     }
 }

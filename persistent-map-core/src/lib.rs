@@ -12,6 +12,9 @@ mod health;
 mod map;
 mod outcome;
 mod queue;
+mod stats;
+#[cfg(feature = "metrics")]
+mod telemetry;
 mod writer;
 
 pub use backend::{BatchOp, Capabilities, Durability, RemoteChange, RemoteChanges, StorageBackend};
@@ -22,6 +25,7 @@ pub use error::{
     PersistentError, Result,
 };
 pub use map::PersistentMap;
+pub use stats::{MapStats, DEFAULT_MAP_NAME};
 
 /// Re-exported so backend authors use the same `async_trait` as the core.
 pub use async_trait::async_trait;

@@ -6,21 +6,23 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
+use std::time::Instant;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
-use crate::backend::{BatchOp, Durability, StorageBackend};
+use crate::backend::{BatchOp, Durability, RemoteChanges, StorageBackend};
 use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
-use crate::closure::{guard_backend, guarded, Panic};
+use crate::closure::{guarded, Panic};
 use crate::detached::Detached;
 use crate::error::{PersistentError, Result};
-use crate::outcome::settle_unknown;
 use crate::queue::{
     Cache, Command, Decision, Keep, Pipeline, PipelineConfig, Reply, TxFn, Unit, UpdateFn, Waiter,
 };
+use crate::stats::{flush_backend, micros, write_batch, MapStats, Stats};
 use crate::writer;
 
 /// A concurrent map whose entries survive restarts.
@@ -193,7 +195,47 @@ where
         PersistentMapBuilder::new(backend)
     }
 
-    pub(crate) async fn open(backend: B, config: PipelineConfig) -> Result<Self> {
+    pub(crate) async fn open(backend: B, config: PipelineConfig, name: Arc<str>) -> Result<Self> {
+        let span = tracing::info_span!(
+            "persistent_map.open",
+            map = &*name,
+            entries = tracing::field::Empty,
+            duration_us = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let loaded = Self::load_store(&backend, config)
+            .instrument(span.clone())
+            .await;
+        let (cache, feed) = loaded?;
+        span.record("entries", cache.len());
+        span.record("duration_us", micros(started.elapsed()));
+        let capabilities = backend.capabilities();
+        let stats = Stats::new(name, capabilities.durability);
+        let pipeline = Arc::new(Pipeline::new(
+            cache,
+            config,
+            capabilities.exclusive_lock,
+            feed.is_none(),
+            stats,
+        ));
+        let backend = Arc::new(backend);
+        writer::spawn(Arc::clone(&pipeline), &backend, feed);
+        let keepalive: Arc<dyn Any + Send + Sync> = Arc::clone(&backend) as _;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pipeline,
+                backend,
+                keepalive,
+            }),
+        })
+    }
+
+    /// Subscribes to the change feed (write-through only) and loads every
+    /// stored entry.
+    async fn load_store(
+        backend: &B,
+        config: PipelineConfig,
+    ) -> Result<(Cache<K, V>, Option<RemoteChanges<K>>)> {
         // Subscribe before loading: a change made between the load and the
         // subscription would otherwise never reach this cache. Write-behind
         // maps do not follow a feed (their cache may be ahead of the store).
@@ -208,18 +250,7 @@ where
                 cache.insert(k, v);
             })
             .await?;
-        let exclusive = backend.capabilities().exclusive_lock;
-        let pipeline = Arc::new(Pipeline::new(cache, config, exclusive, feed.is_none()));
-        let backend = Arc::new(backend);
-        writer::spawn(Arc::clone(&pipeline), &backend, feed);
-        let keepalive: Arc<dyn Any + Send + Sync> = Arc::clone(&backend) as _;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                pipeline,
-                backend,
-                keepalive,
-            }),
-        })
+        Ok((cache, feed))
     }
 
     fn pipeline(&self) -> &Pipeline<K, V> {
@@ -532,7 +563,9 @@ where
             // Nothing is queued or being written: every acknowledged change
             // is in the backend, so the caller can flush it directly.
             return self
-                .lead(|backend, _| async move { guard_backend(backend.flush(), "flush").await })
+                .lead(|backend, pipeline| async move {
+                    flush_backend(&*backend, &pipeline.stats).await
+                })
                 .await;
         }
         self.request(Command::Flush).await
@@ -618,6 +651,40 @@ where
     /// successful flush. Always 0 in write-through mode.
     pub fn unflushed(&self) -> u64 {
         self.pipeline().health.unflushed()
+    }
+
+    /// A snapshot of what the map did since it opened: entries, commits and
+    /// batch sizes, queue depth, unflushed changes, write errors, remote
+    /// changes followed, resyncs and the time since the last flush. See
+    /// [`MapStats`] for what each figure counts.
+    ///
+    /// Cheap: it reads counters, holding no lock across anything slow, and
+    /// never waits for the writer.
+    ///
+    /// ```
+    /// use persistent_map_core::PersistentMap;
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// assert_eq!(map.stats().since_last_flush, None);
+    /// map.insert(1_u64, "one".to_string()).await?;
+    /// map.flush().await?;
+    /// let stats = map.stats();
+    /// assert_eq!((stats.entries, stats.commits, stats.changes_written), (1, 1, 1));
+    /// assert!(stats.since_last_flush.is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> MapStats {
+        self.pipeline().snapshot()
+    }
+
+    /// The map's name, set with [`PersistentMapBuilder::name`]
+    /// (default [`DEFAULT_MAP_NAME`](crate::DEFAULT_MAP_NAME)).
+    pub fn name(&self) -> &str {
+        self.pipeline().stats.name()
     }
 
     /// When an acknowledged change of this map survives a power cut, as its
@@ -724,9 +791,7 @@ where
             }
         }
         self.lead(|backend, pipeline| async move {
-            let ops = std::slice::from_ref(&op);
-            let result = guard_backend(backend.apply_batch(ops), "apply a batch").await;
-            settle_unknown(&*backend, ops, result)
+            write_batch(&*backend, std::slice::from_ref(&op), &pipeline.stats)
                 .await
                 .map(|()| pipeline.apply(op))
         })
@@ -749,6 +814,8 @@ where
             async move {
                 let answer = work.await;
                 pipeline.end_lead();
+                #[cfg(feature = "metrics")]
+                pipeline.publish_gauges();
                 answer
             },
             move || abandoned.abandoned_lead(),
@@ -839,6 +906,7 @@ where
             .field("len", &self.inner.pipeline.cache.len())
             .field("backend", &std::any::type_name::<B>())
             .field("write_behind", &self.inner.pipeline.write_behind())
+            .field("name", &self.inner.pipeline.stats.name())
             .finish_non_exhaustive()
     }
 }

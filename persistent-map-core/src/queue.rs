@@ -24,6 +24,7 @@ use crate::backend::BatchOp;
 use crate::batch::Transaction;
 use crate::error::{PersistentError, Result};
 use crate::health::Health;
+use crate::stats::Stats;
 
 /// The cache: a concurrent map with a fast keyed hasher (aHash, seeded at
 /// random per process, so keys chosen by an attacker cannot force collisions).
@@ -173,6 +174,7 @@ pub(crate) struct State<K, V> {
 pub(crate) struct Pipeline<K, V> {
     pub(crate) cache: Cache<K, V>,
     pub(crate) health: Health,
+    pub(crate) stats: Stats,
     pub(crate) config: PipelineConfig,
     /// The store is this map's alone (it holds an exclusive lock), so the
     /// cache knows every stored key and a removal of a key it lacks can be
@@ -197,10 +199,12 @@ impl<K, V> Pipeline<K, V> {
         config: PipelineConfig,
         exclusive: bool,
         lead_allowed: bool,
+        stats: Stats,
     ) -> Self {
         Self {
             cache,
             health: Health::default(),
+            stats,
             config,
             exclusive,
             lead_allowed: lead_allowed && config.behind_delay.is_none(),
@@ -222,6 +226,11 @@ impl<K, V> Pipeline<K, V> {
 
     pub(crate) fn write_behind(&self) -> bool {
         self.config.behind_delay.is_some()
+    }
+
+    /// Changes (and other commands) queued or being written, not yet settled.
+    pub(crate) fn queue_depth(&self) -> u64 {
+        self.pending.load(Ordering::Relaxed) as u64
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State<K, V>> {

@@ -26,14 +26,15 @@ use futures::{FutureExt, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::backend::{BatchOp, RemoteChange, RemoteChanges, StorageBackend};
 use crate::batch::Transaction;
 use crate::closure::{guard_backend, panic_message};
 use crate::error::{PersistentError, Result};
 use crate::health::Stop;
-use crate::outcome::settle_unknown;
 use crate::queue::{Cache, Command, Decision, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
+use crate::stats::{flush_backend, write_batch};
 
 /// How long the writer waits before it retries a failed refresh of the cache
 /// from a shared store.
@@ -180,6 +181,8 @@ where
                 return;
             };
             self.pipeline.release(settled);
+            #[cfg(feature = "metrics")]
+            self.pipeline.publish_gauges();
             self.follow_waiting().await;
         }
         tracing::trace!("write pipeline stopped: every handle was dropped");
@@ -214,7 +217,7 @@ where
                 let _ = reply.send(self.retain(keep).await);
             }
             Command::Reload(reply) => {
-                let result = self.reload().await;
+                let result = self.reload("reload").await;
                 if self.pipeline.write_behind() {
                     self.pipeline.end_reload();
                 }
@@ -527,8 +530,7 @@ where
     /// back to find out whether it happened.
     async fn apply(&mut self, ops: &[BatchOp<K, V>]) -> Result<()> {
         let backend = self.backend()?;
-        let result = guard_backend(backend.apply_batch(ops), "apply a batch").await;
-        settle_unknown(&*backend, ops, result).await
+        write_batch(&*backend, ops, &self.pipeline.stats).await
     }
 
     async fn commit(&mut self, batch: Gather<K, V>) {
@@ -653,7 +655,7 @@ where
         self.pipeline.health.check()?;
         let covered = self.pipeline.health.persisted.load(Ordering::Acquire);
         let backend = self.backend()?;
-        guard_backend(backend.flush(), "flush").await?;
+        flush_backend(&*backend, &self.pipeline.stats).await?;
         self.pipeline
             .health
             .durable
@@ -664,7 +666,9 @@ where
     async fn clear(&mut self) -> Result<()> {
         self.pipeline.health.check()?;
         let backend = self.backend()?;
-        guard_backend(backend.clear(), "clear the store").await?;
+        guard_backend(backend.clear(), "clear the store")
+            .await
+            .inspect_err(|err| self.pipeline.stats.write_failed(err))?;
         if !self.pipeline.write_behind() {
             self.cache().clear();
         }
@@ -678,7 +682,7 @@ where
     /// never overwrite a newer local write.
     async fn follow(&mut self, change: RemoteChange<K>) {
         let result = match change {
-            RemoteChange::Resync => self.reload().await,
+            RemoteChange::Resync => self.reload("feed").await,
             RemoteChange::Changed(keys) => self.refresh(&keys).await,
         };
         if let Err(err) = result {
@@ -692,6 +696,7 @@ where
     async fn refresh(&mut self, keys: &[K]) -> Result<()> {
         let backend = self.backend()?;
         let fresh = guard_backend(backend.load_keys(keys), "read changed keys").await?;
+        self.pipeline.stats.remote_applied(fresh.len());
         for (key, value) in fresh {
             match value {
                 Some(value) => {
@@ -705,7 +710,22 @@ where
         Ok(())
     }
 
-    async fn reload(&mut self) -> Result<()> {
+    /// Replaces the cache with what the store holds, inside a `resync` span;
+    /// `reason` says who asked: `"reload"` (a caller) or `"feed"` (the change
+    /// feed lost notifications, or a refresh failed).
+    async fn reload(&mut self, reason: &'static str) -> Result<()> {
+        let span = tracing::info_span!(
+            "persistent_map.resync",
+            map = self.pipeline.stats.name(),
+            reason,
+            entries = tracing::field::Empty,
+        );
+        self.replace_cache().instrument(span.clone()).await?;
+        span.record("entries", self.cache().len());
+        Ok(())
+    }
+
+    async fn replace_cache(&mut self) -> Result<()> {
         let backend = self.backend()?;
         let fresh = Cache::with_capacity_and_hasher(self.cache().len(), ahash::RandomState::new());
         guard_backend(
@@ -715,6 +735,9 @@ where
             "load the store",
         )
         .await?;
+        // Counted before the cache changes, so whoever sees the new cache
+        // also sees the resync in the stats.
+        self.pipeline.stats.resynced();
         self.cache().retain(|k, _| fresh.contains_key(k));
         for (k, v) in fresh {
             self.cache().insert(k, v);

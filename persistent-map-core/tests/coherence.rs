@@ -147,6 +147,9 @@ async fn each_map_sees_the_other_ones_writes() {
 
     a.insert("x".to_string(), 1).await.expect("insert");
     eventually("b sees x = 1", || b.get("x") == Some(1)).await;
+    // B counts the change it followed; A counts none of its own.
+    assert_eq!(b.stats().remote_changes_applied, 1);
+    assert_eq!(a.stats().remote_changes_applied, 0);
     b.insert("x".to_string(), 2).await.expect("insert");
     eventually("a sees x = 2", || a.get("x") == Some(2)).await;
     a.remove(&"x".to_string()).await.expect("remove");
@@ -189,4 +192,8 @@ async fn a_failed_refresh_is_retried_until_the_cache_catches_up() {
     })
     .await;
     assert_eq!(b_reads.load(Ordering::SeqCst), 0);
+    // Reads that failed were made up for by a resync of the whole cache.
+    let stats = b.stats();
+    assert!(stats.resyncs >= 1, "{stats:?}");
+    assert_eq!(stats.write_errors, 0, "a failed read is not a write error");
 }

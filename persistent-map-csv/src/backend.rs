@@ -15,6 +15,7 @@ use persistent_map_core::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::compaction::compact_contents;
 use crate::config::{CsvBackendBuilder, Options, SyncPolicy};
@@ -361,7 +362,25 @@ impl CsvBackend {
         Ok(())
     }
 
+    /// Rewrites the file with only its live records, inside a
+    /// `persistent_map.compaction` span (the map never compacts a store on
+    /// its own: this backend does, so the span is its own).
     async fn compact_store(&self, store: &mut Store) -> Result<()> {
+        let span = tracing::info_span!(
+            "persistent_map.compaction",
+            path = %self.path.display(),
+            rows_before = store.rows,
+            rows_after = tracing::field::Empty,
+        );
+        self.compact_rows(store)
+            .instrument(span.clone())
+            .await
+            .inspect(|()| {
+                span.record("rows_after", store.rows);
+            })
+    }
+
+    async fn compact_rows(&self, store: &mut Store) -> Result<()> {
         match store.kind {
             Kind::Legacy => return Ok(()),
             // Reading first cuts off a torn tail, so the rewrite starts from
