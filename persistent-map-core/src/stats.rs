@@ -325,6 +325,32 @@ where
     V: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
     B: StorageBackend<K, V> + Sync + ?Sized,
 {
+    // Most maps run with no subscriber listening at debug level: their
+    // commits build no span at all, and the traced path, boxed, does not
+    // enlarge this future (even a disabled span, entered and left around
+    // the commit, cost about 15% of an in-memory insert).
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        return Box::pin(write_batch_traced(backend, ops, stats)).await;
+    }
+    let started = cfg!(feature = "metrics").then(Instant::now);
+    let result = guard_backend(backend.apply_batch(ops), "apply a batch").await;
+    let result = settle_unknown(backend, ops, result).await;
+    count_batch(stats, ops.len(), started.map(|s| s.elapsed()), &result);
+    result
+}
+
+/// [`write_batch`] inside its `commit` span.
+async fn write_batch_traced<K, V, B>(
+    backend: &B,
+    ops: &[BatchOp<K, V>],
+    stats: &Stats,
+) -> Result<()>
+where
+    K: Eq + std::hash::Hash + Clone + serde::Serialize + serde::de::DeserializeOwned,
+    K: Send + Sync + 'static,
+    V: Clone + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static,
+    B: StorageBackend<K, V> + Sync + ?Sized,
+{
     let span = tracing::debug_span!(
         "persistent_map.commit",
         map = stats.name(),
@@ -342,11 +368,15 @@ where
     if let Some(elapsed) = elapsed {
         span.record("duration_us", micros(elapsed));
     }
-    match &result {
-        Ok(()) => stats.batch_written(ops.len(), elapsed),
+    count_batch(stats, ops.len(), elapsed, &result);
+    result
+}
+
+fn count_batch(stats: &Stats, changes: usize, elapsed: Option<Duration>, result: &Result<()>) {
+    match result {
+        Ok(()) => stats.batch_written(changes, elapsed),
         Err(err) => stats.write_failed(err),
     }
-    result
 }
 
 /// Flushes the backend inside a `flush` span and counts the outcome.
@@ -365,9 +395,12 @@ where
         duration_us = tracing::field::Empty,
     );
     let started = Stats::timer(&span);
-    let result = guard_backend(backend.flush(), "flush")
-        .instrument(span.clone())
-        .await;
+    let work = guard_backend(backend.flush(), "flush");
+    let result = if span.is_disabled() {
+        work.await
+    } else {
+        work.instrument(span.clone()).await
+    };
     if let Some(started) = started {
         span.record("duration_us", micros(started.elapsed()));
     }
