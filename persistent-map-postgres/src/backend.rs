@@ -46,6 +46,23 @@ pub const FORMAT_VERSION: u32 = 3;
 /// The first format whose keys are in [`KeyFormat::Distinct`].
 const DISTINCT_KEYS_VERSION: u32 = 3;
 
+/// The key format of a table in format `version` (as its meta table
+/// records it), for tools that read a table without opening a backend.
+///
+/// ```
+/// use persistent_map_core::codec::KeyFormat;
+///
+/// assert_eq!(persistent_map_postgres::key_format_of(2), KeyFormat::Legacy);
+/// assert_eq!(persistent_map_postgres::key_format_of(3), KeyFormat::Distinct);
+/// ```
+pub fn key_format_of(version: u32) -> KeyFormat {
+    if version >= DISTINCT_KEYS_VERSION {
+        KeyFormat::Distinct
+    } else {
+        KeyFormat::Legacy
+    }
+}
+
 /// The function computing a format 2 table's `key_hash`.
 const KEY_HASH_FN: &str = "persistent_map_key_hash";
 
@@ -137,11 +154,7 @@ impl Statements {
             )
         };
         Self {
-            key_format: if format >= DISTINCT_KEYS_VERSION {
-                KeyFormat::Distinct
-            } else {
-                KeyFormat::Legacy
-            },
+            key_format: key_format_of(format),
             select_all: format!("SELECT key, value::text FROM {t}"),
             select_keys: format!("SELECT key, value::text FROM {t} WHERE {many}"),
             count: format!("SELECT COUNT(*) FROM {t}"),

@@ -6,7 +6,7 @@ mod error;
 mod stored;
 mod watch;
 
-pub use backend::{PostgresBackend, FORMAT_VERSION};
+pub use backend::{key_format_of, PostgresBackend, FORMAT_VERSION};
 pub use config::{
     PostgresBuilder, PostgresOptions, Watch, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
     DEFAULT_SCHEMA, DEFAULT_TABLE,

@@ -44,8 +44,16 @@ pub const FORMAT_VERSION: u32 = 2;
 /// The version a table without metadata (persistent-map 0.1.x) is stamped with.
 const LEGACY_VERSION: u32 = 1;
 
-/// The key format of a table in format `version`.
-fn key_format_of(version: u32) -> KeyFormat {
+/// The key format of a table in format `version` (as its meta table
+/// records it), for tools that read a table without opening a backend.
+///
+/// ```
+/// use persistent_map_core::codec::KeyFormat;
+///
+/// assert_eq!(persistent_map_sqlite::key_format_of(1), KeyFormat::Legacy);
+/// assert_eq!(persistent_map_sqlite::key_format_of(2), KeyFormat::Distinct);
+/// ```
+pub fn key_format_of(version: u32) -> KeyFormat {
     if version >= 2 {
         KeyFormat::Distinct
     } else {

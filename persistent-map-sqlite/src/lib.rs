@@ -6,7 +6,7 @@ mod error;
 mod load;
 mod write;
 
-pub use backend::{SqliteBackend, FORMAT_VERSION};
+pub use backend::{key_format_of, SqliteBackend, FORMAT_VERSION};
 pub use config::{
     JournalMode, SqliteBuilder, SqliteOptions, Synchronous, DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POOL_SIZE, DEFAULT_TABLE,

@@ -204,8 +204,10 @@ impl PostgresSource {
     /// the format of new stores.
     pub async fn key_format(&self) -> Result<KeyFormat> {
         Ok(match self.format_version().await? {
-            Some(version) if version >= 3 => KeyFormat::Distinct,
-            Some(_) => KeyFormat::Legacy,
+            // A negative version is below every version: legacy.
+            Some(version) => persistent_map_postgres::key_format_of(
+                u32::try_from(version.max(0)).unwrap_or(u32::MAX),
+            ),
             None if self.table_exists().await? => KeyFormat::Legacy,
             None => KeyFormat::NEW_STORES,
         })

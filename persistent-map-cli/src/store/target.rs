@@ -123,9 +123,7 @@ impl Target {
 
     /// The stored text of a key in this store.
     pub async fn text_of(&self, key: &Value) -> Result<String> {
-        let format = self.key_format().await?;
-        // A `Value` always serializes.
-        Ok(format.encode(key).unwrap_or_default())
+        Ok(crate::entry::key_text(self.key_format().await?, key))
     }
 
     pub async fn len(&self) -> Result<usize> {
