@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -28,13 +29,45 @@ pub enum BatchOp<K, V> {
         /// The key.
         key: K,
     },
+    /// Store `value` under `key` until the wall-clock deadline `expires_at`,
+    /// replacing what was there (value and deadline). Only sent to a backend
+    /// that declares [`Capabilities::expiry`].
+    ///
+    /// The deadline is stored with the entry, so that it survives a restart
+    /// and every instance sharing the store sees it: loading returns it
+    /// through [`StorageBackend::load_with_expiry_into`] and
+    /// [`StorageBackend::load_keys_with_expiry`]. The map hands over whole
+    /// milliseconds since the Unix epoch, so a backend that stores
+    /// milliseconds keeps the deadline exactly.
+    PutExpiring {
+        /// The key.
+        key: K,
+        /// The new value.
+        value: V,
+        /// When the entry expires.
+        expires_at: SystemTime,
+    },
+    /// Remove `key` only if its stored entry has a deadline at or before
+    /// `now`: the sweep of an expired entry. An entry with no deadline, or
+    /// with a later one (it was written again since it expired, perhaps by
+    /// another instance), stays as it is; a missing key is not an error.
+    /// Only sent to a backend that declares [`Capabilities::expiry`].
+    DeleteExpired {
+        /// The key.
+        key: K,
+        /// The sweep's clock: entries whose deadline is not after it go.
+        now: SystemTime,
+    },
 }
 
 impl<K, V> BatchOp<K, V> {
     /// The key this change concerns.
     pub fn key(&self) -> &K {
         match self {
-            BatchOp::Put { key, .. } | BatchOp::Delete { key } => key,
+            BatchOp::Put { key, .. }
+            | BatchOp::Delete { key }
+            | BatchOp::PutExpiring { key, .. }
+            | BatchOp::DeleteExpired { key, .. } => key,
         }
     }
 }
@@ -63,6 +96,12 @@ pub struct Capabilities {
     /// When an acknowledged change survives a power cut, and so what
     /// [`StorageBackend::flush`] must do.
     pub durability: Durability,
+    /// The backend stores a deadline with an entry: it applies
+    /// [`BatchOp::PutExpiring`] and [`BatchOp::DeleteExpired`] and returns
+    /// deadlines from [`StorageBackend::load_with_expiry_into`] and
+    /// [`StorageBackend::load_keys_with_expiry`]. Without it a map refuses
+    /// expiry with [`PersistentError::Unsupported`].
+    pub expiry: bool,
 }
 
 /// When an acknowledged change survives a power cut, as a backend declares
@@ -103,6 +142,7 @@ impl Capabilities {
             atomic_batch: false,
             exclusive_lock: false,
             durability: Durability::Undeclared,
+            expiry: false,
         }
     }
 
@@ -124,6 +164,13 @@ impl Capabilities {
     #[must_use]
     pub const fn with_durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
+        self
+    }
+
+    /// Declares that entries can carry a stored deadline (expiry).
+    #[must_use]
+    pub const fn with_expiry(mut self, yes: bool) -> Self {
+        self.expiry = yes;
         self
     }
 }
@@ -346,6 +393,12 @@ where
             match op {
                 BatchOp::Put { key, value } => self.save(key.clone(), value.clone()).await?,
                 BatchOp::Delete { key } => self.delete(key).await?,
+                BatchOp::PutExpiring { .. } | BatchOp::DeleteExpired { .. } => {
+                    return Err(PersistentError::Unsupported {
+                        backend: std::any::type_name::<Self>(),
+                        feature: "expiry",
+                    })
+                }
             }
         }
         Ok(())
@@ -390,6 +443,47 @@ where
         Ok(keys
             .iter()
             .map(|key| (key.clone(), all.get(key).cloned()))
+            .collect())
+    }
+
+    /// [`load_into`](Self::load_into) with each entry's deadline (`None`: it
+    /// never expires). Entries whose deadline has passed are returned too,
+    /// as stored: the map leaves them out of its cache and sweeps them.
+    ///
+    /// A backend that declares [`Capabilities::expiry`] overrides it; the
+    /// default gives every entry of `load_into` no deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_all`](Self::load_all); a deadline that does not decode is
+    /// an error naming where it is, like a value.
+    async fn load_with_expiry_into(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<(), PersistentError> {
+        self.load_into(&mut |key, value| sink(key, value, None))
+            .await
+    }
+
+    /// [`load_keys`](Self::load_keys) with each present entry's deadline
+    /// (`None`: it never expires), expired entries included, as stored.
+    ///
+    /// A backend that declares [`Capabilities::expiry`] overrides it; the
+    /// default gives every entry of `load_keys` no deadline.
+    ///
+    /// # Errors
+    ///
+    /// As [`load_keys`](Self::load_keys).
+    #[allow(clippy::type_complexity)]
+    async fn load_keys_with_expiry(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>, PersistentError> {
+        Ok(self
+            .load_keys(keys)
+            .await?
+            .into_iter()
+            .map(|(key, value)| (key, value.map(|value| (value, None))))
             .collect())
     }
 

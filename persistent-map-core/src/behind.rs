@@ -52,8 +52,12 @@ where
     /// Applies one change to the cache; returns the value it replaced.
     fn apply_op(&self, cache: &Cache<K, V>, op: &BatchOp<K, V>) -> Option<V> {
         match op {
-            BatchOp::Put { key, value } => cache.insert(key.clone(), value.clone()),
-            BatchOp::Delete { key } => cache.remove(key).map(|(_, v)| v),
+            BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
+                cache.insert(key.clone(), value.clone())
+            }
+            BatchOp::Delete { key } | BatchOp::DeleteExpired { key, .. } => {
+                cache.remove(key).map(|(_, v)| v)
+            }
         }
     }
 

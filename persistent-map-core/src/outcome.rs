@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::time::SystemTime;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -53,35 +54,52 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
     B: StorageBackend<K, V> + Sync + ?Sized,
 {
-    let mut wanted: HashMap<&K, Option<&V>> = HashMap::with_capacity(ops.len());
+    let mut wanted: HashMap<&K, Want<'_, V>> = HashMap::with_capacity(ops.len());
     let mut keys = Vec::with_capacity(ops.len());
     for op in ops {
-        let (key, value) = match op {
-            BatchOp::Put { key, value } => (key, Some(value)),
-            BatchOp::Delete { key } => (key, None),
+        let want = match op {
+            BatchOp::Put { value, .. } => Want::Entry(value, None),
+            BatchOp::PutExpiring {
+                value, expires_at, ..
+            } => Want::Entry(value, Some(*expires_at)),
+            BatchOp::Delete { .. } => Want::Absent,
+            // A sweep may rightly leave an entry written again since: its
+            // outcome says nothing, and a missed one is swept again.
+            _ => Want::Either,
         };
-        if wanted.insert(key, value).is_none() {
-            keys.push(key.clone());
+        if wanted.insert(op.key(), want).is_none() {
+            keys.push(op.key().clone());
         }
     }
-    let stored = guard_backend(backend.load_keys(&keys), "read keys back").await?;
+    let stored = guard_backend(backend.load_keys_with_expiry(&keys), "read keys back").await?;
     for (key, found) in &stored {
         let Some(want) = wanted.get(key) else {
             return Ok(false);
         };
-        if !same(found.as_ref(), *want)? {
+        if !want.met_by(found.as_ref())? {
             return Ok(false);
         }
     }
     Ok(stored.len() == keys.len())
 }
 
-/// Compares values through their JSON form (`V` need not be `PartialEq`).
-fn same<V: Serialize>(a: Option<&V>, b: Option<&V>) -> Result<bool> {
-    match (a, b) {
-        (None, None) => Ok(true),
-        (Some(a), Some(b)) => Ok(json(a)? == json(b)?),
-        _ => Ok(false),
+/// What a batch leaves under one key.
+enum Want<'a, V> {
+    Entry(&'a V, Option<SystemTime>),
+    Absent,
+    Either,
+}
+
+impl<V: Serialize> Want<'_, V> {
+    /// Compares values through their JSON form (`V` need not be `PartialEq`).
+    fn met_by(&self, found: Option<&(V, Option<SystemTime>)>) -> Result<bool> {
+        match (self, found) {
+            (Want::Either, _) | (Want::Absent, None) => Ok(true),
+            (Want::Entry(want, want_deadline), Some((value, deadline))) => {
+                Ok(want_deadline == deadline && json(*want)? == json(value)?)
+            }
+            _ => Ok(false),
+        }
     }
 }
 

@@ -405,8 +405,12 @@ where
     /// Applies a committed change to the cache; returns the value it replaced.
     pub(crate) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
         match op {
-            BatchOp::Put { key, value } => self.cache.insert(key, value),
-            BatchOp::Delete { key } => self.cache.remove(&key).map(|(_, v)| v),
+            BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
+                self.cache.insert(key, value)
+            }
+            BatchOp::Delete { key } | BatchOp::DeleteExpired { key, .. } => {
+                self.cache.remove(&key).map(|(_, v)| v)
+            }
         }
     }
 }
