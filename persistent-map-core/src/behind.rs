@@ -178,25 +178,25 @@ where
 
     /// Removes expired entries from the cache and queues their deletion
     /// from the store, as one bounded group of conditional deletes.
-    pub(crate) async fn sweep_behind(&self) -> Result<()> {
+    pub(crate) async fn sweep_behind(&self) -> Result<usize> {
         self.change_behind(|cache| {
             let now = now();
             let keys = cache.expired(now, self.config.max_batch);
             if keys.is_empty() {
-                return Ok(Change::Unchanged(()));
+                return Ok(Change::Unchanged(0));
             }
-            let swept = keys
-                .iter()
-                .filter(|key| cache.remove_expired(key, now).is_some())
-                .count();
+            let swept = keys.len();
+            for key in &keys {
+                cache.remove_expired(key, now);
+            }
             cache.unstale(&keys);
-            self.stats.expired_swept(swept as u64);
+            self.stats.expired_swept(keys.len() as u64);
             let at = time_of(now);
             let ops = keys
                 .into_iter()
                 .map(|key| BatchOp::DeleteExpired { key, now: at })
                 .collect();
-            Ok(Change::Queued(Command::PersistGroup(ops), ()))
+            Ok(Change::Queued(Command::PersistGroup(ops), swept))
         })
         .await
     }

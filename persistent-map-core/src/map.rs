@@ -376,6 +376,34 @@ where
         Ok(kept.is_some())
     }
 
+    /// Deletes every entry whose deadline has passed, from the store and
+    /// the cache, now rather than at the next background sweep
+    /// ([`PersistentMapBuilder::sweep_interval`]); returns how many. Entries
+    /// written again since they expired stay, in the store too (the
+    /// deletes are conditional on the stored deadline). Write-behind: the
+    /// deletes are queued like any change.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_with_ttl`](Self::insert_with_ttl); a batch deleted before
+    /// the error stays deleted.
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        self.require_expiry()?;
+        let max_batch = self.pipeline().config.max_batch;
+        let mut total = 0;
+        loop {
+            let swept = if self.write_behind() {
+                self.pipeline().sweep_behind().await?
+            } else {
+                self.request(|reply| Command::Sweep(Some(reply))).await?
+            };
+            total += swept;
+            if swept < max_batch {
+                return Ok(total);
+            }
+        }
+    }
+
     /// The time left before the entry under `key` expires: `None` when it
     /// has no deadline, or there is no such entry.
     pub fn ttl<Q>(&self, key: &Q) -> Option<Duration>

@@ -78,8 +78,9 @@ pub(crate) enum Command<K, V> {
     Reload(Reply<()>),
     /// Flush, then stop.
     Close(Reply<()>),
-    /// Write-through: delete entries whose deadline passed.
-    Sweep,
+    /// Write-through: delete entries whose deadline passed (one bounded
+    /// batch); the reply, if any, gets how many.
+    Sweep(Option<Reply<usize>>),
 }
 
 impl<K, V> Command<K, V> {

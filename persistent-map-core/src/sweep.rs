@@ -59,7 +59,7 @@ where
         if self.write_behind() {
             // A failure poisons the map like any write-behind change; the
             // map reports it on the next call.
-            let _ = self.sweep_behind().await;
+            let _swept = self.sweep_behind().await;
             return true;
         }
         if self.sweep_queued.swap(true, Ordering::AcqRel) {
@@ -67,7 +67,7 @@ where
         }
         match self.admit().await {
             Ok(mut state) => {
-                self.enqueue(&mut state, Command::Sweep, false);
+                self.enqueue(&mut state, Command::Sweep(None), false);
                 true
             }
             Err(_) => false,

@@ -229,7 +229,19 @@ where
                 self.pipeline.release(weight);
                 return None;
             }
-            Command::Sweep => self.sweep().await,
+            Command::Sweep(reply) => {
+                let swept = self.sweep().await;
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(swept);
+                    }
+                    None => {
+                        if let Err(err) = swept {
+                            tracing::warn!(error = %err, "could not delete expired entries; retrying at the next sweep");
+                        }
+                    }
+                }
+            }
             // Changes were dispatched above.
             Command::Persist(_)
             | Command::PersistGroup(_)
@@ -758,12 +770,12 @@ where
     /// Deletes entries whose deadline passed, from the store and then from
     /// the cache, as one bounded batch of conditional deletes: an entry
     /// written again since it expired (here or by another instance) stays.
-    async fn sweep(&mut self) {
+    async fn sweep(&mut self) -> Result<usize> {
         self.pipeline.sweep_queued.store(false, Ordering::Release);
         let now = now();
         let keys = self.cache().expired(now, self.max_batch());
         if keys.is_empty() {
-            return;
+            return Ok(0);
         }
         let at = time_of(now);
         let ops: Vec<BatchOp<K, V>> = keys
@@ -773,16 +785,15 @@ where
                 now: at,
             })
             .collect();
-        if let Err(err) = self.apply(&ops).await {
-            tracing::warn!(error = %err, entries = ops.len(), "could not delete expired entries; retrying at the next sweep");
-            return;
+        self.apply(&ops).await?;
+        // Every key was expired (or stale) when gathered, and only this
+        // task changes the cache meanwhile.
+        for key in &keys {
+            self.cache().remove_expired(key, now);
         }
-        let swept = keys
-            .iter()
-            .filter(|key| self.cache().remove_expired(key, now).is_some())
-            .count();
         self.cache().unstale(&keys);
-        self.pipeline.stats.expired_swept(swept as u64);
+        self.pipeline.stats.expired_swept(keys.len() as u64);
+        Ok(keys.len())
     }
 }
 
