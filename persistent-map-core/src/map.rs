@@ -276,8 +276,8 @@ where
     /// the entry expires that long from now; otherwise it never expires,
     /// whatever deadline the replaced entry had.
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
-        let op = self.pipeline().stamp(BatchOp::Put { key, value });
-        self.put(op).await
+        let deadline = self.pipeline().default_deadline();
+        self.put(put_op(key, value, deadline)).await
     }
 
     /// Inserts `value` under `key`, to expire `ttl` from now; returns the

@@ -455,8 +455,12 @@ where
 
     /// The deadline an entry written now without one gets: the default time
     /// to live, if the map has one.
+    #[inline]
     pub(crate) fn default_deadline(&self) -> Deadline {
-        self.config.default_ttl.map_or(NEVER, deadline_in)
+        match self.config.default_ttl {
+            None => NEVER,
+            Some(ttl) => deadline_in(ttl),
+        }
     }
 
     /// Gives a put without a deadline the map's default time to live.
@@ -507,6 +511,7 @@ where
 }
 
 /// A put of `value` under `key` with `deadline`.
+#[inline]
 pub(crate) fn put_op<K, V>(key: K, value: V, deadline: Deadline) -> BatchOp<K, V> {
     if deadline == NEVER {
         BatchOp::Put { key, value }
