@@ -10,6 +10,7 @@ use crate::backend::BatchOp;
 use crate::batch::Transaction;
 use crate::closure::{guarded, Panic};
 use crate::error::Result;
+use crate::events::Origin;
 use crate::queue::{Cache, Command, Decision, Pipeline};
 
 /// What a write-behind change did to the cache.
@@ -22,8 +23,8 @@ pub(crate) enum Change<K, V, R> {
 
 impl<K, V> Pipeline<K, V>
 where
-    K: Eq + Hash + Clone,
-    V: Clone,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// Runs `change` in the queue's critical section and queues what it
     /// returns. A panic of user code inside it resumes here, after the lock
@@ -51,19 +52,23 @@ where
 
     /// Applies one change to the cache; returns the value it replaced.
     fn apply_op(&self, cache: &Cache<K, V>, op: &BatchOp<K, V>) -> Option<V> {
-        match op {
+        let replaced = match op {
             BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
                 cache.insert(key.clone(), value.clone())
             }
             BatchOp::Delete { key } | BatchOp::DeleteExpired { key, .. } => {
                 cache.remove(key).map(|(_, v)| v)
             }
-        }
+        };
+        self.events.op(op, Origin::Local).publish(replaced.as_ref());
+        replaced
     }
 
     pub(crate) async fn insert_behind(&self, key: K, value: V) -> Result<Option<V>> {
         self.change_behind(|cache| {
             let replaced = cache.insert(key.clone(), value.clone());
+            self.events
+                .inserted(&key, &value, replaced.as_ref(), Origin::Local);
             Ok(Change::Queued(
                 Command::Persist(BatchOp::Put { key, value }),
                 replaced,
@@ -75,6 +80,7 @@ where
     pub(crate) async fn remove_behind(&self, key: K) -> Result<Option<V>> {
         self.change_behind(|cache| {
             let removed = cache.remove(&key).map(|(_, v)| v);
+            self.events.removed(&key, removed.as_ref(), Origin::Local);
             Ok(self.delete_change(key, removed.is_some(), removed))
         })
         .await
@@ -103,6 +109,8 @@ where
                 Decision::Keep => Change::Unchanged(current),
                 Decision::Put(value) => {
                     cache.insert(key.clone(), value.clone());
+                    self.events
+                        .inserted(&key, &value, current.as_ref(), Origin::Local);
                     Change::Queued(
                         Command::Persist(BatchOp::Put {
                             key,
@@ -113,6 +121,7 @@ where
                 }
                 Decision::Delete => {
                     let removed = cache.remove(&key).is_some();
+                    self.events.removed(&key, current.as_ref(), Origin::Local);
                     self.delete_change(key, removed, None)
                 }
             })
@@ -166,7 +175,9 @@ where
                 return Ok(Change::Unchanged(0));
             }
             for key in &doomed {
-                cache.remove(key);
+                let removed = cache.remove(key);
+                self.events
+                    .removed(key, removed.as_ref().map(|(_, v)| v), Origin::Local);
             }
             let removed = doomed.len();
             let ops = doomed
@@ -181,6 +192,7 @@ where
     pub(crate) async fn clear_behind(&self) -> Result<()> {
         self.change_behind(|cache| {
             cache.clear();
+            self.events.cleared(Origin::Local);
             Ok(Change::Queued(Command::Clear(None), ()))
         })
         .await

@@ -20,6 +20,10 @@ pub const DEFAULT_MAX_BATCH: usize = 1024;
 /// The default bound on changes queued and not yet settled, in both modes.
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
+/// The default number of events a subscription may fall behind by before
+/// it loses the oldest ([`PersistentMapBuilder::event_capacity`]).
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
 /// Write-behind mode: writes return as soon as the cache is updated and the
 /// change is queued; a background task persists queued changes in batches.
 ///
@@ -116,6 +120,7 @@ pub struct PersistentMapBuilder<K, V, B> {
     max_pending: usize,
     write_behind: Option<WriteBehind>,
     name: String,
+    event_capacity: usize,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -132,6 +137,7 @@ where
             max_pending: DEFAULT_MAX_PENDING,
             write_behind: None,
             name: String::from(DEFAULT_MAP_NAME),
+            event_capacity: DEFAULT_EVENT_CAPACITY,
             _types: PhantomData,
         }
     }
@@ -192,6 +198,39 @@ where
         self
     }
 
+    /// How many events a [`subscribe`](PersistentMap::subscribe)r may fall
+    /// behind by before it loses the oldest (default
+    /// [`DEFAULT_EVENT_CAPACITY`]; values below 1 count as 1, and the
+    /// buffer is rounded up to a power of two). Writers never wait for a
+    /// subscriber: one that falls further behind gets a
+    /// [`MapEvent::Lagged`](crate::MapEvent::Lagged) and goes on from the
+    /// present. The buffer, one slot per event, is shared by every
+    /// subscription of the map and allocated on the first `subscribe`.
+    ///
+    /// ```
+    /// use persistent_map_core::{MapEvent, PersistentMap};
+    /// use persistent_map_memory::InMemoryBackend;
+    /// use futures::StreamExt as _;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map = PersistentMap::builder(InMemoryBackend::new())
+    ///     .event_capacity(2)
+    ///     .build()
+    ///     .await?;
+    /// let mut events = map.subscribe();
+    /// for n in 0..5_u32 {
+    ///     map.insert(n, n).await?; // never waits for the subscriber
+    /// }
+    /// assert_eq!(events.next().await, Some(MapEvent::Lagged { missed: 5 }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events.clamp(1, usize::MAX >> 1);
+        self
+    }
+
     /// Opens the map: loads every stored entry and starts the writer task.
     ///
     /// # Errors
@@ -205,6 +244,7 @@ where
                 .and_then(|mode| mode.max_pending)
                 .unwrap_or(self.max_pending),
             behind_delay: self.write_behind.map(|mode| mode.max_delay),
+            event_capacity: self.event_capacity,
         };
         PersistentMap::open(self.backend, config, self.name.into()).await
     }
@@ -218,6 +258,7 @@ impl<K, V, B> fmt::Debug for PersistentMapBuilder<K, V, B> {
             .field("max_pending", &self.max_pending)
             .field("write_behind", &self.write_behind)
             .field("name", &self.name)
+            .field("event_capacity", &self.event_capacity)
             .finish()
     }
 }

@@ -23,6 +23,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::backend::BatchOp;
 use crate::batch::Transaction;
 use crate::error::{PersistentError, Result};
+use crate::events::{Events, Origin};
 use crate::health::Health;
 use crate::stats::Stats;
 
@@ -131,6 +132,8 @@ pub(crate) struct PipelineConfig {
     /// Write-behind: how long the writer gathers changes before it writes a
     /// batch that is not full. `None` means write-through.
     pub(crate) behind_delay: Option<Duration>,
+    /// Events buffered per subscription before a slow one loses the oldest.
+    pub(crate) event_capacity: usize,
 }
 
 /// What the writer task is doing, as far as waking it is concerned.
@@ -175,6 +178,7 @@ pub(crate) struct Pipeline<K, V> {
     pub(crate) cache: Cache<K, V>,
     pub(crate) health: Health,
     pub(crate) stats: Stats,
+    pub(crate) events: Events<K, V>,
     pub(crate) config: PipelineConfig,
     /// The store is this map's alone (it holds an exclusive lock), so the
     /// cache knows every stored key and a removal of a key it lacks can be
@@ -205,6 +209,7 @@ impl<K, V> Pipeline<K, V> {
             cache,
             health: Health::default(),
             stats,
+            events: Events::new(config.event_capacity, exclusive),
             config,
             exclusive,
             lead_allowed: lead_allowed && config.behind_delay.is_none(),
@@ -391,6 +396,7 @@ impl<K, V> Pipeline<K, V> {
             (std::mem::take(&mut state.commands), state.keepalive.take())
         };
         self.health.mark_stopped(stop);
+        self.events.close();
         // Dropped outside the lock: dropping the backend may take a while.
         drop(commands);
         drop(keepalive);
@@ -400,17 +406,21 @@ impl<K, V> Pipeline<K, V> {
 
 impl<K, V> Pipeline<K, V>
 where
-    K: Eq + std::hash::Hash,
+    K: Eq + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// Applies a committed change to the cache; returns the value it replaced.
     pub(crate) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
-        match op {
+        let event = self.events.op(&op, Origin::Local);
+        let replaced = match op {
             BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
                 self.cache.insert(key, value)
             }
             BatchOp::Delete { key } | BatchOp::DeleteExpired { key, .. } => {
                 self.cache.remove(&key).map(|(_, v)| v)
             }
-        }
+        };
+        event.publish(replaced.as_ref());
+        replaced
     }
 }

@@ -32,6 +32,7 @@ use crate::backend::{BatchOp, RemoteChange, RemoteChanges, StorageBackend};
 use crate::batch::Transaction;
 use crate::closure::{guard_backend, panic_message};
 use crate::error::{PersistentError, Result};
+use crate::events::Origin;
 use crate::health::Stop;
 use crate::queue::{Cache, Command, Decision, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
 use crate::stats::{flush_backend, write_batch};
@@ -671,6 +672,7 @@ where
             .inspect_err(|err| self.pipeline.stats.write_failed(err))?;
         if !self.pipeline.write_behind() {
             self.cache().clear();
+            self.pipeline.events.cleared(Origin::Local);
         }
         Ok(())
     }
@@ -698,14 +700,15 @@ where
         let fresh = guard_backend(backend.load_keys(keys), "read changed keys").await?;
         self.pipeline.stats.remote_applied(fresh.len());
         for (key, value) in fresh {
-            match value {
-                Some(value) => {
-                    self.cache().insert(key, value);
-                }
-                None => {
-                    self.cache().remove(&key);
-                }
-            }
+            let event = self
+                .pipeline
+                .events
+                .change(&key, value.as_ref(), Origin::Remote);
+            let replaced = match value {
+                Some(value) => self.cache().insert(key, value),
+                None => self.cache().remove(&key).map(|(_, v)| v),
+            };
+            event.publish(replaced.as_ref());
         }
         Ok(())
     }
@@ -742,6 +745,7 @@ where
         for (k, v) in fresh {
             self.cache().insert(k, v);
         }
+        self.pipeline.events.resynced();
         self.pipeline.health.cure();
         Ok(())
     }
