@@ -22,9 +22,11 @@ pub use crate::modes::{
     transactions_reach_the_cache_in_every_mode,
 };
 pub use crate::sharing::{
-    load_keys_answers_in_the_order_asked, two_live_instances_follow_each_other,
+    load_keys_answers_in_the_order_asked, subscription_marks_remote_changes,
+    two_live_instances_follow_each_other,
 };
 pub use crate::stats::stats_follow_counted_operations;
+pub use crate::subscriptions::subscription_matches_the_store;
 pub use crate::sync::flush_syncs_the_store_files;
 
 use crate::factory::StoreFactory;

@@ -11,6 +11,7 @@ mod limits;
 mod modes;
 mod sharing;
 mod stats;
+mod subscriptions;
 mod sync;
 pub mod types;
 
@@ -92,6 +93,8 @@ macro_rules! conformance_tests {
             a_failure_in_the_middle_of_a_batch,
             keys_that_share_a_legacy_text_stay_distinct,
             stats_follow_counted_operations,
+            subscription_matches_the_store,
+            subscription_marks_remote_changes,
         }
     };
 }
