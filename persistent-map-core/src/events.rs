@@ -182,7 +182,9 @@ enum Channel<K, V> {
 #[must_use = "a change is published by `publish`"]
 pub(crate) struct Pending<'a, K, V> {
     events: &'a Events<K, V>,
-    change: Option<Change<K, V>>,
+    // Boxed, so that with no subscriber this is one null pointer, not a
+    // key-and-value-sized `None` the write path copies around.
+    change: Option<Box<Change<K, V>>>,
 }
 
 enum Change<K, V> {
@@ -279,10 +281,7 @@ where
     pub(crate) fn change(&self, key: &K, value: Option<&V>, origin: Origin) -> Pending<'_, K, V> {
         Pending {
             events: self,
-            change: self.watched().then(|| match value {
-                Some(value) => Change::Put(key.clone(), value.clone(), origin),
-                None => Change::Delete(key.clone(), origin),
-            }),
+            change: self.watched().then(|| Change::new(key, value, origin)),
         }
     }
 
@@ -318,14 +317,22 @@ where
 impl<K: Clone, V: Clone> Change<K, V> {
     // Out of line: the write path with no subscriber only needs the check.
     #[inline(never)]
-    fn of(op: &BatchOp<K, V>, origin: Origin) -> Self {
-        match op {
+    fn of(op: &BatchOp<K, V>, origin: Origin) -> Box<Self> {
+        Box::new(match op {
             BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
                 Change::Put(key.clone(), value.clone(), origin)
             }
             BatchOp::Delete { key } => Change::Delete(key.clone(), origin),
             BatchOp::DeleteExpired { key, .. } => Change::Expire(key.clone()),
-        }
+        })
+    }
+
+    #[inline(never)]
+    fn new(key: &K, value: Option<&V>, origin: Origin) -> Box<Self> {
+        Box::new(match value {
+            Some(value) => Change::Put(key.clone(), value.clone(), origin),
+            None => Change::Delete(key.clone(), origin),
+        })
     }
 }
 
@@ -338,7 +345,7 @@ where
     #[inline]
     pub(crate) fn publish(self, old: Option<&V>) {
         if let Some(change) = self.change {
-            self.events.publish_change(change, old);
+            self.events.publish_change(*change, old);
         }
     }
 }
