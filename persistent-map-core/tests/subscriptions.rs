@@ -414,3 +414,11 @@ async fn a_subscription_sees_only_what_follows_it() {
     map.insert(k("after"), 2).await.expect("insert");
     assert_eq!(next(&mut events).await, Some(inserted("after", None, 2)));
 }
+
+#[test]
+fn subscriptions_and_events_are_ordinary_values() {
+    fn usable<T: Send + Sync + Unpin + std::fmt::Debug + 'static>() {}
+    usable::<Subscription<String, u32>>();
+    usable::<MapEvent<String, u32>>();
+    usable::<Origin>();
+}
