@@ -25,7 +25,11 @@ where
         return;
     };
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
+        // The first sweep comes one interval after opening (a plain
+        // `interval` would tick at once), so a long interval means no sweep
+        // for that long.
+        let first = tokio::time::Instant::now() + interval;
+        let mut ticks = tokio::time::interval_at(first, interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
