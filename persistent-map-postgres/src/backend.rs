@@ -476,9 +476,9 @@ impl PostgresBackend {
         &self.inner.table
     }
 
-    /// How the table stores keys: [`KeyFormat::Distinct`] for a table this
-    /// release created (format 3), [`KeyFormat::Legacy`] for one created by
-    /// an earlier release (formats 1 and 2), which keeps its format.
+    /// How the table stores keys: [`KeyFormat::Distinct`] in formats 3 and
+    /// 4 (every table this release creates), [`KeyFormat::Legacy`] in a
+    /// table of format 1 or 2, which keeps its format.
     #[must_use]
     pub fn key_format(&self) -> KeyFormat {
         self.inner

@@ -334,9 +334,9 @@ impl RedisBackend {
         &self.inner.hash_key
     }
 
-    /// How the hash's fields encode keys: [`KeyFormat::Distinct`] for a map
-    /// this release created (format 2), [`KeyFormat::Legacy`] for one of
-    /// format 1, which keeps its format.
+    /// How the hash's fields encode keys: [`KeyFormat::Distinct`] in formats
+    /// 2 and 3 (every map this release creates), [`KeyFormat::Legacy`] in a
+    /// map of format 1, which keeps its format.
     #[must_use]
     pub fn key_format(&self) -> KeyFormat {
         self.inner.key_format
