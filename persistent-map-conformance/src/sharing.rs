@@ -7,13 +7,7 @@ use futures::StreamExt as _;
 use persistent_map_core::{PersistentMap, RemoteChange, RemoteChanges, StorageBackend};
 
 use crate::factory::StoreFactory;
-use crate::harness::skip_notice;
-
-/// How long a remote change may take to arrive. Generous: a loaded 2-core
-/// machine must never reach it, and a passing run never waits it out.
-const PATIENCE: Duration = Duration::from_secs(60);
-/// How often a map is looked at while waiting for a remote change.
-const POLL: Duration = Duration::from_millis(10);
+use crate::harness::{skip_notice, until, PATIENCE};
 
 /// "`load_keys` returns the current stored value of each of `keys` (`None`
 /// for a missing key), in order": the answer follows the order asked, not
@@ -190,12 +184,65 @@ async fn until_announced(feed: &mut RemoteChanges<String>, key: &str) -> Vec<Str
     }
 }
 
-async fn until(condition: impl Fn() -> bool, what: &str) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !condition() {
-            tokio::time::sleep(POLL).await;
-        }
-    })
+/// "Every bundled backend stores the deadline with the entry, so instances
+/// share it; an expired entry disappears on every instance": a deadline set
+/// through one map reaches the other through the feed, and both stop
+/// showing the entry at the same wall-clock time.
+pub async fn expiry_is_shared_by_live_instances<F: StoreFactory>(mut factory: F) {
+    const CASE: &str = "expiry_is_shared_by_live_instances";
+    // Long enough that the other instance hears of the entry before it
+    // expires, even on a loaded machine.
+    const TTL: Duration = Duration::from_secs(20);
+    let first = factory.fresh().await.expect("factory opens a fresh store");
+    let capabilities = StorageBackend::<String, String>::capabilities(&first);
+    if !capabilities.expiry || capabilities.exclusive_lock {
+        skip_notice(
+            CASE,
+            &"the backend declares no expiry, or an exclusive lock",
+        );
+        return;
+    }
+    if StorageBackend::<String, String>::watch(&first)
+        .await
+        .expect("watch")
+        .is_none()
+    {
+        skip_notice(CASE, &"the backend's watch gives no feed");
+        return;
+    }
+    drop(first);
+    let one = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a map on the shared store");
+    let two = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a second map on the shared store");
+    one.insert_with_ttl("session".into(), "alice".into(), TTL)
+        .await
+        .expect("insert_with_ttl");
+    until(
+        || two.ttl("session").is_some(),
+        "map two learns the entry and its deadline",
+    )
     .await;
-    assert!(waited.is_ok(), "{what}: not within {PATIENCE:?}");
+    let (first_ttl, second_ttl) = (one.ttl("session"), two.ttl("session"));
+    let (Some(first_ttl), Some(second_ttl)) = (first_ttl, second_ttl) else {
+        panic!("both maps know the deadline: {first_ttl:?}, {second_ttl:?}");
+    };
+    assert!(
+        first_ttl.abs_diff(second_ttl) < Duration::from_secs(5),
+        "one deadline, as stored: {first_ttl:?} and {second_ttl:?}"
+    );
+    until(|| one.get("session").is_none(), "the entry expires").await;
+    assert_eq!(
+        two.get("session"),
+        None,
+        "the other instance stops showing it at the same time"
+    );
+    one.close().await.expect("close");
+    two.close().await.expect("close");
 }

@@ -8,8 +8,9 @@ use std::sync::atomic::Ordering;
 
 use crate::backend::BatchOp;
 use crate::batch::Transaction;
+use crate::cache::{now, time_of};
 use crate::closure::{guarded, Panic};
-use crate::error::Result;
+use crate::error::{PersistentError, Result};
 use crate::queue::{Cache, Command, Decision, Pipeline};
 
 /// What a write-behind change did to the cache.
@@ -18,6 +19,8 @@ pub(crate) enum Change<K, V, R> {
     Unchanged(R),
     /// Applied to the cache; the command persists it. Answer `R`.
     Queued(Command<K, V>, R),
+    /// Refused before anything was applied.
+    Refused(PersistentError),
 }
 
 impl<K, V> Pipeline<K, V>
@@ -36,6 +39,7 @@ where
         let mut state = self.admit().await?;
         match change(&self.cache) {
             Ok(Change::Unchanged(answer)) => Ok(answer),
+            Ok(Change::Refused(err)) => Err(err),
             Ok(Change::Queued(command, answer)) => {
                 let weight = command.weight() as u64;
                 self.enqueue(&mut state, command, false);
@@ -49,32 +53,17 @@ where
         }
     }
 
-    /// Applies one change to the cache; returns the value it replaced.
-    fn apply_op(&self, cache: &Cache<K, V>, op: &BatchOp<K, V>) -> Option<V> {
-        match op {
-            BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
-                cache.insert(key.clone(), value.clone())
-            }
-            BatchOp::Delete { key } | BatchOp::DeleteExpired { key, .. } => {
-                cache.remove(key).map(|(_, v)| v)
-            }
-        }
-    }
-
-    pub(crate) async fn insert_behind(&self, key: K, value: V) -> Result<Option<V>> {
-        self.change_behind(|cache| {
-            let replaced = cache.insert(key.clone(), value.clone());
-            Ok(Change::Queued(
-                Command::Persist(BatchOp::Put { key, value }),
-                replaced,
-            ))
+    pub(crate) async fn insert_behind(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
+        self.change_behind(|_| {
+            let replaced = self.apply(op.clone());
+            Ok(Change::Queued(Command::Persist(op), replaced))
         })
         .await
     }
 
     pub(crate) async fn remove_behind(&self, key: K) -> Result<Option<V>> {
         self.change_behind(|cache| {
-            let removed = cache.remove(&key).map(|(_, v)| v);
+            let removed = cache.remove(&key);
             Ok(self.delete_change(key, removed.is_some(), removed))
         })
         .await
@@ -98,22 +87,18 @@ where
     ) -> Result<Option<V>> {
         self.change_behind(|cache| {
             // A clone, so no lock of the cache is held while user code runs.
-            let current = cache.get(&key).map(|entry| entry.value().clone());
-            Ok(match guarded(|| decide(current.as_ref()))? {
-                Decision::Keep => Change::Unchanged(current),
-                Decision::Put(value) => {
-                    cache.insert(key.clone(), value.clone());
-                    Change::Queued(
-                        Command::Persist(BatchOp::Put {
-                            key,
-                            value: value.clone(),
-                        }),
-                        Some(value),
-                    )
-                }
-                Decision::Delete => {
+            let current = cache.get_with_deadline(&key);
+            let decision = guarded(|| decide(current.as_ref().map(|(value, _)| value)))?;
+            let (op, after) = self.decided(key, current, decision);
+            Ok(match op {
+                None => Change::Unchanged(after),
+                Some(BatchOp::Delete { key }) => {
                     let removed = cache.remove(&key).is_some();
                     self.delete_change(key, removed, None)
+                }
+                Some(op) => {
+                    self.apply(op.clone());
+                    Change::Queued(Command::Persist(op), after)
                 }
             })
         })
@@ -122,8 +107,8 @@ where
 
     /// Changes stored all or none; returns the values they replaced.
     pub(crate) async fn many_behind(&self, ops: Vec<BatchOp<K, V>>) -> Result<Vec<Option<V>>> {
-        self.change_behind(|cache| {
-            let replaced = ops.iter().map(|op| self.apply_op(cache, op)).collect();
+        self.change_behind(|_| {
+            let replaced = ops.iter().map(|op| self.apply(op.clone())).collect();
             Ok(Change::Queued(Command::PersistGroup(ops), replaced))
         })
         .await
@@ -136,12 +121,15 @@ where
         self.change_behind(|cache| {
             let mut tx = Transaction::new(cache);
             let answer = guarded(|| body(&mut tx))?;
-            let ops = tx.into_ops();
+            let ops = self.stamp_all(tx.into_ops());
             if ops.is_empty() {
                 return Ok(Change::Unchanged(answer));
             }
+            if let Err(err) = self.require_expiry(&ops) {
+                return Ok(Change::Refused(err));
+            }
             for op in &ops {
-                self.apply_op(cache, op);
+                self.apply(op.clone());
             }
             Ok(Change::Queued(Command::PersistGroup(ops), answer))
         })
@@ -156,11 +144,13 @@ where
             // Only readers can hold a lock of the cache now (writers wait for
             // the queue's lock), so `keep` may read the map.
             let doomed: Vec<K> = guarded(|| {
-                cache
-                    .iter()
-                    .filter(|entry| !keep(entry.key(), entry.value()))
-                    .map(|entry| entry.key().clone())
-                    .collect()
+                let mut doomed = Vec::new();
+                cache.for_each(|key, value| {
+                    if !keep(key, value) {
+                        doomed.push(key.clone());
+                    }
+                });
+                doomed
             })?;
             if doomed.is_empty() {
                 return Ok(Change::Unchanged(0));
@@ -182,6 +172,31 @@ where
         self.change_behind(|cache| {
             cache.clear();
             Ok(Change::Queued(Command::Clear(None), ()))
+        })
+        .await
+    }
+
+    /// Removes expired entries from the cache and queues their deletion
+    /// from the store, as one bounded group of conditional deletes.
+    pub(crate) async fn sweep_behind(&self) -> Result<usize> {
+        self.change_behind(|cache| {
+            let now = now();
+            let keys = cache.expired(now, self.config.max_batch);
+            if keys.is_empty() {
+                return Ok(Change::Unchanged(0));
+            }
+            let swept = keys.len();
+            for key in &keys {
+                cache.remove_expired(key, now);
+            }
+            cache.unstale(&keys);
+            self.stats.expired_swept(keys.len() as u64);
+            let at = time_of(now);
+            let ops = keys
+                .into_iter()
+                .map(|key| BatchOp::DeleteExpired { key, now: at })
+                .collect();
+            Ok(Change::Queued(Command::PersistGroup(ops), swept))
         })
         .await
     }

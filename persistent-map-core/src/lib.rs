@@ -4,6 +4,7 @@ mod backend;
 mod batch;
 mod behind;
 mod builder;
+mod cache;
 mod closure;
 pub mod codec;
 mod detached;
@@ -13,13 +14,17 @@ mod map;
 mod outcome;
 mod queue;
 mod stats;
+mod sweep;
 #[cfg(feature = "metrics")]
 mod telemetry;
 mod writer;
 
 pub use backend::{BatchOp, Capabilities, Durability, RemoteChange, RemoteChanges, StorageBackend};
 pub use batch::{Batch, Transaction};
-pub use builder::{PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING};
+pub use builder::{
+    PersistentMapBuilder, WriteBehind, DEFAULT_MAX_BATCH, DEFAULT_MAX_PENDING,
+    DEFAULT_SWEEP_INTERVAL,
+};
 pub use error::{
     render_key, BoxError, CodecDirection, EntryPart, ErrorKind, Location, Operation,
     PersistentError, Result,
