@@ -442,6 +442,12 @@ impl PostgresBackend {
             // the key format, and a table without one keeps the legacy
             // keys it was written with.
             (Some(2), Some(3)) => Ok(DISTINCT_KEYS_VERSION),
+            (Some(2), Some(found)) if found >= EXPIRY_VERSION as i32 => {
+                Err(PersistentError::corrupt(
+                    self.location(),
+                    format!("the table has no expires_at column but format version {found}"),
+                ))
+            }
             (Some(4), Some(found)) if found < DISTINCT_KEYS_VERSION as i32 => {
                 Err(PersistentError::corrupt(
                     self.location(),

@@ -92,15 +92,12 @@ pub(crate) fn create_expiry_index(qualified: &str, index: &str) -> String {
     )
 }
 
-/// The name of a table's deadline index: readable when it fits
-/// PostgreSQL's 63-byte identifier limit, otherwise a stable hash of the
-/// table's name (PostgreSQL would cut a long name, and two long table
-/// names could then share one index name, which `IF NOT EXISTS` hides).
+/// The name of a table's deadline index. Index names share a schema's
+/// namespace with tables, so a readable `<table>_expires_at` could be the
+/// name of another map's table (and PostgreSQL would cut a long one to 63
+/// bytes, so that two long table names shared it, which `IF NOT EXISTS`
+/// would hide): a stable hash of the table's name instead.
 pub(crate) fn index_name(table: &str) -> String {
-    let readable = format!("{table}_expires_at");
-    if readable.len() <= 63 {
-        return readable;
-    }
     format!("persistent_map_expires_{:016x}", fnv1a(table))
 }
 
@@ -246,11 +243,11 @@ mod tests {
     }
 
     #[test]
-    fn index_names_fit_the_identifier_limit() {
-        assert_eq!(index_name("kv"), "kv_expires_at");
+    fn index_names_are_stable_distinct_and_fit_the_identifier_limit() {
+        assert_eq!(index_name("kv"), index_name("kv"));
+        assert_ne!(index_name("kv"), index_name("kv2"));
         let long = "t".repeat(63);
-        let name = index_name(&long);
-        assert!(name.len() <= 63, "{name}");
-        assert_ne!(name, index_name(&"t".repeat(62)));
+        assert!(index_name(&long).len() <= 63);
+        assert_ne!(index_name(&long), index_name(&"t".repeat(62)));
     }
 }
