@@ -27,9 +27,10 @@ pub use crate::modes::{
 };
 pub use crate::sharing::{
     expiry_is_shared_by_live_instances, load_keys_answers_in_the_order_asked,
-    two_live_instances_follow_each_other,
+    subscription_marks_remote_changes, two_live_instances_follow_each_other,
 };
 pub use crate::stats::stats_follow_counted_operations;
+pub use crate::subscriptions::subscription_matches_the_store;
 pub use crate::sync::flush_syncs_the_store_files;
 
 use crate::factory::StoreFactory;

@@ -12,6 +12,7 @@ mod limits;
 mod modes;
 mod sharing;
 mod stats;
+mod subscriptions;
 mod sync;
 pub mod types;
 
@@ -98,6 +99,8 @@ macro_rules! conformance_tests {
             the_sweep_spares_a_key_written_again,
             deadlines_follow_update_expire_and_persist,
             expiry_is_shared_by_live_instances,
+            subscription_matches_the_store,
+            subscription_marks_remote_changes,
         }
     };
 }

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use persistent_map_core::{PersistentMap, RemoteChange, RemoteChanges, StorageBackend};
+use persistent_map_core::{
+    MapEvent, Origin, PersistentMap, RemoteChange, RemoteChanges, StorageBackend, Subscription,
+};
 
 use crate::factory::StoreFactory;
 use crate::harness::{skip_notice, until, PATIENCE};
@@ -159,6 +161,138 @@ pub async fn two_live_instances_follow_each_other<F: StoreFactory>(mut factory: 
     .await;
     one.close().await.expect("close");
     two.close().await.expect("close");
+}
+
+/// For a store shared by live instances whose `watch` gives a feed: a
+/// map's subscription reports another instance's writes with
+/// [`Origin::Remote`] and its own with [`Origin::Local`], in order. A
+/// backend that announces an instance's own writes back to it fails here
+/// too: its map would re-read them and report them as remote.
+pub async fn subscription_marks_remote_changes<F: StoreFactory>(mut factory: F) {
+    const CASE: &str = "subscription_marks_remote_changes";
+    let first = factory.fresh().await.expect("factory opens a fresh store");
+    if StorageBackend::<String, String>::capabilities(&first).exclusive_lock {
+        skip_notice(
+            CASE,
+            &"the backend declares an exclusive lock: no two live instances",
+        );
+        return;
+    }
+    if StorageBackend::<String, String>::watch(&first)
+        .await
+        .expect("watch")
+        .is_none()
+    {
+        skip_notice(
+            CASE,
+            &"the backend's watch gives no feed: no remote changes to report",
+        );
+        return;
+    }
+    drop(first);
+    let one = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a map on the shared store");
+    let two = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a second map on the shared store");
+    let mut seen_by_one = one.subscribe();
+    let mut seen_by_two = two.subscribe();
+    let s = |text: &str| text.to_owned();
+
+    one.insert(s("from one"), s("1")).await.expect("insert");
+    let remote_insert = MapEvent::Inserted {
+        key: s("from one"),
+        old: None,
+        value: s("1"),
+        origin: Origin::Remote,
+    };
+    let heard = until_event(&mut seen_by_two, &remote_insert).await;
+    assert_eq!(
+        heard,
+        [remote_insert],
+        "map two reports map one's insert as remote, and nothing else"
+    );
+
+    two.insert(s("from two"), s("2")).await.expect("insert");
+    let remote_insert = MapEvent::Inserted {
+        key: s("from two"),
+        old: None,
+        value: s("2"),
+        origin: Origin::Remote,
+    };
+    let heard = until_event(&mut seen_by_one, &remote_insert).await;
+    assert_eq!(
+        heard,
+        [
+            MapEvent::Inserted {
+                key: s("from one"),
+                old: None,
+                value: s("1"),
+                origin: Origin::Local,
+            },
+            remote_insert,
+        ],
+        "map one reports its own insert as local (never announced back as remote), \
+         then map two's as remote"
+    );
+
+    two.remove(&s("from one")).await.expect("remove");
+    let remote_removal = MapEvent::Removed {
+        key: s("from one"),
+        old: Some(s("1")),
+        origin: Origin::Remote,
+    };
+    let heard = until_event(&mut seen_by_one, &remote_removal).await;
+    assert_eq!(
+        heard,
+        [remote_removal],
+        "map one reports map two's removal as remote"
+    );
+    let own = until_event(
+        &mut seen_by_two,
+        &MapEvent::Removed {
+            key: s("from one"),
+            old: Some(s("1")),
+            origin: Origin::Local,
+        },
+    )
+    .await;
+    assert_eq!(
+        own.len(),
+        2,
+        "map two reports its own insert and removal, as local: {own:?}"
+    );
+    one.close().await.expect("close");
+    two.close().await.expect("close");
+}
+
+/// Reads `events` until `wanted` arrives, returning every event read.
+async fn until_event(
+    events: &mut Subscription<String, String>,
+    wanted: &MapEvent<String, String>,
+) -> Vec<MapEvent<String, String>> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.next().await {
+            let done = event == *wanted;
+            seen.push(event);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match found {
+        Ok(true) => seen,
+        Ok(false) => panic!("the subscription ended before {wanted:?} (saw {seen:?})"),
+        Err(_) => panic!("no {wanted:?} within {PATIENCE:?} (saw {seen:?})"),
+    }
 }
 
 /// Reads `feed` until it announces `key`, returning every key it announced.

@@ -320,6 +320,10 @@ fn a_backend_that_drops_writes_is_caught() {
         cases::reopen_sees_exactly_what_was_acknowledged
     ));
     assert!(fails(Defect::DropsWrites, cases::round_trip_text));
+    assert!(fails(
+        Defect::DropsWrites,
+        cases::subscription_matches_the_store
+    ));
 }
 
 #[test]
@@ -374,6 +378,10 @@ fn the_same_cases_pass_on_a_correct_backend() {
         cases::reopen_sees_exactly_what_was_acknowledged,
     );
     run_case(BrokenFactory::new(Defect::None), cases::round_trip_text);
+    run_case(
+        BrokenFactory::new(Defect::None),
+        cases::subscription_matches_the_store,
+    );
     run_case(
         BrokenFactory::new(Defect::None),
         cases::failed_batch_applies_all_or_a_prefix,
@@ -464,6 +472,10 @@ fn a_backend_that_echoes_its_own_writes_is_caught() {
         Defect::Echoes,
         cases::two_live_instances_follow_each_other
     ));
+    assert!(fails(
+        Defect::Echoes,
+        cases::subscription_marks_remote_changes
+    ));
 }
 
 #[test]
@@ -495,6 +507,10 @@ fn the_sharing_and_fault_cases_pass_on_a_correct_backend() {
     run_case(
         BrokenFactory::new(Defect::Shares),
         cases::load_keys_answers_in_the_order_asked,
+    );
+    run_case(
+        BrokenFactory::new(Defect::Shares),
+        cases::subscription_marks_remote_changes,
     );
     // Without atomic batches, a prefix of the failed batch may stay.
     run_case(

@@ -11,6 +11,7 @@ use crate::batch::Transaction;
 use crate::cache::{now, time_of};
 use crate::closure::{guarded, Panic};
 use crate::error::{PersistentError, Result};
+use crate::events::Origin;
 use crate::queue::{Cache, Command, Decision, Pipeline};
 
 /// What a write-behind change did to the cache.
@@ -25,8 +26,8 @@ pub(crate) enum Change<K, V, R> {
 
 impl<K, V> Pipeline<K, V>
 where
-    K: Eq + Hash + Clone,
-    V: Clone,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// Runs `change` in the queue's critical section and queues what it
     /// returns. A panic of user code inside it resumes here, after the lock
@@ -64,6 +65,7 @@ where
     pub(crate) async fn remove_behind(&self, key: K) -> Result<Option<V>> {
         self.change_behind(|cache| {
             let removed = cache.remove(&key);
+            self.events.removed(&key, removed.as_ref(), Origin::Local);
             Ok(self.delete_change(key, removed.is_some(), removed))
         })
         .await
@@ -93,8 +95,9 @@ where
             Ok(match op {
                 None => Change::Unchanged(after),
                 Some(BatchOp::Delete { key }) => {
-                    let removed = cache.remove(&key).is_some();
-                    self.delete_change(key, removed, None)
+                    let removed = cache.remove(&key);
+                    self.events.removed(&key, removed.as_ref(), Origin::Local);
+                    self.delete_change(key, removed.is_some(), None)
                 }
                 Some(op) => {
                     self.apply(op.clone());
@@ -156,7 +159,8 @@ where
                 return Ok(Change::Unchanged(0));
             }
             for key in &doomed {
-                cache.remove(key);
+                let removed = cache.remove(key);
+                self.events.removed(key, removed.as_ref(), Origin::Local);
             }
             let removed = doomed.len();
             let ops = doomed
@@ -171,6 +175,7 @@ where
     pub(crate) async fn clear_behind(&self) -> Result<()> {
         self.change_behind(|cache| {
             cache.clear();
+            self.events.cleared(Origin::Local);
             Ok(Change::Queued(Command::Clear(None), ()))
         })
         .await
@@ -186,16 +191,17 @@ where
                 return Ok(Change::Unchanged(0));
             }
             let swept = keys.len();
-            for key in &keys {
-                cache.remove_expired(key, now);
-            }
             cache.unstale(&keys);
             self.stats.expired_swept(keys.len() as u64);
             let at = time_of(now);
-            let ops = keys
+            let ops: Vec<BatchOp<K, V>> = keys
                 .into_iter()
                 .map(|key| BatchOp::DeleteExpired { key, now: at })
                 .collect();
+            // Each cached one goes, and is published as expired.
+            for op in &ops {
+                self.apply(op.clone());
+            }
             Ok(Change::Queued(Command::PersistGroup(ops), swept))
         })
         .await

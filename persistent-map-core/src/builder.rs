@@ -24,6 +24,10 @@ pub const DEFAULT_MAX_PENDING: usize = 100_000;
 /// ([`PersistentMapBuilder::sweep_interval`]).
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The default number of events a subscription may fall behind by before
+/// it loses the oldest ([`PersistentMapBuilder::event_capacity`]).
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
 /// Write-behind mode: writes return as soon as the cache is updated and the
 /// change is queued; a background task persists queued changes in batches.
 ///
@@ -122,6 +126,7 @@ pub struct PersistentMapBuilder<K, V, B> {
     name: String,
     default_ttl: Option<Duration>,
     sweep_interval: Duration,
+    event_capacity: usize,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -140,6 +145,7 @@ where
             name: String::from(DEFAULT_MAP_NAME),
             default_ttl: None,
             sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
             _types: PhantomData,
         }
     }
@@ -240,6 +246,39 @@ where
         self
     }
 
+    /// How many events a [`subscribe`](PersistentMap::subscribe)r may fall
+    /// behind by before it loses the oldest (default
+    /// [`DEFAULT_EVENT_CAPACITY`]; values below 1 count as 1, and the
+    /// buffer is rounded up to a power of two). Writers never wait for a
+    /// subscriber: one that falls further behind gets a
+    /// [`MapEvent::Lagged`](crate::MapEvent::Lagged) and goes on from the
+    /// present. The buffer, one slot per event, is shared by every
+    /// subscription of the map and allocated on the first `subscribe`.
+    ///
+    /// ```
+    /// use persistent_map_core::{MapEvent, PersistentMap};
+    /// use persistent_map_memory::InMemoryBackend;
+    /// use futures::StreamExt as _;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map = PersistentMap::builder(InMemoryBackend::new())
+    ///     .event_capacity(2)
+    ///     .build()
+    ///     .await?;
+    /// let mut events = map.subscribe();
+    /// for n in 0..5_u32 {
+    ///     map.insert(n, n).await?; // never waits for the subscriber
+    /// }
+    /// assert_eq!(events.next().await, Some(MapEvent::Lagged { missed: 5 }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events.clamp(1, usize::MAX >> 1);
+        self
+    }
+
     /// Opens the map: loads every stored entry and starts the writer task.
     ///
     /// # Errors
@@ -263,6 +302,7 @@ where
             behind_delay: self.write_behind.map(|mode| mode.max_delay),
             default_ttl: self.default_ttl,
             sweep_interval: self.sweep_interval,
+            event_capacity: self.event_capacity,
         };
         PersistentMap::open(self.backend, config, self.name.into()).await
     }
@@ -278,6 +318,7 @@ impl<K, V, B> fmt::Debug for PersistentMapBuilder<K, V, B> {
             .field("name", &self.name)
             .field("default_ttl", &self.default_ttl)
             .field("sweep_interval", &self.sweep_interval)
+            .field("event_capacity", &self.event_capacity)
             .finish()
     }
 }

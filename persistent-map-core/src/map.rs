@@ -20,6 +20,7 @@ use crate::cache::{deadline_in, now, Deadline, NEVER};
 use crate::closure::{guarded, Panic};
 use crate::detached::Detached;
 use crate::error::{PersistentError, Result};
+use crate::events::Subscription;
 use crate::queue::{
     put_op, Cache, Command, Decision, Keep, Pipeline, PipelineConfig, Reply, TxFn, Unit, UpdateFn,
     Waiter,
@@ -113,6 +114,37 @@ use crate::{sweep, writer};
 /// instance's acknowledged write shortly after it was made (eventual
 /// consistency; there is no cross-instance locking). Write-behind maps do not
 /// follow the feed: their cache may be ahead of the store.
+///
+/// # Subscriptions
+///
+/// [`subscribe`](Self::subscribe) gives a stream of
+/// [`MapEvent`](crate::MapEvent)s: inserts and updates (with the value
+/// replaced), removals, clears, expiries and resyncs.
+///
+/// * **Order**: events arrive in the order the map applied the changes to
+///   its cache, which is the order they reach the store; replaying them onto
+///   an empty map gives the map's content.
+/// * **Only what was acknowledged**: write-through, an event is published
+///   once the backend accepted the change, just before the writer answers
+///   the caller; a write that fails gives no event. Write-behind, an event
+///   means the map *accepted* the change (it is in the cache and queued): if
+///   the background write then fails, the map is poisoned (see
+///   [`WriteBehind`](crate::WriteBehind)) and the event is not retracted;
+///   a [`reload`](Self::reload) then publishes
+///   [`Resynced`](crate::MapEvent::Resynced).
+/// * **Slow subscribers never slow writers**: a subscription more than
+///   [`event_capacity`](PersistentMapBuilder::event_capacity) events behind
+///   loses the oldest and yields [`Lagged`](crate::MapEvent::Lagged) with
+///   how many, then goes on from the present.
+/// * **Remote changes**: a write-through map that follows a shared store
+///   (see above) publishes the changes it re-reads from it with
+///   [`Origin::Remote`](crate::Origin::Remote), in order with its own.
+///   A key another instance wrote is reported even if the value it read
+///   equals the one it held.
+/// * **Resyncs are not itemized**: when the whole cache is replaced
+///   (`reload`, or a feed that lost notifications), one
+///   [`Resynced`](crate::MapEvent::Resynced) stands for every difference;
+///   re-read what you care about.
 ///
 /// # Example
 ///
@@ -793,6 +825,50 @@ where
     /// successful flush. Always 0 in write-through mode.
     pub fn unflushed(&self) -> u64 {
         self.pipeline().health.unflushed()
+    }
+
+    /// Subscribes to this map's changes: the stream yields a
+    /// [`MapEvent`](crate::MapEvent) for each change applied from now on,
+    /// in the order the map applied them, and ends once the map is closed
+    /// (or its last handle dropped) and the events published before were
+    /// read. See [Subscriptions](Self#subscriptions) for what an event
+    /// promises in each mode.
+    ///
+    /// A subscription never slows the map: one that falls more than
+    /// [`event_capacity`](PersistentMapBuilder::event_capacity) events behind
+    /// loses the oldest, then yields [`MapEvent::Lagged`](crate::MapEvent::Lagged)
+    /// with how many it lost, and goes on from the present. While nobody is
+    /// subscribed, writes build no events at all.
+    ///
+    /// ```
+    /// use futures::StreamExt as _;
+    /// use persistent_map_core::{MapEvent, Origin, PersistentMap};
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let mut events = map.subscribe();
+    /// map.insert("alice".to_string(), 30_u32).await?;
+    /// map.insert("alice".to_string(), 31).await?;
+    /// map.remove(&"alice".to_string()).await?;
+    /// map.close().await?;
+    ///
+    /// let local = Origin::Local;
+    /// let key = || "alice".to_string();
+    /// assert_eq!(
+    ///     events.collect::<Vec<_>>().await,
+    ///     [
+    ///         MapEvent::Inserted { key: key(), old: None, value: 30, origin: local },
+    ///         MapEvent::Inserted { key: key(), old: Some(30), value: 31, origin: local },
+    ///         MapEvent::Removed { key: key(), old: Some(31), origin: local },
+    ///     ]
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> Subscription<K, V> {
+        self.pipeline().events.subscribe()
     }
 
     /// A snapshot of what the map did since it opened: entries, commits and

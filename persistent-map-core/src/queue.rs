@@ -24,6 +24,7 @@ use crate::batch::Transaction;
 pub(crate) use crate::cache::Cache;
 use crate::cache::{deadline_in, millis_of, time_of, Deadline, NEVER};
 use crate::error::{PersistentError, Result};
+use crate::events::{Events, Origin};
 use crate::health::Health;
 use crate::stats::Stats;
 
@@ -139,6 +140,8 @@ pub(crate) struct PipelineConfig {
     pub(crate) default_ttl: Option<Duration>,
     /// How often the sweep looks for expired entries.
     pub(crate) sweep_interval: Duration,
+    /// Events buffered per subscription before a slow one loses the oldest.
+    pub(crate) event_capacity: usize,
 }
 
 /// What the writer task is doing, as far as waking it is concerned.
@@ -183,6 +186,7 @@ pub(crate) struct Pipeline<K, V> {
     pub(crate) cache: Cache<K, V>,
     pub(crate) health: Health,
     pub(crate) stats: Stats,
+    pub(crate) events: Events<K, V>,
     pub(crate) config: PipelineConfig,
     /// The store is this map's alone (it holds an exclusive lock), so the
     /// cache knows every stored key and a removal of a key it lacks can be
@@ -221,6 +225,7 @@ impl<K, V> Pipeline<K, V> {
             cache,
             health: Health::default(),
             stats,
+            events: Events::new(config.event_capacity, exclusive),
             config,
             exclusive,
             lead_allowed: lead_allowed && config.behind_delay.is_none(),
@@ -425,6 +430,7 @@ impl<K, V> Pipeline<K, V> {
             (std::mem::take(&mut state.commands), state.keepalive.take())
         };
         self.health.mark_stopped(stop);
+        self.events.close();
         // Dropped outside the lock: dropping the backend may take a while.
         drop(commands);
         drop(keepalive);
@@ -434,11 +440,15 @@ impl<K, V> Pipeline<K, V> {
 
 impl<K, V> Pipeline<K, V>
 where
-    K: Eq + std::hash::Hash + Clone,
+    K: Eq + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
-    /// Applies a committed change to the cache; returns the value it replaced.
+    /// Applies a committed change to the cache and publishes it to
+    /// subscribers; returns the value it replaced (for a sweep's
+    /// `DeleteExpired`, the value it removed, if the entry had expired).
     pub(crate) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
-        match op {
+        let event = self.events.op(&op, Origin::Local);
+        let replaced = match op {
             BatchOp::Put { key, value } => self.cache.put(key, value, NEVER),
             BatchOp::PutExpiring {
                 key,
@@ -446,11 +456,10 @@ where
                 expires_at,
             } => self.cache.put(key, value, millis_of(expires_at)),
             BatchOp::Delete { key } => self.cache.remove(&key),
-            BatchOp::DeleteExpired { key, now } => {
-                self.cache.remove_expired(&key, millis_of(now));
-                None
-            }
-        }
+            BatchOp::DeleteExpired { key, now } => self.cache.remove_expired(&key, millis_of(now)),
+        };
+        event.publish(replaced.as_ref());
+        replaced
     }
 
     /// The deadline an entry written now without one gets: the default time

@@ -42,8 +42,8 @@ where
 
 impl<K, V> Pipeline<K, V>
 where
-    K: Eq + Hash + Clone,
-    V: Clone,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// Queues a sweep if an entry is due; `false` once the map is closed.
     async fn sweep_once(&self) -> bool {

@@ -33,6 +33,7 @@ use crate::batch::Transaction;
 use crate::cache::{deadline_of, now, time_of, Cache, NEVER};
 use crate::closure::{guard_backend, panic_message};
 use crate::error::{PersistentError, Result};
+use crate::events::Origin;
 use crate::health::Stop;
 use crate::queue::{Command, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
 use crate::stats::{flush_backend, write_batch};
@@ -689,6 +690,7 @@ where
             .inspect_err(|err| self.pipeline.stats.write_failed(err))?;
         if !self.pipeline.write_behind() {
             self.cache().clear();
+            self.pipeline.events.cleared(Origin::Local);
         }
         self.cache().clear_stale();
         Ok(())
@@ -718,20 +720,28 @@ where
         self.pipeline.stats.remote_applied(fresh.len());
         let now = now();
         for (key, found) in fresh {
-            match found {
-                Some((value, deadline)) => {
-                    let deadline = deadline_of(deadline);
-                    if deadline == NEVER || now < deadline {
-                        self.cache().put(key, value, deadline);
-                    } else {
-                        self.cache().remove(&key);
+            let (value, deadline) = match found {
+                Some((value, deadline)) => (Some(value), deadline_of(deadline)),
+                None => (None, NEVER),
+            };
+            // An entry that expired before it was read counts as removed
+            // (and is swept, here or by the instance that wrote it).
+            let live = value.filter(|_| deadline == NEVER || now < deadline);
+            let event = self
+                .pipeline
+                .events
+                .change(&key, live.as_ref(), Origin::Remote);
+            let replaced = match live {
+                Some(value) => self.cache().put(key, value, deadline),
+                None => {
+                    let replaced = self.cache().remove(&key);
+                    if deadline != NEVER {
                         self.cache().note_stale(key);
                     }
+                    replaced
                 }
-                None => {
-                    self.cache().remove(&key);
-                }
-            }
+            };
+            event.publish(replaced.as_ref());
         }
         Ok(())
     }
@@ -763,6 +773,7 @@ where
         // also sees the resync in the stats.
         self.pipeline.stats.resynced();
         self.cache().replace_with(fresh);
+        self.pipeline.events.resynced();
         self.pipeline.health.cure();
         Ok(())
     }
@@ -787,9 +798,10 @@ where
             .collect();
         self.apply(&ops).await?;
         // Every key was expired (or stale) when gathered, and only this
-        // task changes the cache meanwhile.
-        for key in &keys {
-            self.cache().remove_expired(key, now);
+        // task changes the cache meanwhile: each cached one goes, and is
+        // published as expired.
+        for op in ops {
+            self.pipeline.apply(op);
         }
         self.cache().unstale(&keys);
         self.pipeline.stats.expired_swept(keys.len() as u64);

@@ -115,3 +115,55 @@ async fn retain_and_iteration_skip_expired_entries() {
     assert_eq!(map.stats().expired_swept, 1);
     assert_eq!(map.sweep_expired().await.expect("sweep"), 0, "nothing left");
 }
+
+#[tokio::test]
+async fn the_sweep_publishes_expired_events_in_both_modes() {
+    use futures::StreamExt as _;
+    use persistent_map_core::{MapEvent, Origin};
+    for behind in [false, true] {
+        let builder = PersistentMap::builder(InMemoryBackend::new()).sweep_interval(HOUR);
+        let builder = if behind {
+            builder.write_behind(WriteBehind::new())
+        } else {
+            builder
+        };
+        let map: PersistentMap<String, u32, _> = builder.build().await.expect("open");
+        let mut events = map.subscribe();
+        map.insert_with_ttl("gone".into(), 1, Duration::ZERO)
+            .await
+            .expect("insert_with_ttl");
+        map.insert("kept".into(), 2).await.expect("insert");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while map.get("gone").is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "the entry expires");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(map.sweep_expired().await.expect("sweep"), 1);
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(events.next().await.expect("an event"));
+        }
+        assert_eq!(
+            seen,
+            [
+                MapEvent::Inserted {
+                    key: "gone".into(),
+                    old: None,
+                    value: 1,
+                    origin: Origin::Local
+                },
+                MapEvent::Inserted {
+                    key: "kept".into(),
+                    old: None,
+                    value: 2,
+                    origin: Origin::Local
+                },
+                MapEvent::Expired {
+                    key: "gone".into(),
+                    value: 1
+                },
+            ],
+            "behind={behind}"
+        );
+    }
+}
