@@ -1,11 +1,12 @@
 //! [`PostgresBackend`]: one map per table of a PostgreSQL database, on sqlx.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
 
 use futures::TryStreamExt;
 use persistent_map_core::codec::{value_from_json, KeyFormat};
@@ -13,58 +14,21 @@ use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
 };
-use persistent_map_server_support::{encode_batch, Announcement};
+use persistent_map_server_support::deadline_from_millis;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Row};
 
 use crate::config::{PostgresBuilder, PostgresOptions, Watch};
-use crate::error::{commit_error, map_sqlx_error, BACKEND};
-use crate::stored::{load_key, load_value, store_key, store_value};
+use crate::error::{map_sqlx_error, BACKEND};
+use crate::format::{
+    create_expiry_index, fnv1a, index_name, layout_of, table_columns, Statements,
+    DISTINCT_KEYS_VERSION, EXPIRY_VERSION, FORMAT_VERSION, KEY_HASH_FN, META_TABLE,
+};
+use crate::stored::{load_key, load_value, store_key};
 use crate::watch::{Feed, Listener};
-
-/// The table that records, per map table of a schema, the format version it
-/// was written in.
-pub(crate) const META_TABLE: &str = "persistent_map_meta";
-
-/// The newest table format this release reads and the one it writes.
-///
-/// * `1`: `key TEXT PRIMARY KEY, value JSONB NOT NULL`, plus a row in the
-///   schema's `persistent_map_meta` table. A B-tree index entry holds at
-///   most about 2.7 KB, so longer keys that do not compress are refused.
-/// * `2`: the same columns, plus `key_hash BYTEA PRIMARY KEY`, generated as
-///   the SHA-256 of the key's UTF-8 text (by the schema's
-///   `persistent_map_key_hash` function): keys of any size. Tables of
-///   format 1 keep format 1.
-/// * `3`: the layout of format 2, keys in [`KeyFormat::Distinct`] (formats 1
-///   and 2 write them in [`KeyFormat::Legacy`]): a string key whose text is
-///   JSON is quoted, so distinct keys stay distinct. Every table this
-///   release creates; tables of formats 1 and 2 keep their format.
-pub const FORMAT_VERSION: u32 = 3;
-
-/// The first format whose keys are in [`KeyFormat::Distinct`].
-const DISTINCT_KEYS_VERSION: u32 = 3;
-
-/// The key format of a table in format `version` (as its meta table
-/// records it), for tools that read a table without opening a backend.
-///
-/// ```
-/// use persistent_map_core::codec::KeyFormat;
-///
-/// assert_eq!(persistent_map_postgres::key_format_of(2), KeyFormat::Legacy);
-/// assert_eq!(persistent_map_postgres::key_format_of(3), KeyFormat::Distinct);
-/// ```
-pub fn key_format_of(version: u32) -> KeyFormat {
-    if version >= DISTINCT_KEYS_VERSION {
-        KeyFormat::Distinct
-    } else {
-        KeyFormat::Legacy
-    }
-}
-
-/// The function computing a format 2 table's `key_hash`.
-const KEY_HASH_FN: &str = "persistent_map_key_hash";
+use crate::write::Work;
 
 /// Serialises schema creation between persistent-map openers of one
 /// database (`pg_advisory_xact_lock` key; "pmap" in ASCII).
@@ -97,107 +61,47 @@ const SCHEMA_LOCK: i64 = 0x706d_6170;
 /// ```
 #[derive(Clone)]
 pub struct PostgresBackend {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    pool: PgPool,
+pub(crate) struct Inner {
+    pub(crate) pool: PgPool,
     /// `host:port` (or the socket directory), never credentials.
-    endpoint: String,
+    pub(crate) endpoint: String,
     database: String,
-    schema: String,
-    table: String,
+    pub(crate) schema: String,
+    pub(crate) table: String,
     /// `"<schema>"."<table>" on <endpoint>/<database>`, the store named in errors.
-    store: String,
-    channel: String,
-    instance: String,
-    watch: Watch,
+    pub(crate) store: String,
+    pub(crate) channel: String,
+    pub(crate) instance: String,
+    pub(crate) watch: Watch,
     /// `None` when watching is disabled.
     feed: Option<Feed>,
     /// Set once the table's format is known (when the backend opens).
-    sql: OnceLock<Statements>,
+    sql: OnceLock<Formats>,
+    /// Set once a table opened in format 3 is known to be in format 4
+    /// (moved by this instance or another).
+    upgraded: AtomicBool,
     /// The key format a table created by this backend gets.
     new_store_key_format: KeyFormat,
 }
 
-/// The SQL texts this backend runs, built once for its table.
-struct Statements {
-    /// How the table's keys are written, from its format version.
-    key_format: KeyFormat,
-    select_all: String,
-    select_keys: String,
-    count: String,
-    contains: String,
-    upsert: String,
-    delete: String,
-    delete_all: String,
+/// The statements of the format a table opened in, and of format 4 for a
+/// table of format 3, which any write carrying a deadline moves to it.
+struct Formats {
+    opened: Statements,
+    expiring: Option<Statements>,
 }
 
-impl Statements {
-    /// The statements for a table of `format` (1, 2 or 3).
-    fn new(qualified: &str, schema: &str, format: u32) -> Self {
-        let t = qualified;
-        // Format 2 finds rows by the hash of their key (any size); format 1
-        // by the key itself.
-        let hash = format!("\"{schema}\".{KEY_HASH_FN}");
-        let (one, many, target) = if format >= 2 {
-            (
-                format!("key_hash = {hash}($1)"),
-                format!("key_hash = ANY(ARRAY(SELECT {hash}(k) FROM UNNEST($1::text[]) AS k))"),
-                "key_hash",
-            )
-        } else {
-            (
-                String::from("key = $1"),
-                String::from("key = ANY($1::text[])"),
-                "key",
-            )
-        };
-        Self {
-            key_format: key_format_of(format),
-            select_all: format!("SELECT key, value::text FROM {t}"),
-            select_keys: format!("SELECT key, value::text FROM {t} WHERE {many}"),
-            count: format!("SELECT COUNT(*) FROM {t}"),
-            contains: format!("SELECT EXISTS (SELECT 1 FROM {t} WHERE {one})"),
-            // One statement for any number of rows: the rows arrive as two
-            // arrays, so the SQL text (and its prepared plan) never changes.
-            upsert: format!(
-                "INSERT INTO {t} (key, value) \
-                 SELECT k, v::jsonb FROM UNNEST($1::text[], $2::text[]) AS u(k, v) \
-                 ON CONFLICT ({target}) DO UPDATE SET value = EXCLUDED.value"
-            ),
-            delete: format!("DELETE FROM {t} WHERE {many}"),
-            delete_all: format!("DELETE FROM {t}"),
-        }
+impl Formats {
+    fn new(schema: &str, table: &str, format: u32) -> Self {
+        let opened = Statements::new(schema, table, format);
+        let expiring = opened
+            .may_gain_expiry()
+            .then(|| Statements::new(schema, table, EXPIRY_VERSION));
+        Self { opened, expiring }
     }
-}
-
-/// What a write transaction does before it announces itself.
-enum Work {
-    /// Apply an encoded batch.
-    Batch(EncodedBatch),
-    /// Delete every row.
-    Clear,
-}
-
-/// Sends every payload of a batch in one statement.
-const NOTIFY: &str = "SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p";
-
-/// PostgreSQL refuses notification payloads of 8000 bytes or more; stay
-/// clear of it.
-const MAX_PAYLOAD: usize = 7900;
-
-/// A batch whose keys would need more notifications than this sends one
-/// "reload everything" notification instead.
-const MAX_NOTIFICATIONS: usize = 16;
-
-/// The net effect of a batch, in stored form: rows to upsert and keys to
-/// delete, each key at most once.
-#[derive(Default)]
-struct EncodedBatch {
-    put_keys: Vec<String>,
-    put_values: Vec<String>,
-    deletes: Vec<String>,
 }
 
 impl PostgresBackend {
@@ -319,6 +223,7 @@ impl PostgresBackend {
                 watch: options.watch_value(),
                 feed,
                 sql: OnceLock::new(),
+                upgraded: AtomicBool::new(false),
                 new_store_key_format: options.new_store_key_format_value(),
             }),
         })
@@ -393,19 +298,15 @@ impl PostgresBackend {
         .await
         .map_err(fail)?;
         let format = if columns.is_empty() {
-            self.create_table(&mut tx, &qualified).await?;
-            match inner.new_store_key_format {
+            let format = match inner.new_store_key_format {
                 KeyFormat::Legacy => DISTINCT_KEYS_VERSION - 1,
                 _ => FORMAT_VERSION,
-            }
+            };
+            self.create_table(&mut tx, &qualified, format >= EXPIRY_VERSION)
+                .await?;
+            format
         } else {
-            match self.check_columns(&columns)? {
-                // Formats 2 and 3 share a layout: the recorded version tells
-                // the key format, and a table without one keeps the legacy
-                // keys it was written with.
-                2 if stored == Some(DISTINCT_KEYS_VERSION as i32) => DISTINCT_KEYS_VERSION,
-                layout => layout,
-            }
+            self.format_of(&columns, stored)?
         };
         if stored != Some(format as i32) {
             sqlx::query(&format!(
@@ -420,22 +321,24 @@ impl PostgresBackend {
             tracing::debug!(store = %inner.store, version = format, "format version recorded");
         }
         tx.commit().await.map_err(fail)?;
-        let sql = Statements::new(&qualified, &inner.schema, format);
+        let sql = Formats::new(&inner.schema, &inner.table, format);
         if let Some(feed) = &inner.feed {
-            feed.listener().set_key_format(sql.key_format);
+            feed.listener().set_key_format(sql.opened.key_format);
         }
         let _ = inner.sql.set(sql);
         Ok(())
     }
 
-    /// Creates a table in the layout of format 2 (and 3), and the schema's key hash function if it
-    /// is missing. The function only wraps `sha256(convert_to(key, 'UTF8'))`,
+    /// Creates a table in the layout of format 2 (and 3), or of format 4
+    /// with `expiry` (with its deadline index), and the schema's key hash
+    /// function if it is missing. The function only wraps `sha256(convert_to(key, 'UTF8'))`,
     /// which PostgreSQL cannot prove immutable on its own (`convert_to` is
     /// stable), as a generated column needs; for a given key it never changes.
     async fn create_table(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
         qualified: &str,
+        expiry: bool,
     ) -> Result<()> {
         let fail = |e| self.error(e, Operation::Open);
         let schema = &self.inner.schema;
@@ -459,34 +362,99 @@ impl PostgresBackend {
             .map_err(fail)?;
         }
         sqlx::query(&format!(
-            "CREATE TABLE {qualified} (key TEXT NOT NULL, value JSONB NOT NULL, \
-             key_hash BYTEA GENERATED ALWAYS AS (\"{schema}\".{KEY_HASH_FN}(key)) STORED PRIMARY KEY)"
+            "CREATE TABLE {qualified} {}",
+            table_columns(schema, expiry)
         ))
         .execute(&mut **tx)
         .await
         .map_err(fail)?;
+        if expiry {
+            let index = index_name(&self.inner.table);
+            sqlx::query(&create_expiry_index(qualified, &index))
+                .execute(&mut **tx)
+                .await
+                .map_err(fail)?;
+        }
         Ok(())
     }
 
-    /// The statements for this table's format.
-    fn sql(&self) -> Result<&Statements> {
-        self.inner
-            .sql
-            .get()
-            .ok_or_else(|| PersistentError::corrupt(self.location(), "the table was not prepared"))
+    /// The statements for this table's format, as this instance last
+    /// found it.
+    pub(crate) fn sql(&self) -> Result<&Statements> {
+        let formats = self.inner.sql.get().ok_or_else(|| {
+            PersistentError::corrupt(self.location(), "the table was not prepared")
+        })?;
+        Ok(match &formats.expiring {
+            Some(expiring) if self.inner.upgraded.load(Ordering::Acquire) => expiring,
+            _ => &formats.opened,
+        })
     }
 
-    /// Accepts an existing table only with the layout this release writes.
-    /// Returns the table's format (1 or 2).
-    fn check_columns(&self, columns: &[(String, String)]) -> Result<u32> {
-        let has = |name: &str, ty: &str| columns.iter().any(|(c, t)| c == name && t == ty);
-        match (has("key", "text") && has("value", "jsonb"), columns.len()) {
-            (true, 2) => Ok(1),
-            (true, 3) if has("key_hash", "bytea") => Ok(2),
-            _ => Err(PersistentError::corrupt(
+    /// The statements of format 4, for a table of format 3 that a write is
+    /// about to move to it; `None` for a table of another format.
+    pub(crate) fn expiring_sql(&self) -> Option<&Statements> {
+        self.inner.sql.get()?.expiring.as_ref()
+    }
+
+    /// Records that the table is in format 4 (a table opened in format 3
+    /// that this instance or another moved).
+    pub(crate) fn mark_upgraded(&self) {
+        if !self.inner.upgraded.swap(true, Ordering::AcqRel) {
+            tracing::debug!(store = %self.inner.store, version = EXPIRY_VERSION, "the table is in the expiry format");
+        }
+    }
+
+    /// The statements for a read that returns deadlines: for a table that
+    /// opened in format 3, the recorded version is read first, since
+    /// another instance may have moved the table to format 4 since.
+    async fn sql_with_deadlines(&self) -> Result<&Statements> {
+        let sql = self.sql()?;
+        if !sql.may_gain_expiry() {
+            return Ok(sql);
+        }
+        let version: Option<i32> = sqlx::query_scalar(&sql.version)
+            .bind(&self.inner.table)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(|e| self.error(e, Operation::Load))?;
+        if version.is_some_and(|v| v >= EXPIRY_VERSION as i32) {
+            self.mark_upgraded();
+        }
+        self.sql()
+    }
+
+    /// Whether entries of this table can carry a deadline: tables of
+    /// formats 3 (moved to format 4 by the first write of one) and 4.
+    fn expiry_possible(&self) -> bool {
+        self.sql()
+            .is_ok_and(|sql| sql.expiry() || sql.may_gain_expiry())
+    }
+
+    /// The format of an existing table, from its columns and its recorded
+    /// version (`stored`); only a table of another layout is refused.
+    fn format_of(&self, columns: &[(String, String)], stored: Option<i32>) -> Result<u32> {
+        match (layout_of(columns), stored) {
+            (None, _) => Err(PersistentError::corrupt(
                 self.location(),
-                "the table exists but is not a persistent-map table (expected key TEXT, value JSONB and, from format 2, key_hash BYTEA)",
+                "the table exists but is not a persistent-map table (expected key TEXT, value JSONB and, from format 2, key_hash BYTEA, from format 4, expires_at BIGINT)",
             )),
+            // Formats 2 and 3 share a layout: the recorded version tells
+            // the key format, and a table without one keeps the legacy
+            // keys it was written with.
+            (Some(2), Some(3)) => Ok(DISTINCT_KEYS_VERSION),
+            (Some(2), Some(found)) if found >= EXPIRY_VERSION as i32 => {
+                Err(PersistentError::corrupt(
+                    self.location(),
+                    format!("the table has no expires_at column but format version {found}"),
+                ))
+            }
+            (Some(4), Some(found)) if found < DISTINCT_KEYS_VERSION as i32 => {
+                Err(PersistentError::corrupt(
+                    self.location(),
+                    format!("the table has an expires_at column but format version {found}, whose keys are legacy"),
+                ))
+            }
+            (Some(layout), _) => Ok(layout),
         }
     }
 
@@ -514,15 +482,15 @@ impl PostgresBackend {
         &self.inner.table
     }
 
-    /// How the table stores keys: [`KeyFormat::Distinct`] for a table this
-    /// release created (format 3), [`KeyFormat::Legacy`] for one created by
-    /// an earlier release (formats 1 and 2), which keeps its format.
+    /// How the table stores keys: [`KeyFormat::Distinct`] in formats 3 and
+    /// 4 (every table this release creates), [`KeyFormat::Legacy`] in a
+    /// table of format 1 or 2, which keeps its format.
     #[must_use]
     pub fn key_format(&self) -> KeyFormat {
         self.inner
             .sql
             .get()
-            .map_or(KeyFormat::Legacy, |sql| sql.key_format)
+            .map_or(KeyFormat::Legacy, |sql| sql.opened.key_format)
     }
 
     /// The `LISTEN`/`NOTIFY` channel announcing changes to this table.
@@ -547,7 +515,7 @@ impl PostgresBackend {
         &self.inner.pool
     }
 
-    fn location(&self) -> Location {
+    pub(crate) fn location(&self) -> Location {
         Location::new(self.inner.store.clone())
     }
 
@@ -555,67 +523,19 @@ impl PostgresBackend {
         map_sqlx_error(err, operation, self.location(), &self.inner.endpoint)
     }
 
-    /// Encodes a batch before any transaction opens, keeping only the last
-    /// change per key: inside one transaction only the final state of each
-    /// key matters (and one upsert may not touch a row twice).
-    fn encode_batch<K: Serialize, V: Serialize>(
+    /// Decodes one row of `sql`'s `SELECT key, value::text[, expires_at]`.
+    fn decode_row<K: DeserializeOwned, V: DeserializeOwned>(
         &self,
-        batch: &[BatchOp<K, V>],
-    ) -> Result<EncodedBatch> {
-        let mut encoded = EncodedBatch::default();
-        let key_format = self.sql()?.key_format;
-        for (key_text, value) in encode_batch(batch, BACKEND, &self.inner.store, key_format)? {
-            let key = stored(store_key(&key_text)).unwrap_or(key_text);
-            match value {
-                Some(json) => {
-                    let value = store_value(&json)
-                        .map_err(|e| self.value_error(batch, key_format, &key, e))?;
-                    let value = stored(value).unwrap_or(json);
-                    encoded.put_keys.push(key);
-                    encoded.put_values.push(value);
-                }
-                None => encoded.deletes.push(key),
-            }
-        }
-        Ok(encoded)
-    }
-
-    /// The error of a value that has JSON but no stored form, naming its key
-    /// (found again in the batch: this never happens in practice).
-    fn value_error<K: Serialize, V>(
-        &self,
-        batch: &[BatchOp<K, V>],
-        key_format: KeyFormat,
-        stored_key: &str,
-        err: serde_json::Error,
-    ) -> PersistentError {
-        let key = batch
-            .iter()
-            .rev()
-            .map(BatchOp::key)
-            .find(|key| {
-                key_format
-                    .encode(key)
-                    .is_ok_and(|text| store_key(&text) == stored_key)
-            })
-            .map(render_key);
-        let location = match key {
-            Some(key) => self.location().with_key(key),
-            None => self.location(),
-        };
-        PersistentError::encode(EntryPart::Value, location, err)
-    }
-
-    /// Decodes one row of `SELECT key, value::text`.
-    fn decode_row<K: DeserializeOwned, V: DeserializeOwned>(&self, row: &PgRow) -> Result<(K, V)> {
+        row: &PgRow,
+        sql: &Statements,
+    ) -> Result<(K, V, Option<SystemTime>)> {
         let stored_key: String = row
             .try_get(0)
             .map_err(|e| PersistentError::decode(EntryPart::Key, self.location(), e))?;
         let at = || self.location().with_key(render_key(&stored_key));
         let key_text = load_key(&stored_key)
             .ok_or_else(|| PersistentError::corrupt(at(), "the key's U+0001 escape is damaged"))?;
-        let key: K = self
-            .sql()?
+        let key: K = sql
             .key_format
             .decode(&key_text)
             .map_err(|e| PersistentError::decode(EntryPart::Key, at(), e))?;
@@ -624,72 +544,76 @@ impl PostgresBackend {
             .map_err(|e| PersistentError::decode(EntryPart::Value, at(), e))?;
         let value: V = value_from_json(&load_value(printed))
             .map_err(|e| PersistentError::decode(EntryPart::Value, at(), e))?;
-        Ok((key, value))
+        if !sql.expiry() {
+            return Ok((key, value, None));
+        }
+        let millis: Option<i64> = row.try_get(2).map_err(|e| {
+            PersistentError::corrupt(at(), format!("expires_at does not decode: {e}"))
+        })?;
+        let deadline = millis
+            .map(|ms| {
+                deadline_from_millis(ms).ok_or_else(|| {
+                    PersistentError::corrupt(
+                        at(),
+                        format!("expires_at {ms} is beyond what this platform's clock holds"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok((key, value, deadline))
     }
 
-    /// Runs `work` in one transaction that also announces `payloads`.
-    ///
-    /// A connection lost before `COMMIT` is sent leaves nothing applied (the
-    /// server rolls back a session that ends inside a transaction): a
-    /// [`PersistentError::Connection`]. One lost while `COMMIT`'s reply is
-    /// awaited may have committed: [`PersistentError::OutcomeUnknown`], which
-    /// the map settles by reading the keys back.
-    async fn write(
+    /// Streams the rows of `sql`'s `select_all` into `sink`, decoding each
+    /// as it arrives.
+    async fn stream_rows<K: DeserializeOwned, V: DeserializeOwned>(
         &self,
-        operation: Operation,
-        location: Location,
-        work: Work,
-        payloads: Vec<String>,
+        sql: &Statements,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
     ) -> Result<()> {
-        let inner = &*self.inner;
-        let sql = self.sql()?;
-        let fail = |e| map_sqlx_error(e, operation, location.clone(), &inner.endpoint);
-        let mut tx = inner.pool.begin().await.map_err(fail)?;
-        match &work {
-            Work::Batch(batch) => {
-                if !batch.deletes.is_empty() {
-                    sqlx::query(&sql.delete)
-                        .bind(&batch.deletes)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(fail)?;
-                }
-                if !batch.put_keys.is_empty() {
-                    sqlx::query(&sql.upsert)
-                        .bind(&batch.put_keys)
-                        .bind(&batch.put_values)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(fail)?;
-                }
-            }
-            Work::Clear => {
-                sqlx::query(&sql.delete_all)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-            }
-        }
-        if !payloads.is_empty() {
-            sqlx::query(NOTIFY)
-                .bind(&inner.channel)
-                .bind(&payloads)
-                .execute(&mut *tx)
-                .await
-                .map_err(fail)?;
-        }
-        tx.commit()
+        let mut rows = sqlx::query(&sql.select_all).fetch(&self.inner.pool);
+        while let Some(row) = rows
+            .try_next()
             .await
-            .map_err(|e| commit_error(e, operation, location.clone(), &inner.endpoint))
+            .map_err(|e| self.error(e, Operation::Load))?
+        {
+            let (key, value, deadline) = self.decode_row(&row, sql)?;
+            sink(key, value, deadline);
+        }
+        Ok(())
     }
-}
 
-/// The owned text of a stored form that differs from its input; `None`
-/// when it is the input itself (which the caller then keeps, uncopied).
-fn stored(form: Cow<'_, str>) -> Option<String> {
-    match form {
-        Cow::Owned(text) => Some(text),
-        Cow::Borrowed(_) => None,
+    /// The stored entries of `keys` (each once), by `sql`'s `select_keys`.
+    async fn select_keys<K, V>(
+        &self,
+        keys: &[K],
+        sql: &Statements,
+    ) -> Result<HashMap<K, (V, Option<SystemTime>)>>
+    where
+        K: Eq + Hash + Serialize + DeserializeOwned,
+        V: DeserializeOwned,
+    {
+        let mut stored_keys = Vec::with_capacity(keys.len());
+        for key in keys {
+            let text = sql.key_format.encode(key).map_err(|e| {
+                PersistentError::encode(
+                    EntryPart::Key,
+                    self.location().with_key(render_key(key)),
+                    e,
+                )
+            })?;
+            stored_keys.push(store_key(&text).into_owned());
+        }
+        let rows = sqlx::query(&sql.select_keys)
+            .bind(&stored_keys)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| self.error(e, Operation::Load))?;
+        let mut found = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let (key, value, deadline) = self.decode_row(row, sql)?;
+            found.insert(key, (value, deadline));
+        }
+        Ok(found)
     }
 }
 
@@ -729,13 +653,10 @@ fn channel_name(schema: &str, table: &str) -> String {
     if readable.len() <= 63 {
         return readable;
     }
-    // FNV-1a: stable across processes and releases, unlike std's hasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in format!("{schema}.{table}").bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("persistent_map:{hash:016x}")
+    format!(
+        "persistent_map:{:016x}",
+        fnv1a(&format!("{schema}.{table}"))
+    )
 }
 
 async fn relation_exists(
@@ -831,44 +752,38 @@ where
     }
 
     /// One transaction per batch: one `DELETE ... WHERE key = ANY($1)`, one
-    /// multi-row upsert from two arrays, and (with [`Watch::Enabled`]) the
-    /// notifications announcing the keys. Everything is encoded first, so an
+    /// multi-row upsert from arrays (deadlines included), one conditional
+    /// `DELETE ... RETURNING` of the swept keys, and (with
+    /// [`Watch::Enabled`]) the notifications announcing the keys (a swept
+    /// key only when it was deleted). Everything is encoded first, so an
     /// unencodable key or value fails the batch before anything is sent.
+    /// The first write carrying a deadline to a table of format 3 moves it
+    /// to format 4 in the same transaction.
     async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let encoded = self.encode_batch(batch)?;
-        let payloads = match self.inner.watch {
-            Watch::Enabled => {
-                let keys: Vec<&str> = encoded
-                    .put_keys
-                    .iter()
-                    .chain(encoded.deletes.iter())
-                    .map(String::as_str)
-                    .collect();
-                Announcement::chunked(&self.inner.instance, &keys, MAX_PAYLOAD, MAX_NOTIFICATIONS)
-            }
-            Watch::Disabled => Vec::new(),
-        };
+        if encoded.has_deadlines() && !self.expiry_possible() {
+            return Err(PersistentError::Unsupported {
+                backend: BACKEND,
+                feature: "expiry in a table of format 1 or 2 (legacy keys; see the crate documentation to move it)",
+            });
+        }
         // A single change (the map replays a failed batch change by change)
         // is reported with its key.
         let location = match batch {
             [op] => self.location().with_key(render_key(op.key())),
             _ => self.location(),
         };
-        self.write(Operation::Write, location, Work::Batch(encoded), payloads)
+        self.write(Operation::Write, location, Work::Batch(encoded))
             .await
     }
 
     /// Deletes every row (not `TRUNCATE`, which would block concurrent
     /// readers of the table) and tells other instances to reload.
     async fn clear(&self) -> Result<()> {
-        let payloads = match self.inner.watch {
-            Watch::Enabled => vec![Announcement::resync(self.inner.instance.as_str()).to_json()],
-            Watch::Disabled => Vec::new(),
-        };
-        self.write(Operation::Clear, self.location(), Work::Clear, payloads)
+        self.write(Operation::Clear, self.location(), Work::Clear)
             .await
     }
 
@@ -878,41 +793,36 @@ where
     /// feed (`watch`) before it loads, so no change made during or after the
     /// load is missed.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
-        let mut rows = sqlx::query(&self.sql()?.select_all).fetch(&self.inner.pool);
-        while let Some(row) = rows
-            .try_next()
+        self.stream_rows(self.sql()?, &mut |key, value, _| sink(key, value))
             .await
-            .map_err(|e| self.error(e, Operation::Load))?
-        {
-            let (key, value) = self.decode_row(&row)?;
-            sink(key, value);
-        }
-        Ok(())
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
-        let mut stored_keys = Vec::with_capacity(keys.len());
-        let key_format = self.sql()?.key_format;
-        for key in keys {
-            let text = key_format.encode(key).map_err(|e| {
-                PersistentError::encode(
-                    EntryPart::Key,
-                    self.location().with_key(render_key(key)),
-                    e,
-                )
-            })?;
-            stored_keys.push(store_key(&text).into_owned());
-        }
-        let rows = sqlx::query(&self.sql()?.select_keys)
-            .bind(&stored_keys)
-            .fetch_all(&self.inner.pool)
+        let found = self.select_keys::<K, V>(keys, self.sql()?).await?;
+        // A key asked twice is answered twice: `get`, not `remove`.
+        Ok(keys
+            .iter()
+            .map(|key| (key.clone(), found.get(key).map(|(value, _)| value.clone())))
+            .collect())
+    }
+
+    /// As [`load_into`](Self::load_into), with each row's `expires_at`,
+    /// expired rows included.
+    async fn load_with_expiry_into(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<()> {
+        self.stream_rows(self.sql_with_deadlines().await?, sink)
             .await
-            .map_err(|e| self.error(e, Operation::Load))?;
-        let mut found: HashMap<K, V> = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let (key, value) = self.decode_row::<K, V>(row)?;
-            found.insert(key, value);
-        }
+    }
+
+    async fn load_keys_with_expiry(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>> {
+        let found = self
+            .select_keys::<K, V>(keys, self.sql_with_deadlines().await?)
+            .await?;
         // A key asked twice is answered twice: `get`, not `remove`.
         Ok(keys
             .iter()
@@ -933,10 +843,13 @@ where
         }
     }
 
+    /// Expiry on tables of formats 3 and 4; a table of format 1 or 2
+    /// (legacy keys) has none.
     fn capabilities(&self) -> Capabilities {
         Capabilities::new()
             .with_atomic_batch(true)
             .with_durability(Durability::OnAcknowledge)
+            .with_expiry(self.expiry_possible())
     }
 }
 

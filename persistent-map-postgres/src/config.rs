@@ -184,7 +184,7 @@ impl PostgresOptions {
     pub(crate) fn validated_names(&self) -> Result<(&str, &str)> {
         let schema = validated("schema", &self.schema)?;
         let table = validated("table", &self.table)?;
-        if table.eq_ignore_ascii_case(crate::backend::META_TABLE) {
+        if table.eq_ignore_ascii_case(crate::format::META_TABLE) {
             return Err(invalid("table", table));
         }
         Ok((schema, table))

@@ -3,14 +3,17 @@
 mod backend;
 mod config;
 mod error;
+mod format;
 mod stored;
 mod watch;
+mod write;
 
-pub use backend::{key_format_of, PostgresBackend, FORMAT_VERSION};
+pub use backend::PostgresBackend;
 pub use config::{
     PostgresBuilder, PostgresOptions, Watch, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
     DEFAULT_SCHEMA, DEFAULT_TABLE,
 };
+pub use format::{key_format_of, FORMAT_VERSION};
 pub use stored::{load_key, load_value, store_key, store_value, VALUE_MARKER};
 
 /// The sqlx pool types accepted by [`PostgresBackend::from_pool`], re-exported

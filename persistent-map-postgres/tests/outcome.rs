@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 use common::{url_or_skip, Scratch};
-use persistent_map_core::{ErrorKind, PersistentMap};
+use persistent_map_core::{BatchOp, ErrorKind, PersistentMap, StorageBackend};
 use persistent_map_postgres::{PostgresBackend, Watch};
 use persistent_map_server_support::{Cut, FaultProxy};
 
@@ -152,4 +152,34 @@ async fn a_lost_commit_reply_with_the_server_unreachable_is_an_error() {
     proxy.restore();
     assert_eq!(stored(&scratch, "k").await, Some(7));
     drop(map);
+}
+
+#[tokio::test]
+async fn the_lost_commit_reply_of_a_move_to_format_4_is_read_back_with_its_deadline() {
+    let Some(url) = url_or_skip("the_lost_commit_reply_of_a_move_to_format_4_is_read_back") else {
+        return;
+    };
+    let scratch = Scratch::new(url);
+    common::create_pre_expiry_table(&scratch.url, &scratch.schema, "outcome", 3, &[]).await;
+    let (proxy, through) = proxied(&scratch.url).await;
+    let backend = backend(&through, &scratch).await;
+    let deadline = UNIX_EPOCH + Duration::from_millis(4_102_444_800_123);
+    let batch = [BatchOp::PutExpiring {
+        key: "k".to_owned(),
+        value: 7_u32,
+        expires_at: deadline,
+    }];
+
+    proxy.arm(Cut::AfterCommit);
+    let err = StorageBackend::<String, u32>::apply_batch(&backend, &batch)
+        .await
+        .expect_err("the reply was lost");
+    assert!(proxy.fired(), "the proxy never saw the commit");
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err:?}");
+    // What the map reads back to settle it: the backend does not know the
+    // move committed, and must find the deadline anyway.
+    let found = StorageBackend::<String, u32>::load_keys_with_expiry(&backend, &["k".to_owned()])
+        .await
+        .expect("read back");
+    assert_eq!(found, [("k".to_owned(), Some((7, Some(deadline))))]);
 }

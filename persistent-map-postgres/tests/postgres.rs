@@ -585,15 +585,8 @@ async fn a_format_2_table_keeps_the_legacy_key_format() {
         return;
     };
     let scratch = Scratch::new(url);
-    let backend = open(&scratch, "two").await;
-    // A table an earlier 0.2 created: the same layout, version 2.
-    sqlx::query(&format!(
-        "UPDATE \"{}\".persistent_map_meta SET format_version = 2 WHERE table_name = 'two'",
-        scratch.schema
-    ))
-    .execute(backend.pool())
-    .await
-    .expect("update");
+    // A table an earlier 0.2 created.
+    common::create_pre_expiry_table(&scratch.url, &scratch.schema, "two", 2, &[]).await;
     let backend = open(&scratch, "two").await;
     assert_eq!(backend.key_format(), KeyFormat::Legacy);
     let map: PersistentMap<String, u32, _> =

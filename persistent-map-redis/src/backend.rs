@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use persistent_map_core::codec::{value_from_json, KeyFormat};
 use persistent_map_core::{
@@ -18,6 +20,7 @@ use serde::Serialize;
 
 use crate::config::{RedisBuilder, RedisOptions, Watch};
 use crate::error::{exec_error, map_redis_error, BACKEND};
+use crate::expiry::deadline_of_score;
 use crate::watch::{Feed, Subscriber};
 
 /// The newest format this release reads, and the one it gives the maps it
@@ -27,45 +30,58 @@ use crate::watch::{Feed, Subscriber};
 ///   in [`KeyFormat::Legacy`]) holding the value's JSON text, and a hash
 ///   `<prefix>:<name>:meta` with the field `format_version`.
 /// * `2`: the same, keys in [`KeyFormat::Distinct`]: a string key whose text
-///   is JSON is quoted, so distinct keys stay distinct. Every map this
-///   release creates; a map of format 1 (or a hash without a meta hash)
-///   keeps the legacy format.
-pub const FORMAT_VERSION: u32 = 2;
+///   is JSON is quoted, so distinct keys stay distinct.
+/// * `3`: format 2 plus deadlines: a sorted set `<prefix>:<name>:expiry`
+///   whose members are the fields of the entries that expire, each scored
+///   with its deadline in milliseconds since the Unix epoch. Every map this
+///   release creates; a map of format 2 is moved to format 3 by its first
+///   write that carries a deadline, in that write's transaction. A map of
+///   format 1 (or a hash without a meta hash) keeps the legacy key format
+///   and has no expiry.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// The format of a hash written before key formats had a version.
 const LEGACY_VERSION: u32 = 1;
+
+/// The first format with deadlines.
+pub(crate) const EXPIRY_VERSION: u32 = 3;
 
 /// The field of the meta hash holding the format version.
 const VERSION_FIELD: &str = "format_version";
 
 /// A batch touching more keys than this publishes one "reload everything"
 /// message instead of a long list.
-const MAX_KEYS: usize = 10_000;
+pub(crate) const MAX_KEYS: usize = 10_000;
 
-/// Checks the keys' types and the format version, recording `new_version`
+/// Checks the keys' types (the hash, its meta hash and its deadlines) and
+/// the format version, recording `new_version`
 /// for a new map (`HSETNX`, so instances opening a new map at once agree),
 /// and returns it. A hash that has entries but no version (written before versions were
 /// kept) is recorded as format 1, so its keys keep their legacy form.
 async fn prepare(
     conn: &mut redis::aio::MultiplexedConnection,
-    hash_key: &str,
-    meta_key: &str,
+    keys: &Keys,
     new_version: u32,
     store: &str,
     endpoint: &str,
 ) -> Result<u32> {
+    let Keys {
+        hash: hash_key,
+        meta: meta_key,
+        expiry: expiry_key,
+    } = keys;
     let location = || Location::new(store.to_owned());
     let fail = |e| map_redis_error(e, Operation::Open, location(), endpoint);
-    for key in [hash_key, meta_key] {
+    for (key, wanted) in [(hash_key, "hash"), (meta_key, "hash"), (expiry_key, "zset")] {
         let kind: String = redis::cmd("TYPE")
             .arg(key)
             .query_async(conn)
             .await
             .map_err(fail)?;
-        if kind != "hash" && kind != "none" {
+        if kind != wanted && kind != "none" {
             return Err(PersistentError::corrupt(
                 location(),
-                format!("the key {key:?} holds a {kind}, not a persistent-map hash"),
+                format!("the key {key:?} holds a {kind}, not a persistent-map {wanted}"),
             ));
         }
     }
@@ -96,6 +112,16 @@ async fn prepare(
     Ok(found)
 }
 
+/// The Redis keys of one map.
+struct Keys {
+    /// `<prefix>:<name>`: the entries.
+    hash: String,
+    /// `<prefix>:<name>:meta`: the format version.
+    meta: String,
+    /// `<prefix>:<name>:expiry`: the deadlines (format 3).
+    expiry: String,
+}
+
 /// A [`StorageBackend`] that keeps a map in a Redis hash.
 ///
 /// Keys are stored as hash fields in the map's [`KeyFormat`]
@@ -124,28 +150,32 @@ async fn prepare(
 /// ```
 #[derive(Clone)]
 pub struct RedisBackend {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    manager: ConnectionManager,
+pub(crate) struct Inner {
+    pub(crate) manager: ConnectionManager,
     /// `host:port` (or the socket path), never credentials.
-    endpoint: String,
-    db: i64,
-    hash_key: String,
-    meta_key: String,
-    channel: String,
+    pub(crate) endpoint: String,
+    pub(crate) db: i64,
+    pub(crate) hash_key: String,
+    pub(crate) meta_key: String,
+    pub(crate) expiry_key: String,
+    pub(crate) channel: String,
     /// `hash "<key>" on <endpoint>/<db>`, the store named in errors.
-    store: String,
-    instance: String,
-    watch: Watch,
-    scan_count: usize,
+    pub(crate) store: String,
+    pub(crate) instance: String,
+    pub(crate) watch: Watch,
+    pub(crate) scan_count: usize,
     /// `None` when watching is disabled.
-    feed: Option<Feed>,
+    pub(crate) feed: Option<Feed>,
     /// What the server's persistence settings make of an acknowledged write.
-    durability: Durability,
+    pub(crate) durability: Durability,
     /// How the hash's fields encode keys, from the meta hash's version.
-    key_format: KeyFormat,
+    pub(crate) key_format: KeyFormat,
+    /// The format version as this instance last knew it: read when it
+    /// opened, raised when it moved the map to format 3.
+    pub(crate) version: AtomicU32,
 }
 
 impl RedisBackend {
@@ -219,6 +249,7 @@ impl RedisBackend {
         };
         let hash_key = options.hash_key();
         let meta_key = format!("{hash_key}:meta");
+        let expiry_key = format!("{hash_key}:expiry");
         let channel = format!("{hash_key}:changes");
         let store = format!("hash {hash_key:?} on {endpoint}/{db}");
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -236,15 +267,17 @@ impl RedisBackend {
             KeyFormat::Legacy => LEGACY_VERSION,
             _ => FORMAT_VERSION,
         };
-        let version = prepare(
-            &mut check,
-            &hash_key,
-            &meta_key,
-            new_version,
-            &store,
-            &endpoint,
-        )
-        .await?;
+        let keys = Keys {
+            hash: hash_key,
+            meta: meta_key,
+            expiry: expiry_key,
+        };
+        let version = prepare(&mut check, &keys, new_version, &store, &endpoint).await?;
+        let Keys {
+            hash: hash_key,
+            meta: meta_key,
+            expiry: expiry_key,
+        } = keys;
         let key_format = if version >= 2 {
             KeyFormat::Distinct
         } else {
@@ -269,6 +302,7 @@ impl RedisBackend {
                 db,
                 hash_key,
                 meta_key,
+                expiry_key,
                 channel,
                 store,
                 instance,
@@ -277,6 +311,7 @@ impl RedisBackend {
                 feed,
                 durability,
                 key_format,
+                version: AtomicU32::new(version),
             }),
         })
     }
@@ -299,9 +334,9 @@ impl RedisBackend {
         &self.inner.hash_key
     }
 
-    /// How the hash's fields encode keys: [`KeyFormat::Distinct`] for a map
-    /// this release created (format 2), [`KeyFormat::Legacy`] for one of
-    /// format 1, which keeps its format.
+    /// How the hash's fields encode keys: [`KeyFormat::Distinct`] in formats
+    /// 2 and 3 (every map this release creates), [`KeyFormat::Legacy`] in a
+    /// map of format 1, which keeps its format.
     #[must_use]
     pub fn key_format(&self) -> KeyFormat {
         self.inner.key_format
@@ -311,6 +346,13 @@ impl RedisBackend {
     #[must_use]
     pub fn meta_key(&self) -> &str {
         &self.inner.meta_key
+    }
+
+    /// The sorted set holding the deadlines of the entries that expire:
+    /// `<prefix>:<name>:expiry` (from format 3).
+    #[must_use]
+    pub fn expiry_key(&self) -> &str {
+        &self.inner.expiry_key
     }
 
     /// The pub/sub channel announcing changes: `<prefix>:<name>:changes`.
@@ -334,8 +376,13 @@ impl RedisBackend {
         self.inner.manager.clone()
     }
 
-    fn location(&self) -> Location {
+    pub(crate) fn location(&self) -> Location {
         Location::new(self.inner.store.clone())
+    }
+
+    /// The format version as this instance last knew it.
+    pub(crate) fn version(&self) -> u32 {
+        self.inner.version.load(Ordering::Acquire)
     }
 
     fn error(&self, err: redis::RedisError, operation: Operation) -> PersistentError {
@@ -374,18 +421,128 @@ impl RedisBackend {
         Ok((key, value))
     }
 
-    /// Runs a read, once more if the connection had died: the connection
-    /// manager only notices a dead connection (for example after a server
-    /// restart) when a command fails on it, and a read is safe to repeat.
-    async fn read<T>(&self, operation: Operation, command: &redis::Cmd) -> Result<T>
+    /// The deadline of the entry in `field`, from its score in the
+    /// deadlines (`None`: it has none).
+    fn decode_deadline(&self, field: &[u8], score: Option<String>) -> Result<Option<SystemTime>> {
+        let Some(score) = score else {
+            return Ok(None);
+        };
+        deadline_of_score(&score).map(Some).map_err(|reason| {
+            PersistentError::corrupt(
+                self.location()
+                    .with_key(render_key(&String::from_utf8_lossy(field))),
+                format!("{reason} (in {:?})", self.inner.expiry_key),
+            )
+        })
+    }
+
+    /// Whether entries of this map can carry a deadline: maps of formats 2
+    /// (moved to format 3 by the first write of one) and 3.
+    pub(crate) fn expiry_possible(&self) -> bool {
+        self.inner.key_format == KeyFormat::Distinct
+    }
+
+    /// Reads the hash with `HSCAN` in chunks of the configured count, and
+    /// with `with_deadlines` each chunk's deadlines with `ZMSCORE`.
+    async fn scan<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        with_deadlines: bool,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<()> {
+        let mut cursor: u64 = 0;
+        loop {
+            let mut command = redis::cmd("HSCAN");
+            command
+                .arg(&self.inner.hash_key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(self.inner.scan_count);
+            let (next, flat): (u64, Vec<Vec<u8>>) = self.read(Operation::Load, &command).await?;
+            let mut scores: Vec<Option<String>> = Vec::new();
+            if with_deadlines && !flat.is_empty() {
+                let mut command = redis::cmd("ZMSCORE");
+                command.arg(&self.inner.expiry_key);
+                for field in flat.iter().step_by(2) {
+                    command.arg(field);
+                }
+                scores = self.read(Operation::Load, &command).await?;
+            }
+            let mut scores = scores.into_iter();
+            let mut items = flat.into_iter();
+            while let (Some(field), Some(value)) = (items.next(), items.next()) {
+                let deadline = self.decode_deadline(&field, scores.next().flatten())?;
+                // HSCAN may return an entry twice; the sink keeps the last.
+                let (key, value) = self.decode_entry(field, value)?;
+                sink(key, value, deadline);
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
+    /// The stored entries of `keys`, in order, with their deadlines when
+    /// `with_deadlines`: one `HMGET` (and one `ZMSCORE` in the same
+    /// `MULTI`/`EXEC`, so that value and deadline are read together).
+    #[allow(clippy::type_complexity)]
+    async fn read_keys<K, V>(
+        &self,
+        keys: &[K],
+        with_deadlines: bool,
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>>
+    where
+        K: Clone + Serialize + DeserializeOwned,
+        V: DeserializeOwned,
+    {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fields = keys
+            .iter()
+            .map(|k| self.encode_key(k))
+            .collect::<Result<Vec<String>>>()?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("HMGET").arg(&self.inner.hash_key).arg(&fields);
+        let (values, scores): (Vec<Option<Vec<u8>>>, Vec<Option<String>>) = if with_deadlines {
+            pipe.cmd("ZMSCORE").arg(&self.inner.expiry_key).arg(&fields);
+            self.read(Operation::Load, &pipe).await?
+        } else {
+            let (values,): (Vec<Option<Vec<u8>>>,) = self.read(Operation::Load, &pipe).await?;
+            (values, Vec::new())
+        };
+        let mut scores = scores.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        for ((key, field), value) in keys.iter().zip(fields).zip(values) {
+            let score = scores.next().flatten();
+            let entry = match value {
+                Some(bytes) => {
+                    let deadline = self.decode_deadline(field.as_bytes(), score)?;
+                    let (_, value) = self.decode_entry::<K, V>(field.into_bytes(), bytes)?;
+                    Some((value, deadline))
+                }
+                None => None,
+            };
+            out.push((key.clone(), entry));
+        }
+        Ok(out)
+    }
+
+    /// Runs a read (a command, or a pipeline of reads), once more if the
+    /// connection had died: the connection manager only notices a dead
+    /// connection (for example after a server restart) when a command
+    /// fails on it, and a read is safe to repeat.
+    async fn read<T, Q>(&self, operation: Operation, query: &Q) -> Result<T>
     where
         T: redis::FromRedisValue,
+        Q: Query,
     {
         let mut conn = self.inner.manager.clone();
-        let result = match command.query_async::<T>(&mut conn).await {
+        let result = match query.run::<T>(&mut conn).await {
             Err(err) if crate::error::is_connection_error(&err) => {
                 tracing::debug!(error = %err, "read failed on a dead connection; retrying once");
-                command.query_async::<T>(&mut conn).await
+                query.run::<T>(&mut conn).await
             }
             other => other,
         };
@@ -412,13 +569,39 @@ impl RedisBackend {
     }
 }
 
-/// The message announcing the keys of a batch's net changes, or a resync
+/// A command or a pipeline, sent the same way.
+trait Query: Sync {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> redis::RedisResult<T>;
+}
+
+impl Query for redis::Cmd {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
+impl Query for redis::Pipeline {
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        self.query_async(conn).await
+    }
+}
+
+/// The message announcing `keys` (the fields a batch changed), or a resync
 /// when there are more than [`MAX_KEYS`].
-fn announcement(from: &str, net: &[(String, Option<String>)]) -> String {
-    let announcement = if net.len() > MAX_KEYS {
+pub(crate) fn announcement(from: &str, keys: &[&str]) -> String {
+    let announcement = if keys.len() > MAX_KEYS {
         Announcement::resync(from)
     } else {
-        Announcement::changed(from, net.iter().map(|(key, _)| key.clone()).collect())
+        Announcement::changed(from, keys.iter().map(|&key| key.to_owned()).collect())
     };
     announcement.to_json()
 }
@@ -546,58 +729,44 @@ where
     }
 
     /// One `MULTI`/`EXEC` transaction per batch: one `HDEL`, one `HSET` of
-    /// every new value and (with [`Watch::Enabled`]) a `PUBLISH` of the keys.
-    /// Everything is encoded first, so an unencodable key or value fails the
-    /// batch before anything is sent.
+    /// every new value, one `ZREM` and one `ZADD` of the deadlines cleared
+    /// and set, one `EVAL` of the sweep script, and (with [`Watch::Enabled`])
+    /// a `PUBLISH` of the keys (the sweep script announces the keys it
+    /// removed). Everything is encoded first, so an unencodable key or
+    /// value fails the batch before anything is sent. The first write
+    /// carrying a deadline to a map of format 2 records format 3 in the same
+    /// transaction.
     async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        // Only the last change per key matters inside one transaction.
+        // Only the net change per key matters inside one transaction.
         let net = encode_batch(batch, BACKEND, &self.inner.store, self.inner.key_format)?;
-        let inner = &*self.inner;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let deletes: Vec<&str> = net
-            .iter()
-            .filter(|(_, v)| v.is_none())
-            .map(|(k, _)| k.as_str())
-            .collect();
-        if !deletes.is_empty() {
-            pipe.cmd("HDEL").arg(&inner.hash_key).arg(&deletes).ignore();
-        }
-        let mut puts = redis::cmd("HSET");
-        puts.arg(&inner.hash_key);
-        let mut any_put = false;
-        for (field, value) in &net {
-            if let Some(value) = value {
-                puts.arg(field).arg(value);
-                any_put = true;
-            }
-        }
-        if any_put {
-            pipe.add_command(puts).ignore();
-        }
-        if inner.watch == Watch::Enabled {
-            pipe.cmd("PUBLISH")
-                .arg(&inner.channel)
-                .arg(announcement(&inner.instance, &net))
-                .ignore();
-        }
+        let writes = self.batch_pipeline(&net)?;
         let location = match batch {
             [op] => self.location().with_key(render_key(op.key())),
             _ => self.location(),
         };
-        self.run_atomic(&pipe, Operation::Write, location).await
+        self.run_atomic(&writes.pipe, Operation::Write, location)
+            .await?;
+        if writes.moves_to_expiry_format {
+            self.inner
+                .version
+                .fetch_max(EXPIRY_VERSION, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
-    /// Removes the hash with `UNLINK` (the server frees its memory in the
-    /// background) and tells other instances to reload.
+    /// Removes the hash and its deadlines with `UNLINK` (the server frees
+    /// their memory in the background) and tells other instances to reload.
     async fn clear(&self) -> Result<()> {
         let inner = &*self.inner;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        pipe.cmd("UNLINK").arg(&inner.hash_key).ignore();
+        pipe.cmd("UNLINK")
+            .arg(&inner.hash_key)
+            .arg(&inner.expiry_key)
+            .ignore();
         if inner.watch == Watch::Enabled {
             pipe.cmd("PUBLISH")
                 .arg(&inner.channel)
@@ -614,48 +783,39 @@ where
     /// before it loads, so a change made by another instance during the scan
     /// is followed afterwards.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
-        let mut cursor: u64 = 0;
-        loop {
-            let mut command = redis::cmd("HSCAN");
-            command
-                .arg(&self.inner.hash_key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(self.inner.scan_count);
-            let (next, flat): (u64, Vec<Vec<u8>>) = self.read(Operation::Load, &command).await?;
-            let mut items = flat.into_iter();
-            while let (Some(field), Some(value)) = (items.next(), items.next()) {
-                // HSCAN may return an entry twice; the sink keeps the last.
-                let (key, value) = self.decode_entry(field, value)?;
-                sink(key, value);
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
-        }
+        self.scan(false, &mut |key, value, _| sink(key, value))
+            .await
     }
 
     async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
-        if keys.is_empty() {
-            return Ok(Vec::new());
-        }
-        let fields = keys
-            .iter()
-            .map(|k| self.encode_key(k))
-            .collect::<Result<Vec<String>>>()?;
-        let mut command = redis::cmd("HMGET");
-        command.arg(&self.inner.hash_key).arg(&fields);
-        let values: Vec<Option<Vec<u8>>> = self.read(Operation::Load, &command).await?;
-        let mut out = Vec::with_capacity(keys.len());
-        for ((key, field), value) in keys.iter().zip(fields).zip(values) {
-            let value = match value {
-                Some(bytes) => Some(self.decode_entry::<K, V>(field.into_bytes(), bytes)?.1),
-                None => None,
-            };
-            out.push((key.clone(), value));
-        }
-        Ok(out)
+        Ok(self
+            .read_keys::<K, V>(keys, false)
+            .await?
+            .into_iter()
+            .map(|(key, entry)| (key, entry.map(|(value, _)| value)))
+            .collect())
+    }
+
+    /// As [`load_into`](Self::load_into), each chunk's deadlines read with
+    /// `ZMSCORE`, expired entries included; a map without deadlines (an
+    /// empty sorted set) is read as by `load_into`.
+    async fn load_with_expiry_into(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<()> {
+        let with_deadlines = self.expiry_possible() && {
+            let mut command = redis::cmd("ZCARD");
+            command.arg(&self.inner.expiry_key);
+            self.read::<u64, _>(Operation::Load, &command).await? > 0
+        };
+        self.scan(with_deadlines, sink).await
+    }
+
+    async fn load_keys_with_expiry(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>> {
+        self.read_keys(keys, self.expiry_possible()).await
     }
 
     async fn watch(&self) -> Result<Option<RemoteChanges<K>>> {
@@ -674,11 +834,14 @@ where
     /// Atomic batches: `MULTI`/`EXEC` applies all of a batch or none of it
     /// (the server checks every command when it is queued, and with the
     /// append-only file it replays a transaction whole or not at all).
+    /// Expiry on maps of formats 2 and 3; a map of format 1 (legacy keys)
+    /// has none.
     fn capabilities(&self) -> Capabilities {
         // Read from the server's persistence settings when the backend opened.
         Capabilities::new()
             .with_atomic_batch(true)
             .with_durability(self.inner.durability)
+            .with_expiry(self.expiry_possible())
     }
 }
 
@@ -762,18 +925,15 @@ mod tests {
 
     #[test]
     fn batches_announce_their_keys_or_a_resync() {
-        let net = vec![
-            ("a".to_owned(), Some("1".to_owned())),
-            ("\u{0}b".to_owned(), None),
-        ];
-        let sent = Announcement::parse(announcement("me", &net).as_bytes()).expect("parses");
+        let sent =
+            Announcement::parse(announcement("me", &["a", "\u{0}b"]).as_bytes()).expect("parses");
         assert_eq!(
             sent,
             Announcement::changed("me", vec!["a".into(), "\u{0}b".into()])
         );
-        let net: Vec<(String, Option<String>)> =
-            (0..=MAX_KEYS).map(|i| (i.to_string(), None)).collect();
-        let sent = Announcement::parse(announcement("me", &net).as_bytes()).expect("parses");
+        let keys: Vec<String> = (0..=MAX_KEYS).map(|i| i.to_string()).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let sent = Announcement::parse(announcement("me", &keys).as_bytes()).expect("parses");
         assert_eq!(sent, Announcement::resync("me"));
     }
 

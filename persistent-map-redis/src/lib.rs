@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod batch;
 mod config;
 mod error;
+mod expiry;
 mod watch;
 
 pub use backend::{RedisBackend, FORMAT_VERSION};

@@ -252,9 +252,9 @@ async fn the_hash_holds_readable_json_and_the_format_is_recorded() {
         .hget(backend.meta_key(), "format_version")
         .await
         .expect("meta");
-    // Version 2: keys in the distinct key format.
-    assert_eq!(version, 2);
-    assert_eq!(persistent_map_redis::FORMAT_VERSION, 2);
+    // Version 3: keys in the distinct key format, deadlines in a sorted set.
+    assert_eq!(version, 3);
+    assert_eq!(persistent_map_redis::FORMAT_VERSION, 3);
     map.close().await.expect("close");
 
     // A key of another type is refused, untouched.

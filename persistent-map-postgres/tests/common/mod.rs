@@ -94,3 +94,58 @@ impl Drop for Scratch {
         }
     }
 }
+
+/// Creates, in `schema` (created if missing), a table as a release before
+/// expiry created it: the layout of formats 2 and 3 (`key`, `value`,
+/// `key_hash`), recorded as format `version`, holding `rows` (stored key,
+/// value JSON).
+pub async fn create_pre_expiry_table(
+    url: &str,
+    schema: &str,
+    table: &str,
+    version: i32,
+    rows: &[(&str, &str)],
+) {
+    let setup = sqlx::PgPool::connect(url).await.expect("connect");
+    let statements = [
+        format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""),
+        format!(
+            "CREATE OR REPLACE FUNCTION \"{schema}\".persistent_map_key_hash(text) RETURNS bytea \
+             LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE \
+             AS $$ SELECT sha256(convert_to($1, 'UTF8')) $$"
+        ),
+        format!(
+            "CREATE TABLE \"{schema}\".\"{table}\" (key TEXT NOT NULL, value JSONB NOT NULL, \
+             key_hash BYTEA GENERATED ALWAYS AS (\"{schema}\".persistent_map_key_hash(key)) STORED PRIMARY KEY)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS \"{schema}\".persistent_map_meta \
+             (table_name TEXT PRIMARY KEY, format_version INTEGER NOT NULL)"
+        ),
+    ];
+    for sql in statements {
+        sqlx::query(&sql)
+            .execute(&setup)
+            .await
+            .expect("set up an old table");
+    }
+    sqlx::query(&format!(
+        "INSERT INTO \"{schema}\".persistent_map_meta VALUES ($1, $2)"
+    ))
+    .bind(table)
+    .bind(version)
+    .execute(&setup)
+    .await
+    .expect("record its version");
+    for (key, value) in rows {
+        sqlx::query(&format!(
+            "INSERT INTO \"{schema}\".\"{table}\" (key, value) VALUES ($1, $2::jsonb)"
+        ))
+        .bind(key)
+        .bind(value)
+        .execute(&setup)
+        .await
+        .expect("an old row");
+    }
+    setup.close().await;
+}
