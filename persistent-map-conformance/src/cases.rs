@@ -26,8 +26,9 @@ pub use crate::modes::{
     transactions_reach_the_cache_in_every_mode,
 };
 pub use crate::sharing::{
-    expiry_is_shared_by_live_instances, load_keys_answers_in_the_order_asked,
-    subscription_marks_remote_changes, two_live_instances_follow_each_other,
+    a_sweep_announces_only_what_it_removed, expiry_is_shared_by_live_instances,
+    load_keys_answers_in_the_order_asked, subscription_marks_remote_changes,
+    two_live_instances_follow_each_other,
 };
 pub use crate::stats::stats_follow_counted_operations;
 pub use crate::subscriptions::subscription_matches_the_store;

@@ -99,6 +99,7 @@ macro_rules! conformance_tests {
             the_sweep_spares_a_key_written_again,
             deadlines_follow_update_expire_and_persist,
             expiry_is_shared_by_live_instances,
+            a_sweep_announces_only_what_it_removed,
             subscription_matches_the_store,
             subscription_marks_remote_changes,
         }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use persistent_map_core::{
-    MapEvent, Origin, PersistentMap, RemoteChange, RemoteChanges, StorageBackend, Subscription,
+    BatchOp, MapEvent, Origin, PersistentMap, RemoteChange, RemoteChanges, StorageBackend,
+    Subscription,
 };
 
 use crate::factory::StoreFactory;
@@ -379,4 +380,85 @@ pub async fn expiry_is_shared_by_live_instances<F: StoreFactory>(mut factory: F)
     );
     one.close().await.expect("close");
     two.close().await.expect("close");
+}
+
+/// "`DeleteExpired` removes an entry only if its stored deadline is not
+/// after the sweep's clock", as other instances hear it: a sweep announces
+/// the entries it removed, and not those it left (a later deadline, none, a
+/// missing key), so other instances do not re-read keys for nothing.
+pub async fn a_sweep_announces_only_what_it_removed<F: StoreFactory>(mut factory: F) {
+    const CASE: &str = "a_sweep_announces_only_what_it_removed";
+    let first = factory.fresh().await.expect("factory opens a fresh store");
+    let capabilities = StorageBackend::<String, String>::capabilities(&first);
+    if !capabilities.expiry || capabilities.exclusive_lock {
+        skip_notice(
+            CASE,
+            &"the backend declares no expiry, or an exclusive lock",
+        );
+        return;
+    }
+    let second = factory.reopen().await.expect("a second live instance");
+    let Some(mut feed) = StorageBackend::<String, String>::watch(&second)
+        .await
+        .expect("watch")
+    else {
+        skip_notice(CASE, &"the backend's watch gives no feed");
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let (past, later) = (
+        now - Duration::from_secs(60),
+        now + Duration::from_secs(3600),
+    );
+    let put = |key: &str, expires_at: Option<std::time::SystemTime>| -> BatchOp<String, String> {
+        let (key, value) = (key.to_owned(), "v".to_owned());
+        match expires_at {
+            Some(expires_at) => BatchOp::PutExpiring {
+                key,
+                value,
+                expires_at,
+            },
+            None => BatchOp::Put { key, value },
+        }
+    };
+    let sweep = |key: &str| -> BatchOp<String, String> {
+        BatchOp::DeleteExpired {
+            key: key.to_owned(),
+            now,
+        }
+    };
+    first
+        .apply_batch(&[
+            put("expired", Some(past)),
+            put("later", Some(later)),
+            put("plain", None),
+            put("marker 1", None),
+        ])
+        .await
+        .expect("a batch with deadlines");
+    until_announced(&mut feed, "marker 1").await;
+    first
+        .apply_batch(&[
+            sweep("expired"),
+            sweep("later"),
+            sweep("plain"),
+            sweep("missing"),
+        ])
+        .await
+        .expect("a sweep");
+    first
+        .apply_batch(&[put("marker 2", None)])
+        .await
+        .expect("a write after the sweep");
+    let heard = until_announced(&mut feed, "marker 2").await;
+    assert!(
+        heard.iter().any(|k| k == "expired"),
+        "the swept entry is announced: {heard:?}"
+    );
+    for kept in ["later", "plain", "missing"] {
+        assert!(
+            !heard.iter().any(|k| k == kept),
+            "{kept:?} was not removed, yet announced: {heard:?}"
+        );
+    }
 }

@@ -54,20 +54,33 @@ enum Defect {
     SweepsUnconditionally,
     /// Declares expiry, but stores every entry without its deadline.
     ForgetsDeadlines,
+    /// Shares its store and stores deadlines: the control group for
+    /// `AnnouncesKeptEntries`.
+    SharesDeadlines,
+    /// Shares its store, but announces every key a sweep names, removed or not.
+    AnnouncesKeptEntries,
 }
 
 impl Defect {
     fn expires(self) -> bool {
         matches!(
             self,
-            Defect::Expires | Defect::SweepsUnconditionally | Defect::ForgetsDeadlines
+            Defect::Expires
+                | Defect::SweepsUnconditionally
+                | Defect::ForgetsDeadlines
+                | Defect::SharesDeadlines
+                | Defect::AnnouncesKeptEntries
         )
     }
 
     fn shares(self) -> bool {
         matches!(
             self,
-            Defect::Shares | Defect::Echoes | Defect::ReversesLoadKeys
+            Defect::Shares
+                | Defect::Echoes
+                | Defect::ReversesLoadKeys
+                | Defect::SharesDeadlines
+                | Defect::AnnouncesKeptEntries
         )
     }
 }
@@ -220,7 +233,18 @@ where
                         }
                         (_, op) => op,
                     };
-                    self.inner.apply_batch(&[op]).await?;
+                    let key = std::slice::from_ref(op.key());
+                    let held: Vec<(K, Option<V>)> = self.inner.load_keys(key).await?;
+                    self.inner.apply_batch(std::slice::from_ref(&op)).await?;
+                    let after: Vec<(K, Option<V>)> = self.inner.load_keys(key).await?;
+                    let removed = held.first().is_some_and(|(_, v)| v.is_some())
+                        && after.first().is_some_and(|(_, v)| v.is_none());
+                    if removed
+                        || matches!(op, BatchOp::PutExpiring { .. })
+                        || matches!(self.defect, Defect::AnnouncesKeptEntries)
+                    {
+                        self.announce(op.key())?;
+                    }
                 }
                 _ => return Err(PersistentError::unknown_change("broken")),
             }
@@ -584,5 +608,21 @@ fn the_expiry_cases_pass_on_a_backend_that_keeps_deadlines() {
     run_case(
         BrokenFactory::new(Defect::Expires),
         cases::deadlines_follow_update_expire_and_persist,
+    );
+}
+
+#[test]
+fn a_backend_that_announces_entries_a_sweep_kept_is_caught() {
+    assert!(fails(
+        Defect::AnnouncesKeptEntries,
+        cases::a_sweep_announces_only_what_it_removed
+    ));
+    run_case(
+        BrokenFactory::new(Defect::SharesDeadlines),
+        cases::a_sweep_announces_only_what_it_removed,
+    );
+    run_case(
+        BrokenFactory::new(Defect::SharesDeadlines),
+        cases::expiry_is_shared_by_live_instances,
     );
 }
