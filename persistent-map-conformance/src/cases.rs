@@ -10,6 +10,10 @@ use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBacken
 
 pub use crate::crash::{acknowledged_writes_survive_a_drop, acknowledged_writes_survive_a_kill};
 pub use crate::distinct_keys::keys_that_share_a_legacy_text_stay_distinct;
+pub use crate::expiry::{
+    deadlines_follow_update_expire_and_persist, expired_entries_vanish_at_once_and_are_swept,
+    expiring_entries_round_trip_through_the_store, the_sweep_spares_a_key_written_again,
+};
 pub use crate::faults::a_failure_in_the_middle_of_a_batch;
 pub use crate::limits::{
     a_large_key_and_a_large_value_round_trip, a_million_changes_in_one_batch,
@@ -22,9 +26,11 @@ pub use crate::modes::{
     transactions_reach_the_cache_in_every_mode,
 };
 pub use crate::sharing::{
-    load_keys_answers_in_the_order_asked, two_live_instances_follow_each_other,
+    expiry_is_shared_by_live_instances, load_keys_answers_in_the_order_asked,
+    subscription_marks_remote_changes, two_live_instances_follow_each_other,
 };
 pub use crate::stats::stats_follow_counted_operations;
+pub use crate::subscriptions::subscription_matches_the_store;
 pub use crate::sync::flush_syncs_the_store_files;
 
 use crate::factory::StoreFactory;

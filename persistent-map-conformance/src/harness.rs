@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::hash::Hash;
+use std::time::Duration;
 
 use persistent_map_core::{PersistentMap, StorageBackend};
 use serde::de::DeserializeOwned;
@@ -104,4 +105,22 @@ where
             "{what}: key {k:?} is present but was never acknowledged or was removed"
         );
     }
+}
+
+/// How long a case waits for something that settles on its own (a feed, a
+/// sweep). Generous: a loaded 2-core machine must never reach it.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(60);
+
+/// How often a case looks again at what it waits for.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits until `condition` holds, failing the case after [`PATIENCE`].
+pub(crate) async fn until(condition: impl Fn() -> bool, what: &str) {
+    let waited = tokio::time::timeout(PATIENCE, async {
+        while !condition() {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{what}: not within {PATIENCE:?}");
 }

@@ -4,6 +4,7 @@ pub mod cases;
 mod child;
 mod crash;
 mod distinct_keys;
+mod expiry;
 mod factory;
 mod faults;
 mod harness;
@@ -11,6 +12,7 @@ mod limits;
 mod modes;
 mod sharing;
 mod stats;
+mod subscriptions;
 mod sync;
 pub mod types;
 
@@ -92,6 +94,13 @@ macro_rules! conformance_tests {
             a_failure_in_the_middle_of_a_batch,
             keys_that_share_a_legacy_text_stay_distinct,
             stats_follow_counted_operations,
+            expiring_entries_round_trip_through_the_store,
+            expired_entries_vanish_at_once_and_are_swept,
+            the_sweep_spares_a_key_written_again,
+            deadlines_follow_update_expire_and_persist,
+            expiry_is_shared_by_live_instances,
+            subscription_matches_the_store,
+            subscription_marks_remote_changes,
         }
     };
 }

@@ -4,16 +4,12 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use persistent_map_core::{PersistentMap, RemoteChange, RemoteChanges, StorageBackend};
+use persistent_map_core::{
+    MapEvent, Origin, PersistentMap, RemoteChange, RemoteChanges, StorageBackend, Subscription,
+};
 
 use crate::factory::StoreFactory;
-use crate::harness::skip_notice;
-
-/// How long a remote change may take to arrive. Generous: a loaded 2-core
-/// machine must never reach it, and a passing run never waits it out.
-const PATIENCE: Duration = Duration::from_secs(60);
-/// How often a map is looked at while waiting for a remote change.
-const POLL: Duration = Duration::from_millis(10);
+use crate::harness::{skip_notice, until, PATIENCE};
 
 /// "`load_keys` returns the current stored value of each of `keys` (`None`
 /// for a missing key), in order": the answer follows the order asked, not
@@ -167,6 +163,138 @@ pub async fn two_live_instances_follow_each_other<F: StoreFactory>(mut factory: 
     two.close().await.expect("close");
 }
 
+/// For a store shared by live instances whose `watch` gives a feed: a
+/// map's subscription reports another instance's writes with
+/// [`Origin::Remote`] and its own with [`Origin::Local`], in order. A
+/// backend that announces an instance's own writes back to it fails here
+/// too: its map would re-read them and report them as remote.
+pub async fn subscription_marks_remote_changes<F: StoreFactory>(mut factory: F) {
+    const CASE: &str = "subscription_marks_remote_changes";
+    let first = factory.fresh().await.expect("factory opens a fresh store");
+    if StorageBackend::<String, String>::capabilities(&first).exclusive_lock {
+        skip_notice(
+            CASE,
+            &"the backend declares an exclusive lock: no two live instances",
+        );
+        return;
+    }
+    if StorageBackend::<String, String>::watch(&first)
+        .await
+        .expect("watch")
+        .is_none()
+    {
+        skip_notice(
+            CASE,
+            &"the backend's watch gives no feed: no remote changes to report",
+        );
+        return;
+    }
+    drop(first);
+    let one = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a map on the shared store");
+    let two = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a second map on the shared store");
+    let mut seen_by_one = one.subscribe();
+    let mut seen_by_two = two.subscribe();
+    let s = |text: &str| text.to_owned();
+
+    one.insert(s("from one"), s("1")).await.expect("insert");
+    let remote_insert = MapEvent::Inserted {
+        key: s("from one"),
+        old: None,
+        value: s("1"),
+        origin: Origin::Remote,
+    };
+    let heard = until_event(&mut seen_by_two, &remote_insert).await;
+    assert_eq!(
+        heard,
+        [remote_insert],
+        "map two reports map one's insert as remote, and nothing else"
+    );
+
+    two.insert(s("from two"), s("2")).await.expect("insert");
+    let remote_insert = MapEvent::Inserted {
+        key: s("from two"),
+        old: None,
+        value: s("2"),
+        origin: Origin::Remote,
+    };
+    let heard = until_event(&mut seen_by_one, &remote_insert).await;
+    assert_eq!(
+        heard,
+        [
+            MapEvent::Inserted {
+                key: s("from one"),
+                old: None,
+                value: s("1"),
+                origin: Origin::Local,
+            },
+            remote_insert,
+        ],
+        "map one reports its own insert as local (never announced back as remote), \
+         then map two's as remote"
+    );
+
+    two.remove(&s("from one")).await.expect("remove");
+    let remote_removal = MapEvent::Removed {
+        key: s("from one"),
+        old: Some(s("1")),
+        origin: Origin::Remote,
+    };
+    let heard = until_event(&mut seen_by_one, &remote_removal).await;
+    assert_eq!(
+        heard,
+        [remote_removal],
+        "map one reports map two's removal as remote"
+    );
+    let own = until_event(
+        &mut seen_by_two,
+        &MapEvent::Removed {
+            key: s("from one"),
+            old: Some(s("1")),
+            origin: Origin::Local,
+        },
+    )
+    .await;
+    assert_eq!(
+        own.len(),
+        2,
+        "map two reports its own insert and removal, as local: {own:?}"
+    );
+    one.close().await.expect("close");
+    two.close().await.expect("close");
+}
+
+/// Reads `events` until `wanted` arrives, returning every event read.
+async fn until_event(
+    events: &mut Subscription<String, String>,
+    wanted: &MapEvent<String, String>,
+) -> Vec<MapEvent<String, String>> {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(PATIENCE, async {
+        while let Some(event) = events.next().await {
+            let done = event == *wanted;
+            seen.push(event);
+            if done {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    match found {
+        Ok(true) => seen,
+        Ok(false) => panic!("the subscription ended before {wanted:?} (saw {seen:?})"),
+        Err(_) => panic!("no {wanted:?} within {PATIENCE:?} (saw {seen:?})"),
+    }
+}
+
 /// Reads `feed` until it announces `key`, returning every key it announced.
 async fn until_announced(feed: &mut RemoteChanges<String>, key: &str) -> Vec<String> {
     let mut heard = Vec::new();
@@ -190,12 +318,65 @@ async fn until_announced(feed: &mut RemoteChanges<String>, key: &str) -> Vec<Str
     }
 }
 
-async fn until(condition: impl Fn() -> bool, what: &str) {
-    let waited = tokio::time::timeout(PATIENCE, async {
-        while !condition() {
-            tokio::time::sleep(POLL).await;
-        }
-    })
+/// "Every bundled backend stores the deadline with the entry, so instances
+/// share it; an expired entry disappears on every instance": a deadline set
+/// through one map reaches the other through the feed, and both stop
+/// showing the entry at the same wall-clock time.
+pub async fn expiry_is_shared_by_live_instances<F: StoreFactory>(mut factory: F) {
+    const CASE: &str = "expiry_is_shared_by_live_instances";
+    // Long enough that the other instance hears of the entry before it
+    // expires, even on a loaded machine.
+    const TTL: Duration = Duration::from_secs(20);
+    let first = factory.fresh().await.expect("factory opens a fresh store");
+    let capabilities = StorageBackend::<String, String>::capabilities(&first);
+    if !capabilities.expiry || capabilities.exclusive_lock {
+        skip_notice(
+            CASE,
+            &"the backend declares no expiry, or an exclusive lock",
+        );
+        return;
+    }
+    if StorageBackend::<String, String>::watch(&first)
+        .await
+        .expect("watch")
+        .is_none()
+    {
+        skip_notice(CASE, &"the backend's watch gives no feed");
+        return;
+    }
+    drop(first);
+    let one = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a map on the shared store");
+    let two = PersistentMap::<String, String, _>::new(
+        factory.reopen().await.expect("a live instance for a map"),
+    )
+    .await
+    .expect("a second map on the shared store");
+    one.insert_with_ttl("session".into(), "alice".into(), TTL)
+        .await
+        .expect("insert_with_ttl");
+    until(
+        || two.ttl("session").is_some(),
+        "map two learns the entry and its deadline",
+    )
     .await;
-    assert!(waited.is_ok(), "{what}: not within {PATIENCE:?}");
+    let (first_ttl, second_ttl) = (one.ttl("session"), two.ttl("session"));
+    let (Some(first_ttl), Some(second_ttl)) = (first_ttl, second_ttl) else {
+        panic!("both maps know the deadline: {first_ttl:?}, {second_ttl:?}");
+    };
+    assert!(
+        first_ttl.abs_diff(second_ttl) < Duration::from_secs(5),
+        "one deadline, as stored: {first_ttl:?} and {second_ttl:?}"
+    );
+    until(|| one.get("session").is_none(), "the entry expires").await;
+    assert_eq!(
+        two.get("session"),
+        None,
+        "the other instance stops showing it at the same time"
+    );
+    one.close().await.expect("close");
+    two.close().await.expect("close");
 }

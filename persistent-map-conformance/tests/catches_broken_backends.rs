@@ -8,6 +8,7 @@ use std::hash::Hash;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use futures::StreamExt as _;
 use persistent_map_conformance::{async_trait, cases, run_case, StoreFactory};
@@ -47,9 +48,22 @@ enum Defect {
     /// Keeps keys as the legacy text form would read them back, where
     /// `None` and `Some("null")` are one key.
     LegacyKeyText,
+    /// Stores deadlines: the control group for the expiry defects.
+    Expires,
+    /// Stores deadlines, but sweeps an entry whatever its deadline.
+    SweepsUnconditionally,
+    /// Declares expiry, but stores every entry without its deadline.
+    ForgetsDeadlines,
 }
 
 impl Defect {
+    fn expires(self) -> bool {
+        matches!(
+            self,
+            Defect::Expires | Defect::SweepsUnconditionally | Defect::ForgetsDeadlines
+        )
+    }
+
     fn shares(self) -> bool {
         matches!(
             self,
@@ -194,14 +208,44 @@ where
             match op {
                 BatchOp::Put { key, value } => self.save(key, value).await?,
                 BatchOp::Delete { key } => StorageBackend::<K, V>::delete(self, &key).await?,
+                op @ (BatchOp::PutExpiring { .. } | BatchOp::DeleteExpired { .. })
+                    if self.defect.expires() =>
+                {
+                    let op = match (self.defect, op) {
+                        (Defect::SweepsUnconditionally, BatchOp::DeleteExpired { key, .. }) => {
+                            BatchOp::Delete { key }
+                        }
+                        (Defect::ForgetsDeadlines, BatchOp::PutExpiring { key, value, .. }) => {
+                            BatchOp::Put { key, value }
+                        }
+                        (_, op) => op,
+                    };
+                    self.inner.apply_batch(&[op]).await?;
+                }
                 _ => return Err(PersistentError::unknown_change("broken")),
             }
         }
         Ok(())
     }
 
+    async fn load_with_expiry_into(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<()> {
+        self.inner.load_with_expiry_into(sink).await
+    }
+
+    async fn load_keys_with_expiry(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>> {
+        self.inner.load_keys_with_expiry(keys).await
+    }
+
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_atomic_batch(matches!(self.defect, Defect::FakesAtomicity))
+        Capabilities::new()
+            .with_atomic_batch(matches!(self.defect, Defect::FakesAtomicity))
+            .with_expiry(self.defect.expires())
     }
 }
 
@@ -276,6 +320,10 @@ fn a_backend_that_drops_writes_is_caught() {
         cases::reopen_sees_exactly_what_was_acknowledged
     ));
     assert!(fails(Defect::DropsWrites, cases::round_trip_text));
+    assert!(fails(
+        Defect::DropsWrites,
+        cases::subscription_matches_the_store
+    ));
 }
 
 #[test]
@@ -330,6 +378,10 @@ fn the_same_cases_pass_on_a_correct_backend() {
         cases::reopen_sees_exactly_what_was_acknowledged,
     );
     run_case(BrokenFactory::new(Defect::None), cases::round_trip_text);
+    run_case(
+        BrokenFactory::new(Defect::None),
+        cases::subscription_matches_the_store,
+    );
     run_case(
         BrokenFactory::new(Defect::None),
         cases::failed_batch_applies_all_or_a_prefix,
@@ -420,6 +472,10 @@ fn a_backend_that_echoes_its_own_writes_is_caught() {
         Defect::Echoes,
         cases::two_live_instances_follow_each_other
     ));
+    assert!(fails(
+        Defect::Echoes,
+        cases::subscription_marks_remote_changes
+    ));
 }
 
 #[test]
@@ -452,6 +508,10 @@ fn the_sharing_and_fault_cases_pass_on_a_correct_backend() {
         BrokenFactory::new(Defect::Shares),
         cases::load_keys_answers_in_the_order_asked,
     );
+    run_case(
+        BrokenFactory::new(Defect::Shares),
+        cases::subscription_marks_remote_changes,
+    );
     // Without atomic batches, a prefix of the failed batch may stay.
     run_case(
         BrokenFactory::new(Defect::None),
@@ -477,4 +537,52 @@ fn strace_runs() -> bool {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok_and(|status| status.success())
+}
+
+#[test]
+fn a_backend_that_sweeps_entries_written_again_is_caught() {
+    assert!(fails(
+        Defect::SweepsUnconditionally,
+        cases::expiring_entries_round_trip_through_the_store
+    ));
+    assert!(fails(
+        Defect::SweepsUnconditionally,
+        cases::the_sweep_spares_a_key_written_again
+    ));
+}
+
+#[test]
+fn a_backend_that_forgets_deadlines_is_caught() {
+    assert!(fails(
+        Defect::ForgetsDeadlines,
+        cases::expiring_entries_round_trip_through_the_store
+    ));
+    assert!(fails(
+        Defect::ForgetsDeadlines,
+        cases::expired_entries_vanish_at_once_and_are_swept
+    ));
+    assert!(fails(
+        Defect::ForgetsDeadlines,
+        cases::deadlines_follow_update_expire_and_persist
+    ));
+}
+
+#[test]
+fn the_expiry_cases_pass_on_a_backend_that_keeps_deadlines() {
+    run_case(
+        BrokenFactory::new(Defect::Expires),
+        cases::expiring_entries_round_trip_through_the_store,
+    );
+    run_case(
+        BrokenFactory::new(Defect::Expires),
+        cases::expired_entries_vanish_at_once_and_are_swept,
+    );
+    run_case(
+        BrokenFactory::new(Defect::Expires),
+        cases::the_sweep_spares_a_key_written_again,
+    );
+    run_case(
+        BrokenFactory::new(Defect::Expires),
+        cases::deadlines_follow_update_expire_and_persist,
+    );
 }

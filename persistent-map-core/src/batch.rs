@@ -5,8 +5,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
 
+use std::time::Duration;
+
 use crate::backend::BatchOp;
-use crate::queue::Cache;
+use crate::cache::deadline_in;
+use crate::queue::{put_op, Cache};
 
 /// An ordered list of puts and removes, applied atomically by
 /// [`PersistentMap::apply`](crate::PersistentMap::apply).
@@ -50,6 +53,13 @@ impl<K, V> Batch<K, V> {
     /// Adds a removal of `key`.
     pub fn remove(&mut self, key: K) -> &mut Self {
         self.ops.push(BatchOp::Delete { key });
+        self
+    }
+
+    /// Adds a put of `value` under `key` that expires `ttl` from now (see
+    /// [`PersistentMap::insert_with_ttl`](crate::PersistentMap::insert_with_ttl)).
+    pub fn insert_with_ttl(&mut self, key: K, value: V, ttl: Duration) -> &mut Self {
+        self.ops.push(put_op(key, value, deadline_in(ttl)));
         self
     }
 
@@ -120,7 +130,7 @@ where
     pub fn get(&self, key: &K) -> Option<V> {
         match self.overlay.get(key) {
             Some(value) => value.clone(),
-            None => self.cache.get(key).map(|entry| entry.value().clone()),
+            None => self.cache.get(key),
         }
     }
 
@@ -132,11 +142,23 @@ where
         }
     }
 
-    /// Puts `value` under `key`; returns the value it replaces.
+    /// Puts `value` under `key` (with the map's default time to live, if
+    /// it has one); returns the value it replaces.
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         let old = self.get(&key);
         self.overlay.insert(key.clone(), Some(value.clone()));
         self.ops.push(BatchOp::Put { key, value });
+        old
+    }
+
+    /// Puts `value` under `key`, expiring `ttl` from now; returns the value
+    /// it replaces. The transaction fails with
+    /// [`PersistentError::Unsupported`](crate::PersistentError::Unsupported)
+    /// when the backend stores no deadlines.
+    pub fn insert_with_ttl(&mut self, key: K, value: V, ttl: Duration) -> Option<V> {
+        let old = self.get(&key);
+        self.overlay.insert(key.clone(), Some(value.clone()));
+        self.ops.push(put_op(key, value, deadline_in(ttl)));
         old
     }
 

@@ -8,8 +8,10 @@ use std::sync::atomic::Ordering;
 
 use crate::backend::BatchOp;
 use crate::batch::Transaction;
+use crate::cache::{now, time_of};
 use crate::closure::{guarded, Panic};
-use crate::error::Result;
+use crate::error::{PersistentError, Result};
+use crate::events::Origin;
 use crate::queue::{Cache, Command, Decision, Pipeline};
 
 /// What a write-behind change did to the cache.
@@ -18,12 +20,14 @@ pub(crate) enum Change<K, V, R> {
     Unchanged(R),
     /// Applied to the cache; the command persists it. Answer `R`.
     Queued(Command<K, V>, R),
+    /// Refused before anything was applied.
+    Refused(PersistentError),
 }
 
 impl<K, V> Pipeline<K, V>
 where
-    K: Eq + Hash + Clone,
-    V: Clone,
+    K: Eq + Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
     /// Runs `change` in the queue's critical section and queues what it
     /// returns. A panic of user code inside it resumes here, after the lock
@@ -36,6 +40,7 @@ where
         let mut state = self.admit().await?;
         match change(&self.cache) {
             Ok(Change::Unchanged(answer)) => Ok(answer),
+            Ok(Change::Refused(err)) => Err(err),
             Ok(Change::Queued(command, answer)) => {
                 let weight = command.weight() as u64;
                 self.enqueue(&mut state, command, false);
@@ -49,32 +54,18 @@ where
         }
     }
 
-    /// Applies one change to the cache; returns the value it replaced.
-    fn apply_op(&self, cache: &Cache<K, V>, op: &BatchOp<K, V>) -> Option<V> {
-        match op {
-            BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
-                cache.insert(key.clone(), value.clone())
-            }
-            BatchOp::Delete { key } | BatchOp::DeleteExpired { key, .. } => {
-                cache.remove(key).map(|(_, v)| v)
-            }
-        }
-    }
-
-    pub(crate) async fn insert_behind(&self, key: K, value: V) -> Result<Option<V>> {
-        self.change_behind(|cache| {
-            let replaced = cache.insert(key.clone(), value.clone());
-            Ok(Change::Queued(
-                Command::Persist(BatchOp::Put { key, value }),
-                replaced,
-            ))
+    pub(crate) async fn insert_behind(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
+        self.change_behind(|_| {
+            let replaced = self.apply(op.clone());
+            Ok(Change::Queued(Command::Persist(op), replaced))
         })
         .await
     }
 
     pub(crate) async fn remove_behind(&self, key: K) -> Result<Option<V>> {
         self.change_behind(|cache| {
-            let removed = cache.remove(&key).map(|(_, v)| v);
+            let removed = cache.remove(&key);
+            self.events.removed(&key, removed.as_ref(), Origin::Local);
             Ok(self.delete_change(key, removed.is_some(), removed))
         })
         .await
@@ -98,22 +89,19 @@ where
     ) -> Result<Option<V>> {
         self.change_behind(|cache| {
             // A clone, so no lock of the cache is held while user code runs.
-            let current = cache.get(&key).map(|entry| entry.value().clone());
-            Ok(match guarded(|| decide(current.as_ref()))? {
-                Decision::Keep => Change::Unchanged(current),
-                Decision::Put(value) => {
-                    cache.insert(key.clone(), value.clone());
-                    Change::Queued(
-                        Command::Persist(BatchOp::Put {
-                            key,
-                            value: value.clone(),
-                        }),
-                        Some(value),
-                    )
+            let current = cache.get_with_deadline(&key);
+            let decision = guarded(|| decide(current.as_ref().map(|(value, _)| value)))?;
+            let (op, after) = self.decided(key, current, decision);
+            Ok(match op {
+                None => Change::Unchanged(after),
+                Some(BatchOp::Delete { key }) => {
+                    let removed = cache.remove(&key);
+                    self.events.removed(&key, removed.as_ref(), Origin::Local);
+                    self.delete_change(key, removed.is_some(), None)
                 }
-                Decision::Delete => {
-                    let removed = cache.remove(&key).is_some();
-                    self.delete_change(key, removed, None)
+                Some(op) => {
+                    self.apply(op.clone());
+                    Change::Queued(Command::Persist(op), after)
                 }
             })
         })
@@ -122,8 +110,8 @@ where
 
     /// Changes stored all or none; returns the values they replaced.
     pub(crate) async fn many_behind(&self, ops: Vec<BatchOp<K, V>>) -> Result<Vec<Option<V>>> {
-        self.change_behind(|cache| {
-            let replaced = ops.iter().map(|op| self.apply_op(cache, op)).collect();
+        self.change_behind(|_| {
+            let replaced = ops.iter().map(|op| self.apply(op.clone())).collect();
             Ok(Change::Queued(Command::PersistGroup(ops), replaced))
         })
         .await
@@ -136,12 +124,15 @@ where
         self.change_behind(|cache| {
             let mut tx = Transaction::new(cache);
             let answer = guarded(|| body(&mut tx))?;
-            let ops = tx.into_ops();
+            let ops = self.stamp_all(tx.into_ops());
             if ops.is_empty() {
                 return Ok(Change::Unchanged(answer));
             }
+            if let Err(err) = self.require_expiry(&ops) {
+                return Ok(Change::Refused(err));
+            }
             for op in &ops {
-                self.apply_op(cache, op);
+                self.apply(op.clone());
             }
             Ok(Change::Queued(Command::PersistGroup(ops), answer))
         })
@@ -156,17 +147,20 @@ where
             // Only readers can hold a lock of the cache now (writers wait for
             // the queue's lock), so `keep` may read the map.
             let doomed: Vec<K> = guarded(|| {
-                cache
-                    .iter()
-                    .filter(|entry| !keep(entry.key(), entry.value()))
-                    .map(|entry| entry.key().clone())
-                    .collect()
+                let mut doomed = Vec::new();
+                cache.for_each(|key, value| {
+                    if !keep(key, value) {
+                        doomed.push(key.clone());
+                    }
+                });
+                doomed
             })?;
             if doomed.is_empty() {
                 return Ok(Change::Unchanged(0));
             }
             for key in &doomed {
-                cache.remove(key);
+                let removed = cache.remove(key);
+                self.events.removed(key, removed.as_ref(), Origin::Local);
             }
             let removed = doomed.len();
             let ops = doomed
@@ -181,7 +175,34 @@ where
     pub(crate) async fn clear_behind(&self) -> Result<()> {
         self.change_behind(|cache| {
             cache.clear();
+            self.events.cleared(Origin::Local);
             Ok(Change::Queued(Command::Clear(None), ()))
+        })
+        .await
+    }
+
+    /// Removes expired entries from the cache and queues their deletion
+    /// from the store, as one bounded group of conditional deletes.
+    pub(crate) async fn sweep_behind(&self) -> Result<usize> {
+        self.change_behind(|cache| {
+            let now = now();
+            let keys = cache.expired(now, self.config.max_batch);
+            if keys.is_empty() {
+                return Ok(Change::Unchanged(0));
+            }
+            let swept = keys.len();
+            cache.unstale(&keys);
+            self.stats.expired_swept(keys.len() as u64);
+            let at = time_of(now);
+            let ops: Vec<BatchOp<K, V>> = keys
+                .into_iter()
+                .map(|key| BatchOp::DeleteExpired { key, now: at })
+                .collect();
+            // Each cached one goes, and is published as expired.
+            for op in &ops {
+                self.apply(op.clone());
+            }
+            Ok(Change::Queued(Command::PersistGroup(ops), swept))
         })
         .await
     }

@@ -20,6 +20,14 @@ pub const DEFAULT_MAX_BATCH: usize = 1024;
 /// The default bound on changes queued and not yet settled, in both modes.
 pub const DEFAULT_MAX_PENDING: usize = 100_000;
 
+/// How often, by default, the background sweep deletes expired entries
+/// ([`PersistentMapBuilder::sweep_interval`]).
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The default number of events a subscription may fall behind by before
+/// it loses the oldest ([`PersistentMapBuilder::event_capacity`]).
+pub const DEFAULT_EVENT_CAPACITY: usize = 1024;
+
 /// Write-behind mode: writes return as soon as the cache is updated and the
 /// change is queued; a background task persists queued changes in batches.
 ///
@@ -116,6 +124,9 @@ pub struct PersistentMapBuilder<K, V, B> {
     max_pending: usize,
     write_behind: Option<WriteBehind>,
     name: String,
+    default_ttl: Option<Duration>,
+    sweep_interval: Duration,
+    event_capacity: usize,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
@@ -132,6 +143,9 @@ where
             max_pending: DEFAULT_MAX_PENDING,
             write_behind: None,
             name: String::from(DEFAULT_MAP_NAME),
+            default_ttl: None,
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+            event_capacity: DEFAULT_EVENT_CAPACITY,
             _types: PhantomData,
         }
     }
@@ -192,12 +206,93 @@ where
         self
     }
 
+    /// Gives every entry written without a time to live (`insert`,
+    /// `insert_many`, `extend`, batches, transactions, and entries created by
+    /// `update` or `get_or_insert_with`) this one. An `update` of an existing
+    /// entry keeps its deadline; [`PersistentMap::persist`] drops it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_map_core::PersistentMap;
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let cache = PersistentMap::builder(InMemoryBackend::new())
+    ///     .default_ttl(Duration::from_secs(300))
+    ///     .build()
+    ///     .await?;
+    /// cache.insert("GET /users".to_string(), "[...]".to_string()).await?;
+    /// assert!(cache.ttl("GET /users").is_some());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Opening fails with [`PersistentError::Unsupported`](crate::PersistentError::Unsupported)
+    /// when the backend stores no deadlines.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.default_ttl = Some(ttl);
+        self
+    }
+
+    /// How often the background sweep deletes expired entries from the
+    /// store and the cache (default [`DEFAULT_SWEEP_INTERVAL`]). Expired
+    /// entries are invisible from their deadline on whatever this is; it
+    /// only bounds how long they take room. Each sweep deletes at most
+    /// [`max_batch`](Self::max_batch) entries, in one batch through the
+    /// write pipeline.
+    pub fn sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How many events a [`subscribe`](PersistentMap::subscribe)r may fall
+    /// behind by before it loses the oldest (default
+    /// [`DEFAULT_EVENT_CAPACITY`]; values below 1 count as 1, and the
+    /// buffer is rounded up to a power of two). Writers never wait for a
+    /// subscriber: one that falls further behind gets a
+    /// [`MapEvent::Lagged`](crate::MapEvent::Lagged) and goes on from the
+    /// present. The buffer, one slot per event, is shared by every
+    /// subscription of the map and allocated on the first `subscribe`.
+    ///
+    /// ```
+    /// use persistent_map_core::{MapEvent, PersistentMap};
+    /// use persistent_map_memory::InMemoryBackend;
+    /// use futures::StreamExt as _;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map = PersistentMap::builder(InMemoryBackend::new())
+    ///     .event_capacity(2)
+    ///     .build()
+    ///     .await?;
+    /// let mut events = map.subscribe();
+    /// for n in 0..5_u32 {
+    ///     map.insert(n, n).await?; // never waits for the subscriber
+    /// }
+    /// assert_eq!(events.next().await, Some(MapEvent::Lagged { missed: 5 }));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn event_capacity(mut self, events: usize) -> Self {
+        self.event_capacity = events.clamp(1, usize::MAX >> 1);
+        self
+    }
+
     /// Opens the map: loads every stored entry and starts the writer task.
     ///
     /// # Errors
     ///
-    /// As [`PersistentMap::new`].
+    /// As [`PersistentMap::new`]; [`PersistentError::Unsupported`](crate::PersistentError::Unsupported)
+    /// for a [`default_ttl`](Self::default_ttl) on a backend that stores no
+    /// deadlines.
     pub async fn build(self) -> Result<PersistentMap<K, V, B>> {
+        if self.default_ttl.is_some() && !self.backend.capabilities().expiry {
+            return Err(crate::PersistentError::Unsupported {
+                backend: std::any::type_name::<B>(),
+                feature: "expiry",
+            });
+        }
         let config = PipelineConfig {
             max_batch: self.max_batch,
             max_pending: self
@@ -205,6 +300,9 @@ where
                 .and_then(|mode| mode.max_pending)
                 .unwrap_or(self.max_pending),
             behind_delay: self.write_behind.map(|mode| mode.max_delay),
+            default_ttl: self.default_ttl,
+            sweep_interval: self.sweep_interval,
+            event_capacity: self.event_capacity,
         };
         PersistentMap::open(self.backend, config, self.name.into()).await
     }
@@ -218,6 +316,9 @@ impl<K, V, B> fmt::Debug for PersistentMapBuilder<K, V, B> {
             .field("max_pending", &self.max_pending)
             .field("write_behind", &self.write_behind)
             .field("name", &self.name)
+            .field("default_ttl", &self.default_ttl)
+            .field("sweep_interval", &self.sweep_interval)
+            .field("event_capacity", &self.event_capacity)
             .finish()
     }
 }

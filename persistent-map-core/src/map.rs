@@ -6,7 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -16,14 +16,17 @@ use tracing::Instrument;
 use crate::backend::{BatchOp, Durability, RemoteChanges, StorageBackend};
 use crate::batch::{Batch, Transaction};
 use crate::builder::PersistentMapBuilder;
+use crate::cache::{deadline_in, now, Deadline, NEVER};
 use crate::closure::{guarded, Panic};
 use crate::detached::Detached;
 use crate::error::{PersistentError, Result};
+use crate::events::Subscription;
 use crate::queue::{
-    Cache, Command, Decision, Keep, Pipeline, PipelineConfig, Reply, TxFn, Unit, UpdateFn, Waiter,
+    put_op, Cache, Command, Decision, Keep, Pipeline, PipelineConfig, Reply, TxFn, Unit, UpdateFn,
+    Waiter,
 };
 use crate::stats::{flush_backend, micros, write_batch, MapStats, Stats};
-use crate::writer;
+use crate::{sweep, writer};
 
 /// A concurrent map whose entries survive restarts.
 ///
@@ -111,6 +114,37 @@ use crate::writer;
 /// instance's acknowledged write shortly after it was made (eventual
 /// consistency; there is no cross-instance locking). Write-behind maps do not
 /// follow the feed: their cache may be ahead of the store.
+///
+/// # Subscriptions
+///
+/// [`subscribe`](Self::subscribe) gives a stream of
+/// [`MapEvent`](crate::MapEvent)s: inserts and updates (with the value
+/// replaced), removals, clears, expiries and resyncs.
+///
+/// * **Order**: events arrive in the order the map applied the changes to
+///   its cache, which is the order they reach the store; replaying them onto
+///   an empty map gives the map's content.
+/// * **Only what was acknowledged**: write-through, an event is published
+///   once the backend accepted the change, just before the writer answers
+///   the caller; a write that fails gives no event. Write-behind, an event
+///   means the map *accepted* the change (it is in the cache and queued): if
+///   the background write then fails, the map is poisoned (see
+///   [`WriteBehind`](crate::WriteBehind)) and the event is not retracted;
+///   a [`reload`](Self::reload) then publishes
+///   [`Resynced`](crate::MapEvent::Resynced).
+/// * **Slow subscribers never slow writers**: a subscription more than
+///   [`event_capacity`](PersistentMapBuilder::event_capacity) events behind
+///   loses the oldest and yields [`Lagged`](crate::MapEvent::Lagged) with
+///   how many, then goes on from the present.
+/// * **Remote changes**: a write-through map that follows a shared store
+///   (see above) publishes the changes it re-reads from it with
+///   [`Origin::Remote`](crate::Origin::Remote), in order with its own.
+///   A key another instance wrote is reported even if the value it read
+///   equals the one it held.
+/// * **Resyncs are not itemized**: when the whole cache is replaced
+///   (`reload`, or a feed that lost notifications), one
+///   [`Resynced`](crate::MapEvent::Resynced) stands for every difference;
+///   re-read what you care about.
 ///
 /// # Example
 ///
@@ -216,10 +250,15 @@ where
             config,
             capabilities.exclusive_lock,
             feed.is_none(),
+            capabilities.expiry,
+            std::any::type_name::<B>(),
             stats,
         ));
         let backend = Arc::new(backend);
         writer::spawn(Arc::clone(&pipeline), &backend, feed);
+        if capabilities.expiry {
+            sweep::spawn(Arc::downgrade(&pipeline));
+        }
         let keepalive: Arc<dyn Any + Send + Sync> = Arc::clone(&backend) as _;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -245,11 +284,8 @@ where
             None
         };
         let cache = Cache::default();
-        backend
-            .load_into(&mut |k, v| {
-                cache.insert(k, v);
-            })
-            .await?;
+        // Entries that expired are left out of the cache (and swept).
+        backend.load_with_expiry_into(&mut cache.loader()).await?;
         Ok((cache, feed))
     }
 
@@ -267,11 +303,152 @@ where
     ///
     /// When the backend refused the change; the map is then unchanged.
     /// Write-behind: when an earlier background write failed.
+    ///
+    /// With a default time to live ([`PersistentMapBuilder::default_ttl`]),
+    /// the entry expires that long from now; otherwise it never expires,
+    /// whatever deadline the replaced entry had.
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>> {
+        let deadline = self.pipeline().default_deadline();
+        self.put(put_op(key, value, deadline)).await
+    }
+
+    /// Inserts `value` under `key`, to expire `ttl` from now; returns the
+    /// value it replaced.
+    ///
+    /// The deadline is stored with the entry (as wall-clock time, in whole
+    /// milliseconds), so it survives a restart and every instance sharing
+    /// the store keeps it. Once it passes, the entry is gone from `get`,
+    /// `contains_key`, `len`, iteration and transactions at once, on every
+    /// clone and instance, even before the background sweep deletes it from
+    /// the store ([`PersistentMapBuilder::sweep_interval`]).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_map_core::PersistentMap;
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let sessions = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// sessions
+    ///     .insert_with_ttl("token".to_string(), "alice".to_string(), Duration::from_secs(3600))
+    ///     .await?;
+    /// assert!(sessions.ttl("token") <= Some(Duration::from_secs(3600)));
+    ///
+    /// sessions.insert_with_ttl("once".to_string(), "bob".to_string(), Duration::ZERO).await?;
+    /// assert_eq!(sessions.get("once"), None); // expired at once
+    /// assert_eq!(sessions.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PersistentError::Unsupported`] when the backend stores no deadlines
+    /// ([`Capabilities::expiry`](crate::Capabilities)); otherwise as
+    /// [`insert`](Self::insert).
+    pub async fn insert_with_ttl(&self, key: K, value: V, ttl: Duration) -> Result<Option<V>> {
+        self.require_expiry()?;
+        self.put(put_op(key, value, deadline_in(ttl))).await
+    }
+
+    async fn put(&self, op: BatchOp<K, V>) -> Result<Option<V>> {
         if self.write_behind() {
-            return self.pipeline().insert_behind(key, value).await;
+            return self.pipeline().insert_behind(op).await;
         }
-        self.commit_one(BatchOp::Put { key, value }).await
+        self.commit_one(op).await
+    }
+
+    /// Makes the entry under `key` expire `ttl` from now, keeping its
+    /// value; returns whether there was an entry.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_with_ttl`](Self::insert_with_ttl).
+    pub async fn expire(&self, key: &K, ttl: Duration) -> Result<bool> {
+        self.require_expiry()?;
+        let deadline = deadline_in(ttl);
+        self.set_deadline(key, deadline).await
+    }
+
+    /// Drops the expiry of the entry under `key`, so that it stays until
+    /// removed; returns whether there was an entry. Writes nothing when the
+    /// entry has no deadline.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use persistent_map_core::PersistentMap;
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// map.insert("a".to_string(), 1_u32).await?;
+    /// assert!(map.expire(&"a".to_string(), Duration::from_secs(60)).await?);
+    /// assert!(map.ttl("a").is_some());
+    /// assert!(map.persist(&"a".to_string()).await?);
+    /// assert_eq!(map.ttl("a"), None);
+    /// assert!(!map.persist(&"missing".to_string()).await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_with_ttl`](Self::insert_with_ttl).
+    pub async fn persist(&self, key: &K) -> Result<bool> {
+        self.require_expiry()?;
+        self.set_deadline(key, NEVER).await
+    }
+
+    async fn set_deadline(&self, key: &K, deadline: Deadline) -> Result<bool> {
+        let kept = self
+            .read_modify_write(key.clone(), move |_| Decision::SetDeadline(deadline))
+            .await?;
+        Ok(kept.is_some())
+    }
+
+    /// Deletes every entry whose deadline has passed, from the store and
+    /// the cache, now rather than at the next background sweep
+    /// ([`PersistentMapBuilder::sweep_interval`]); returns how many. Entries
+    /// written again since they expired stay, in the store too (the
+    /// deletes are conditional on the stored deadline). Write-behind: the
+    /// deletes are queued like any change.
+    ///
+    /// # Errors
+    ///
+    /// As [`insert_with_ttl`](Self::insert_with_ttl); a batch deleted before
+    /// the error stays deleted.
+    pub async fn sweep_expired(&self) -> Result<usize> {
+        self.require_expiry()?;
+        let max_batch = self.pipeline().config.max_batch;
+        let mut total = 0;
+        loop {
+            let swept = if self.write_behind() {
+                self.pipeline().sweep_behind().await?
+            } else {
+                self.request(|reply| Command::Sweep(Some(reply))).await?
+            };
+            total += swept;
+            if swept < max_batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// The time left before the entry under `key` expires: `None` when it
+    /// has no deadline, or there is no such entry.
+    pub fn ttl<Q>(&self, key: &Q) -> Option<Duration>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        match self.pipeline().cache.deadline(key)? {
+            NEVER => None,
+            // Whole milliseconds, as deadlines are kept: never more than
+            // the time to live that was asked.
+            deadline => Some(Duration::from_millis(deadline.saturating_sub(now()))),
+        }
     }
 
     /// Removes `key` from the map and the store; returns the value it had.
@@ -471,10 +648,7 @@ where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.pipeline()
-            .cache
-            .get(key)
-            .map(|entry| entry.value().clone())
+        self.pipeline().cache.get(key)
     }
 
     /// Returns whether `key` is in the map.
@@ -653,6 +827,50 @@ where
         self.pipeline().health.unflushed()
     }
 
+    /// Subscribes to this map's changes: the stream yields a
+    /// [`MapEvent`](crate::MapEvent) for each change applied from now on,
+    /// in the order the map applied them, and ends once the map is closed
+    /// (or its last handle dropped) and the events published before were
+    /// read. See [Subscriptions](Self#subscriptions) for what an event
+    /// promises in each mode.
+    ///
+    /// A subscription never slows the map: one that falls more than
+    /// [`event_capacity`](PersistentMapBuilder::event_capacity) events behind
+    /// loses the oldest, then yields [`MapEvent::Lagged`](crate::MapEvent::Lagged)
+    /// with how many it lost, and goes on from the present. While nobody is
+    /// subscribed, writes build no events at all.
+    ///
+    /// ```
+    /// use futures::StreamExt as _;
+    /// use persistent_map_core::{MapEvent, Origin, PersistentMap};
+    /// use persistent_map_memory::InMemoryBackend;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> persistent_map_core::Result<()> {
+    /// let map = PersistentMap::new(InMemoryBackend::new()).await?;
+    /// let mut events = map.subscribe();
+    /// map.insert("alice".to_string(), 30_u32).await?;
+    /// map.insert("alice".to_string(), 31).await?;
+    /// map.remove(&"alice".to_string()).await?;
+    /// map.close().await?;
+    ///
+    /// let local = Origin::Local;
+    /// let key = || "alice".to_string();
+    /// assert_eq!(
+    ///     events.collect::<Vec<_>>().await,
+    ///     [
+    ///         MapEvent::Inserted { key: key(), old: None, value: 30, origin: local },
+    ///         MapEvent::Inserted { key: key(), old: Some(30), value: 31, origin: local },
+    ///         MapEvent::Removed { key: key(), old: Some(31), origin: local },
+    ///     ]
+    /// );
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe(&self) -> Subscription<K, V> {
+        self.pipeline().events.subscribe()
+    }
+
     /// A snapshot of what the map did since it opened: entries, commits and
     /// batch sizes, queue depth, unflushed changes, write errors, remote
     /// changes followed, resyncs and the time since the last flush. See
@@ -716,41 +934,38 @@ where
 
     /// Clones of every key, from a snapshot of the cache.
     pub fn keys(&self) -> std::vec::IntoIter<K> {
-        self.pipeline()
-            .cache
-            .iter()
-            .map(|entry| entry.key().clone())
-            .collect::<Vec<_>>()
-            .into_iter()
+        let mut keys = Vec::with_capacity(self.len());
+        self.for_each(|key, _| keys.push(key.clone()));
+        keys.into_iter()
     }
 
     /// Clones of every value, from a snapshot of the cache.
     pub fn values(&self) -> std::vec::IntoIter<V> {
-        self.pipeline()
-            .cache
-            .iter()
-            .map(|entry| entry.value().clone())
-            .collect::<Vec<_>>()
-            .into_iter()
+        let mut values = Vec::with_capacity(self.len());
+        self.for_each(|_, value| values.push(value.clone()));
+        values.into_iter()
     }
 
     /// Owned `(key, value)` pairs of a snapshot of the cache. No lock is held
     /// once this returns, so the iterator can be used across `.await`.
     pub fn iter(&self) -> std::vec::IntoIter<(K, V)> {
-        self.pipeline()
-            .cache
-            .iter()
-            .map(|entry| (entry.key().clone(), entry.value().clone()))
-            .collect::<Vec<_>>()
-            .into_iter()
+        let mut entries = Vec::with_capacity(self.len());
+        self.for_each(|key, value| entries.push((key.clone(), value.clone())));
+        entries.into_iter()
     }
 
     /// Calls `f` on every entry without cloning. `f` runs while a shard of the
     /// cache is read-locked: it may read the map, but must not wait for a
     /// write of this map.
-    pub fn for_each(&self, mut f: impl FnMut(&K, &V)) {
-        for entry in self.pipeline().cache.iter() {
-            f(entry.key(), entry.value());
+    pub fn for_each(&self, f: impl FnMut(&K, &V)) {
+        self.pipeline().cache.for_each(f);
+    }
+
+    fn require_expiry(&self) -> Result<()> {
+        if self.pipeline().expiry {
+            Ok(())
+        } else {
+            Err(self.pipeline().expiry_unsupported())
         }
     }
 
@@ -827,6 +1042,8 @@ where
         if ops.is_empty() {
             return Ok(Vec::new());
         }
+        let ops = self.pipeline().stamp_all(ops);
+        self.pipeline().require_expiry(&ops)?;
         if self.write_behind() {
             return self.pipeline().many_behind(ops).await;
         }
@@ -844,11 +1061,6 @@ where
         key: K,
         decide: impl FnOnce(Option<&V>) -> Decision<V> + Send + 'static,
     ) -> Result<Option<V>> {
-        // `Delete` of a missing key changes nothing.
-        let decide = move |current: Option<&V>| match decide(current) {
-            Decision::Delete if current.is_none() => Decision::Keep,
-            decision => decision,
-        };
         if self.write_behind() {
             return self.pipeline().update_behind(key, decide).await;
         }

@@ -13,22 +13,20 @@
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use dashmap::DashMap;
 use tokio::sync::{oneshot, Notify};
 
 use crate::backend::BatchOp;
 use crate::batch::Transaction;
+pub(crate) use crate::cache::Cache;
+use crate::cache::{deadline_in, millis_of, time_of, Deadline, NEVER};
 use crate::error::{PersistentError, Result};
+use crate::events::{Events, Origin};
 use crate::health::Health;
 use crate::stats::Stats;
-
-/// The cache: a concurrent map with a fast keyed hasher (aHash, seeded at
-/// random per process, so keys chosen by an attacker cannot force collisions).
-pub(crate) type Cache<K, V> = DashMap<K, V, ahash::RandomState>;
 
 /// A reply channel for one caller.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T>>;
@@ -48,8 +46,12 @@ pub(crate) type TxFn<K, V> = Box<dyn for<'a> FnOnce(&mut Transaction<'a, K, V>) 
 pub(crate) enum Decision<V> {
     /// Leave the key as it is.
     Keep,
-    /// Store this value.
+    /// Store this value, keeping the entry's deadline (a new entry gets the
+    /// map's default time to live).
     Put(V),
+    /// Keep the value and give it this deadline ([`NEVER`]: none); nothing
+    /// when the key is missing.
+    SetDeadline(Deadline),
     /// Remove the key.
     Delete,
 }
@@ -77,6 +79,9 @@ pub(crate) enum Command<K, V> {
     Reload(Reply<()>),
     /// Flush, then stop.
     Close(Reply<()>),
+    /// Write-through: delete entries whose deadline passed (one bounded
+    /// batch); the reply, if any, gets how many.
+    Sweep(Option<Reply<usize>>),
 }
 
 impl<K, V> Command<K, V> {
@@ -131,6 +136,12 @@ pub(crate) struct PipelineConfig {
     /// Write-behind: how long the writer gathers changes before it writes a
     /// batch that is not full. `None` means write-through.
     pub(crate) behind_delay: Option<Duration>,
+    /// The time to live of an entry written without one.
+    pub(crate) default_ttl: Option<Duration>,
+    /// How often the sweep looks for expired entries.
+    pub(crate) sweep_interval: Duration,
+    /// Events buffered per subscription before a slow one loses the oldest.
+    pub(crate) event_capacity: usize,
 }
 
 /// What the writer task is doing, as far as waking it is concerned.
@@ -175,6 +186,7 @@ pub(crate) struct Pipeline<K, V> {
     pub(crate) cache: Cache<K, V>,
     pub(crate) health: Health,
     pub(crate) stats: Stats,
+    pub(crate) events: Events<K, V>,
     pub(crate) config: PipelineConfig,
     /// The store is this map's alone (it holds an exclusive lock), so the
     /// cache knows every stored key and a removal of a key it lacks can be
@@ -184,6 +196,12 @@ pub(crate) struct Pipeline<K, V> {
     /// without a change feed, whose events the writer task must handle in
     /// order with every commit.
     lead_allowed: bool,
+    /// The backend stores deadlines.
+    pub(crate) expiry: bool,
+    /// The backend's type, for errors.
+    pub(crate) backend_name: &'static str,
+    /// A sweep is queued: the sweeper does not queue another.
+    pub(crate) sweep_queued: AtomicBool,
     state: Mutex<State<K, V>>,
     /// Wakes the writer.
     pub(crate) wake: Notify,
@@ -199,15 +217,21 @@ impl<K, V> Pipeline<K, V> {
         config: PipelineConfig,
         exclusive: bool,
         lead_allowed: bool,
+        expiry: bool,
+        backend_name: &'static str,
         stats: Stats,
     ) -> Self {
         Self {
             cache,
             health: Health::default(),
             stats,
+            events: Events::new(config.event_capacity, exclusive),
             config,
             exclusive,
             lead_allowed: lead_allowed && config.behind_delay.is_none(),
+            expiry,
+            backend_name,
+            sweep_queued: AtomicBool::new(false),
             state: Mutex::new(State {
                 commands: VecDeque::new(),
                 changes: 0,
@@ -226,6 +250,21 @@ impl<K, V> Pipeline<K, V> {
 
     pub(crate) fn write_behind(&self) -> bool {
         self.config.behind_delay.is_some()
+    }
+
+    /// Refuses changes with a deadline when the backend stores none.
+    pub(crate) fn require_expiry(&self, ops: &[BatchOp<K, V>]) -> Result<()> {
+        if self.expiry || !ops.iter().any(uses_expiry) {
+            return Ok(());
+        }
+        Err(self.expiry_unsupported())
+    }
+
+    pub(crate) fn expiry_unsupported(&self) -> PersistentError {
+        PersistentError::Unsupported {
+            backend: self.backend_name,
+            feature: "expiry",
+        }
     }
 
     /// Changes (and other commands) queued or being written, not yet settled.
@@ -391,6 +430,7 @@ impl<K, V> Pipeline<K, V> {
             (std::mem::take(&mut state.commands), state.keepalive.take())
         };
         self.health.mark_stopped(stop);
+        self.events.close();
         // Dropped outside the lock: dropping the backend may take a while.
         drop(commands);
         drop(keepalive);
@@ -400,17 +440,100 @@ impl<K, V> Pipeline<K, V> {
 
 impl<K, V> Pipeline<K, V>
 where
-    K: Eq + std::hash::Hash,
+    K: Eq + std::hash::Hash + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
 {
-    /// Applies a committed change to the cache; returns the value it replaced.
+    /// Applies a committed change to the cache and publishes it to
+    /// subscribers; returns the value it replaced (for a sweep's
+    /// `DeleteExpired`, the value it removed, if the entry had expired).
     pub(crate) fn apply(&self, op: BatchOp<K, V>) -> Option<V> {
-        match op {
-            BatchOp::Put { key, value } | BatchOp::PutExpiring { key, value, .. } => {
-                self.cache.insert(key, value)
+        let event = self.events.op(&op, Origin::Local);
+        let replaced = match op {
+            BatchOp::Put { key, value } => self.cache.put(key, value, NEVER),
+            BatchOp::PutExpiring {
+                key,
+                value,
+                expires_at,
+            } => self.cache.put(key, value, millis_of(expires_at)),
+            BatchOp::Delete { key } => self.cache.remove(&key),
+            BatchOp::DeleteExpired { key, now } => self.cache.remove_expired(&key, millis_of(now)),
+        };
+        event.publish(replaced.as_ref());
+        replaced
+    }
+
+    /// The deadline an entry written now without one gets: the default time
+    /// to live, if the map has one.
+    #[inline]
+    pub(crate) fn default_deadline(&self) -> Deadline {
+        match self.config.default_ttl {
+            None => NEVER,
+            Some(ttl) => deadline_in(ttl),
+        }
+    }
+
+    /// Gives a put without a deadline the map's default time to live.
+    pub(crate) fn stamp(&self, op: BatchOp<K, V>) -> BatchOp<K, V> {
+        match (op, self.config.default_ttl) {
+            (BatchOp::Put { key, value }, Some(ttl)) => put_op(key, value, deadline_in(ttl)),
+            (op, _) => op,
+        }
+    }
+
+    /// [`stamp`](Self::stamp) on every change.
+    pub(crate) fn stamp_all(&self, ops: Vec<BatchOp<K, V>>) -> Vec<BatchOp<K, V>> {
+        if self.config.default_ttl.is_none() {
+            return ops;
+        }
+        ops.into_iter().map(|op| self.stamp(op)).collect()
+    }
+
+    /// The change a read-modify-write decided on the current entry (its
+    /// value and deadline), and the value it leaves; no change when it
+    /// changes nothing.
+    pub(crate) fn decided(
+        &self,
+        key: K,
+        current: Option<(V, Deadline)>,
+        decision: Decision<V>,
+    ) -> (Option<BatchOp<K, V>>, Option<V>)
+    where
+        V: Clone,
+    {
+        match (decision, current) {
+            (Decision::Keep, current) => (None, current.map(|(value, _)| value)),
+            (Decision::Delete, None) => (None, None),
+            (Decision::Delete, Some(_)) => (Some(BatchOp::Delete { key }), None),
+            (Decision::Put(value), current) => {
+                let deadline = current.map_or_else(|| self.default_deadline(), |(_, d)| d);
+                (Some(put_op(key, value.clone(), deadline)), Some(value))
             }
-            BatchOp::Delete { key } | BatchOp::DeleteExpired { key, .. } => {
-                self.cache.remove(&key).map(|(_, v)| v)
+            (Decision::SetDeadline(_), None) => (None, None),
+            (Decision::SetDeadline(deadline), Some((value, current))) if deadline == current => {
+                (None, Some(value))
+            }
+            (Decision::SetDeadline(deadline), Some((value, _))) => {
+                (Some(put_op(key, value.clone(), deadline)), Some(value))
             }
         }
     }
+}
+
+/// A put of `value` under `key` with `deadline`.
+#[inline]
+pub(crate) fn put_op<K, V>(key: K, value: V, deadline: Deadline) -> BatchOp<K, V> {
+    if deadline == NEVER {
+        BatchOp::Put { key, value }
+    } else {
+        BatchOp::PutExpiring {
+            key,
+            value,
+            expires_at: time_of(deadline),
+        }
+    }
+}
+
+/// Whether a change carries or sweeps a deadline.
+pub(crate) fn uses_expiry<K, V>(op: &BatchOp<K, V>) -> bool {
+    !matches!(op, BatchOp::Put { .. } | BatchOp::Delete { .. })
 }

@@ -33,8 +33,7 @@ pub const DEFAULT_MAP_NAME: &str = "default";
 /// [`StorageBackend::apply_batch`] call made by the map; a *change* is one
 /// put or delete in it.
 ///
-/// New fields may be added in minor releases (entries that expired, for
-/// example, once maps have expiry), so the struct cannot be built or
+/// New fields may be added in minor releases, so the struct cannot be built or
 /// matched exhaustively outside this crate.
 ///
 /// ```
@@ -119,6 +118,11 @@ pub struct MapStats {
     /// [`reload`](crate::PersistentMap::reload) call, or a resync after the
     /// change feed lost notifications or a refresh failed.
     pub resyncs: u64,
+    /// Entries whose deadline passed that the sweep deleted from the store
+    /// and the cache (see [`PersistentMap::insert_with_ttl`]).
+    ///
+    /// [`PersistentMap::insert_with_ttl`]: crate::PersistentMap::insert_with_ttl
+    pub expired_swept: u64,
     /// Time since the last successful flush of the backend (by
     /// [`flush`](crate::PersistentMap::flush) or
     /// [`close`](crate::PersistentMap::close)); `None` before the first.
@@ -140,6 +144,7 @@ pub(crate) struct Stats {
     last_error: Mutex<Option<ErrorKind>>,
     remote_applied: AtomicU64,
     resyncs: AtomicU64,
+    expired_swept: AtomicU64,
     /// `changes_written` as it was when the last successful flush started.
     flushed_through: AtomicU64,
     /// Nanoseconds from `opened` to the end of the last successful flush,
@@ -164,6 +169,7 @@ impl Stats {
             last_error: Mutex::new(None),
             remote_applied: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
+            expired_swept: AtomicU64::new(0),
             flushed_through: AtomicU64::new(0),
             last_flush: AtomicU64::new(0),
         }
@@ -228,6 +234,16 @@ impl Stats {
         self.telemetry.resynced();
     }
 
+    /// Counts entries deleted by the expiry sweep.
+    pub(crate) fn expired_swept(&self, entries: u64) {
+        if entries == 0 {
+            return;
+        }
+        self.expired_swept.fetch_add(entries, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        self.telemetry.expired_swept(entries);
+    }
+
     fn since_last_flush(&self) -> Option<Duration> {
         match self.last_flush.load(Ordering::Relaxed) {
             0 => None,
@@ -287,6 +303,7 @@ where
             last_error_kind: *stats.last_error.lock().unwrap_or_else(|p| p.into_inner()),
             remote_changes_applied: stats.remote_applied.load(Ordering::Relaxed),
             resyncs: stats.resyncs.load(Ordering::Relaxed),
+            expired_swept: stats.expired_swept.load(Ordering::Relaxed),
             since_last_flush: stats.since_last_flush(),
         }
     }

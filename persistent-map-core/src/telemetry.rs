@@ -19,6 +19,7 @@ pub(crate) const WRITE_ERRORS: &str = "persistent_map_write_errors_total";
 pub(crate) const FLUSHES: &str = "persistent_map_flushes_total";
 pub(crate) const REMOTE_CHANGES: &str = "persistent_map_remote_changes_applied_total";
 pub(crate) const RESYNCS: &str = "persistent_map_resyncs_total";
+pub(crate) const EXPIRED_SWEPT: &str = "persistent_map_expired_swept_total";
 pub(crate) const COMMIT_SECONDS: &str = "persistent_map_commit_duration_seconds";
 pub(crate) const BATCH_SIZE: &str = "persistent_map_batch_size";
 pub(crate) const ENTRIES: &str = "persistent_map_entries";
@@ -34,6 +35,7 @@ pub(crate) struct Telemetry {
     flushes: Counter,
     remote_applied: Counter,
     resyncs: Counter,
+    expired_swept: Counter,
     commit_seconds: Histogram,
     batch_size: Histogram,
     entries: Gauge,
@@ -52,6 +54,7 @@ impl Telemetry {
             flushes: metrics::counter!(FLUSHES, "map" => map.clone()),
             remote_applied: metrics::counter!(REMOTE_CHANGES, "map" => map.clone()),
             resyncs: metrics::counter!(RESYNCS, "map" => map.clone()),
+            expired_swept: metrics::counter!(EXPIRED_SWEPT, "map" => map.clone()),
             commit_seconds: metrics::histogram!(COMMIT_SECONDS, "map" => map.clone()),
             batch_size: metrics::histogram!(BATCH_SIZE, "map" => map.clone()),
             entries: metrics::gauge!(ENTRIES, "map" => map.clone()),
@@ -92,6 +95,10 @@ impl Telemetry {
         self.resyncs.increment(1);
     }
 
+    pub(crate) fn expired_swept(&self, entries: u64) {
+        self.expired_swept.increment(entries);
+    }
+
     pub(crate) fn gauges(&self, entries: usize, queue_depth: u64, unflushed: u64) {
         self.entries.set(entries as f64);
         self.queue_depth.set(queue_depth as f64);
@@ -116,6 +123,7 @@ fn describe() {
         "entries refreshed because another instance changed them"
     );
     metrics::describe_counter!(RESYNCS, "times the whole cache was reloaded from the store");
+    metrics::describe_counter!(EXPIRED_SWEPT, "expired entries deleted by the sweep");
     metrics::describe_histogram!(COMMIT_SECONDS, Unit::Seconds, "time a backend batch took");
     metrics::describe_histogram!(BATCH_SIZE, Unit::Count, "changes per backend batch");
     metrics::describe_gauge!(ENTRIES, Unit::Count, "entries in the map");

@@ -30,10 +30,12 @@ use tracing::Instrument;
 
 use crate::backend::{BatchOp, RemoteChange, RemoteChanges, StorageBackend};
 use crate::batch::Transaction;
+use crate::cache::{deadline_of, now, time_of, Cache, NEVER};
 use crate::closure::{guard_backend, panic_message};
 use crate::error::{PersistentError, Result};
+use crate::events::Origin;
 use crate::health::Stop;
-use crate::queue::{Cache, Command, Decision, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
+use crate::queue::{Command, Keep, Pipeline, Reply, Unit, Waiter, WriterState};
 use crate::stats::{flush_backend, write_batch};
 
 /// How long the writer waits before it retries a failed refresh of the cache
@@ -227,6 +229,19 @@ where
                 let _ = reply.send(self.flush_now().await);
                 self.pipeline.release(weight);
                 return None;
+            }
+            Command::Sweep(reply) => {
+                let swept = self.sweep().await;
+                match reply {
+                    Some(reply) => {
+                        let _ = reply.send(swept);
+                    }
+                    None => {
+                        if let Err(err) = swept {
+                            tracing::warn!(error = %err, "could not delete expired entries; retrying at the next sweep");
+                        }
+                    }
+                }
             }
             // Changes were dispatched above.
             Command::Persist(_)
@@ -484,25 +499,21 @@ where
                     // Decide on committed state only.
                     return Admit::Later(Command::Update(key, decide, reply));
                 }
-                let current = self.cache().get(&key).map(|entry| entry.value().clone());
-                let unit = match decide(current.as_ref()) {
-                    Decision::Keep => {
-                        let _ = reply.send(Ok(current));
-                        return Admit::Taken;
-                    }
-                    Decision::Delete => Unit {
-                        ops: vec![BatchOp::Delete { key }],
-                        waiter: Waiter::Updated(reply, None),
-                    },
-                    Decision::Put(value) => Unit {
-                        ops: vec![BatchOp::Put {
-                            key,
-                            value: value.clone(),
-                        }],
-                        waiter: Waiter::Updated(reply, Some(value)),
-                    },
+                let current = self.cache().get_with_deadline(&key);
+                let decision = decide(current.as_ref().map(|(value, _)| value));
+                let (op, after) = self.pipeline.decided(key, current, decision);
+                let Some(op) = op else {
+                    let _ = reply.send(Ok(after));
+                    return Admit::Taken;
                 };
-                batch.push(unit);
+                if let Err(err) = self.pipeline.require_expiry(std::slice::from_ref(&op)) {
+                    let _ = reply.send(Err(err));
+                    return Admit::Taken;
+                }
+                batch.push(Unit {
+                    ops: vec![op],
+                    waiter: Waiter::Updated(reply, after),
+                });
                 Admit::Taken
             }
             Command::Transaction(body, reply) => {
@@ -511,9 +522,13 @@ where
                 }
                 let mut tx = Transaction::new(self.cache());
                 let completed = body(&mut tx);
-                let ops = tx.into_ops();
+                let ops = self.pipeline.stamp_all(tx.into_ops());
                 if !completed || ops.is_empty() {
                     let _ = reply.send(Ok(()));
+                    return Admit::Taken;
+                }
+                if let Err(err) = self.pipeline.require_expiry(&ops) {
+                    let _ = reply.send(Err(err));
                     return Admit::Taken;
                 }
                 batch.push(Unit {
@@ -603,15 +618,19 @@ where
 
     async fn retain(&mut self, mut keep: Keep<K, V>) -> Result<usize> {
         let mut doomed = Vec::new();
-        for entry in self.cache().iter() {
-            match keep(entry.key(), entry.value()) {
-                Some(true) => {}
-                Some(false) => doomed.push(BatchOp::Delete {
-                    key: entry.key().clone(),
-                }),
+        let completed = self
+            .cache()
+            .try_for_each(|key, value| match keep(key, value) {
+                Some(true) => true,
+                Some(false) => {
+                    doomed.push(BatchOp::Delete { key: key.clone() });
+                    true
+                }
                 // The predicate panicked: nothing of this call is applied.
-                None => return Ok(0),
-            }
+                None => false,
+            });
+        if !completed {
+            return Ok(0);
         }
         if doomed.is_empty() {
             return Ok(0);
@@ -671,7 +690,9 @@ where
             .inspect_err(|err| self.pipeline.stats.write_failed(err))?;
         if !self.pipeline.write_behind() {
             self.cache().clear();
+            self.pipeline.events.cleared(Origin::Local);
         }
+        self.cache().clear_stale();
         Ok(())
     }
 
@@ -695,17 +716,32 @@ where
 
     async fn refresh(&mut self, keys: &[K]) -> Result<()> {
         let backend = self.backend()?;
-        let fresh = guard_backend(backend.load_keys(keys), "read changed keys").await?;
+        let fresh = guard_backend(backend.load_keys_with_expiry(keys), "read changed keys").await?;
         self.pipeline.stats.remote_applied(fresh.len());
-        for (key, value) in fresh {
-            match value {
-                Some(value) => {
-                    self.cache().insert(key, value);
-                }
+        let now = now();
+        for (key, found) in fresh {
+            let (value, deadline) = match found {
+                Some((value, deadline)) => (Some(value), deadline_of(deadline)),
+                None => (None, NEVER),
+            };
+            // An entry that expired before it was read counts as removed
+            // (and is swept, here or by the instance that wrote it).
+            let live = value.filter(|_| deadline == NEVER || now < deadline);
+            let event = self
+                .pipeline
+                .events
+                .change(&key, live.as_ref(), Origin::Remote);
+            let replaced = match live {
+                Some(value) => self.cache().put(key, value, deadline),
                 None => {
-                    self.cache().remove(&key);
+                    let replaced = self.cache().remove(&key);
+                    if deadline != NEVER {
+                        self.cache().note_stale(key);
+                    }
+                    replaced
                 }
-            }
+            };
+            event.publish(replaced.as_ref());
         }
         Ok(())
     }
@@ -721,29 +757,55 @@ where
             entries = tracing::field::Empty,
         );
         self.replace_cache().instrument(span.clone()).await?;
-        span.record("entries", self.cache().len());
+        span.record("entries", self.cache().held());
         Ok(())
     }
 
     async fn replace_cache(&mut self) -> Result<()> {
         let backend = self.backend()?;
-        let fresh = Cache::with_capacity_and_hasher(self.cache().len(), ahash::RandomState::new());
+        let fresh = Cache::with_capacity(self.cache().held());
         guard_backend(
-            backend.load_into(&mut |k, v| {
-                fresh.insert(k, v);
-            }),
+            backend.load_with_expiry_into(&mut fresh.loader()),
             "load the store",
         )
         .await?;
         // Counted before the cache changes, so whoever sees the new cache
         // also sees the resync in the stats.
         self.pipeline.stats.resynced();
-        self.cache().retain(|k, _| fresh.contains_key(k));
-        for (k, v) in fresh {
-            self.cache().insert(k, v);
-        }
+        self.cache().replace_with(fresh);
+        self.pipeline.events.resynced();
         self.pipeline.health.cure();
         Ok(())
+    }
+
+    /// Deletes entries whose deadline passed, from the store and then from
+    /// the cache, as one bounded batch of conditional deletes: an entry
+    /// written again since it expired (here or by another instance) stays.
+    async fn sweep(&mut self) -> Result<usize> {
+        self.pipeline.sweep_queued.store(false, Ordering::Release);
+        let now = now();
+        let keys = self.cache().expired(now, self.max_batch());
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let at = time_of(now);
+        let ops: Vec<BatchOp<K, V>> = keys
+            .iter()
+            .map(|key| BatchOp::DeleteExpired {
+                key: key.clone(),
+                now: at,
+            })
+            .collect();
+        self.apply(&ops).await?;
+        // Every key was expired (or stale) when gathered, and only this
+        // task changes the cache meanwhile: each cached one goes, and is
+        // published as expired.
+        for op in ops {
+            self.pipeline.apply(op);
+        }
+        self.cache().unstale(&keys);
+        self.pipeline.stats.expired_swept(keys.len() as u64);
+        Ok(keys.len())
     }
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location,
@@ -19,7 +20,8 @@ const NAME: &str = "memory";
 /// Entries are stored encoded (as JSON text), exactly as a durable backend
 /// would store them, so a type that cannot round-trip fails here too. Clones
 /// share one store: a map opened on a clone after another map on the same
-/// store was dropped sees that map's data. Nothing survives the process.
+/// store was dropped sees that map's data. Entries keep their expiry
+/// deadlines. Nothing survives the process.
 ///
 /// ```
 /// use persistent_map_core::PersistentMap;
@@ -39,8 +41,11 @@ const NAME: &str = "memory";
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryBackend {
-    entries: Arc<Mutex<HashMap<String, String>>>,
+    entries: Arc<Mutex<HashMap<String, Stored>>>,
 }
+
+/// An encoded value and its deadline.
+type Stored = (String, Option<SystemTime>);
 
 impl InMemoryBackend {
     /// An empty store.
@@ -55,7 +60,7 @@ impl InMemoryBackend {
         self.lock().len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, String>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Stored>> {
         // A panic while holding the lock cannot leave a half-written entry
         // (each write is one insert or remove), so the data is still valid.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
@@ -93,26 +98,49 @@ where
     }
 
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
+        self.load_with_expiry_into(&mut |k, v, _| sink(k, v)).await
+    }
+
+    async fn load_with_expiry_into(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<()> {
         let entries = self.lock().clone();
-        for (k, v) in entries {
-            let key: K = serde_json::from_str(&k).map_err(|e| {
-                PersistentError::decode(EntryPart::Key, Location::new(NAME).with_key(k.clone()), e)
-            })?;
-            let value: V = serde_json::from_str(&v).map_err(|e| {
-                PersistentError::decode(
-                    EntryPart::Value,
-                    Location::new(NAME).with_key(k.clone()),
-                    e,
-                )
-            })?;
-            sink(key, value);
+        for (k, (v, deadline)) in entries {
+            let (key, value) = decode::<K, V>(&k, &v)?;
+            sink(key, value, deadline);
         }
         Ok(())
     }
 
+    async fn load_keys_with_expiry(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let k = encode_key(key)?;
+            let stored = self.lock().get(&k).cloned();
+            let found = match stored {
+                Some((v, deadline)) => Some((decode::<K, V>(&k, &v)?.1, deadline)),
+                None => None,
+            };
+            out.push((key.clone(), found));
+        }
+        Ok(out)
+    }
+
+    async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
+        let found = StorageBackend::<K, V>::load_keys_with_expiry(self, keys).await?;
+        Ok(found
+            .into_iter()
+            .map(|(key, found)| (key, found.map(|(value, _)| value)))
+            .collect())
+    }
+
     async fn save(&self, key: K, value: V) -> Result<()> {
         let (k, v) = (encode_key(&key)?, encode_value(&key, &value)?);
-        self.lock().insert(k, v);
+        self.lock().insert(k, (v, None));
         Ok(())
     }
 
@@ -127,17 +155,41 @@ where
         let mut encoded = Vec::with_capacity(batch.len());
         for op in batch {
             encoded.push(match op {
-                BatchOp::Put { key, value } => (encode_key(key)?, Some(encode_value(key, value)?)),
-                BatchOp::Delete { key } => (encode_key(key)?, None),
+                BatchOp::Put { key, value } => (
+                    encode_key(key)?,
+                    Change::Put(encode_value(key, value)?, None),
+                ),
+                BatchOp::PutExpiring {
+                    key,
+                    value,
+                    expires_at,
+                } => (
+                    encode_key(key)?,
+                    Change::Put(encode_value(key, value)?, Some(*expires_at)),
+                ),
+                BatchOp::Delete { key } => (encode_key(key)?, Change::Delete),
+                BatchOp::DeleteExpired { key, now } => (encode_key(key)?, Change::Sweep(*now)),
                 _ => return Err(PersistentError::unknown_change("memory")),
             });
         }
         let mut entries = self.lock();
-        for (k, v) in encoded {
-            match v {
-                Some(v) => entries.insert(k, v),
-                None => entries.remove(&k),
-            };
+        for (k, change) in encoded {
+            match change {
+                Change::Put(v, deadline) => {
+                    entries.insert(k, (v, deadline));
+                }
+                Change::Delete => {
+                    entries.remove(&k);
+                }
+                Change::Sweep(now) => {
+                    if entries
+                        .get(&k)
+                        .is_some_and(|(_, deadline)| deadline.is_some_and(|at| at <= now))
+                    {
+                        entries.remove(&k);
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -160,5 +212,23 @@ where
         Capabilities::new()
             .with_atomic_batch(true)
             .with_durability(Durability::Volatile)
+            .with_expiry(true)
     }
+}
+
+/// One encoded change of a batch.
+enum Change {
+    Put(String, Option<SystemTime>),
+    Delete,
+    /// Remove the entry if its deadline is not after this time.
+    Sweep(SystemTime),
+}
+
+fn decode<K: DeserializeOwned, V: DeserializeOwned>(k: &str, v: &str) -> Result<(K, V)> {
+    let key: K = serde_json::from_str(k)
+        .map_err(|e| PersistentError::decode(EntryPart::Key, Location::new(NAME).with_key(k), e))?;
+    let value: V = serde_json::from_str(v).map_err(|e| {
+        PersistentError::decode(EntryPart::Value, Location::new(NAME).with_key(k), e)
+    })?;
+    Ok((key, value))
 }

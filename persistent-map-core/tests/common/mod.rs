@@ -32,6 +32,8 @@ pub struct Switchable {
     /// A change to this key (as JSON) is refused.
     pub refused_key: Arc<Mutex<Option<String>>>,
     pub atomic: bool,
+    /// Declares an exclusive lock: the map may skip removals of keys it lacks.
+    pub exclusive: bool,
 }
 
 impl Switchable {
@@ -49,6 +51,7 @@ impl Switchable {
             loads_gated: Arc::default(),
             refused_key: Arc::default(),
             atomic,
+            exclusive: false,
         }
     }
 
@@ -169,6 +172,8 @@ where
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::new().with_atomic_batch(self.atomic)
+        Capabilities::new()
+            .with_atomic_batch(self.atomic)
+            .with_exclusive_lock(self.exclusive)
     }
 }
