@@ -42,11 +42,14 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// The layout of a file this release creates with keys in `key_format`.
+    /// The layout of a file this release creates with keys in `key_format`:
+    /// version 5, or in the legacy key format (for a tool that copies a
+    /// legacy file's key texts) version 2, which 0.2.0 reads too; it gets
+    /// the deadline field with its first deadline, like any version 2 file.
     pub(crate) fn new_store(key_format: KeyFormat) -> Self {
         Self {
             key_format,
-            deadlines: true,
+            deadlines: !matches!(key_format, KeyFormat::Legacy),
         }
     }
 
@@ -367,6 +370,10 @@ mod tests {
         assert_eq!(
             Layout::new_store(KeyFormat::Distinct).version(),
             FORMAT_VERSION
+        );
+        assert_eq!(
+            Layout::new_store(KeyFormat::Legacy).version(),
+            LEGACY_VERSION
         );
         assert_eq!(Layout::of_version(1), None);
         assert_eq!(Layout::of_version(6), None);

@@ -491,3 +491,27 @@ async fn automatic_compaction_keeps_the_deadlines() {
     let backend = reopen(backend);
     assert_eq!(stored(&backend).await, expected(&[("k", 1, Some(29))]));
 }
+
+/// A file created in the legacy key format (by a tool copying a legacy
+/// file) is created as 0.2.0 created one, and gets the field the same way.
+#[tokio::test]
+async fn a_new_legacy_key_file_is_version_2_until_its_first_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("legacy.csv");
+    let backend = CsvBackend::builder(&path)
+        .new_store_key_format(KeyFormat::Legacy)
+        .build();
+    apply(&backend, &[put("42", 1)]).await;
+    assert_eq!(read(&path), "persistent-map-csv/2,key,value\nput,42,1\n");
+    apply(&backend, &[put_until("42", 2, 1_000)]).await;
+    assert_eq!(
+        read(&path),
+        "persistent-map-csv/4,key,value,expires_at\nput,42,1,\nput,42,2,1000\n"
+    );
+    let backend = reopen(backend);
+    assert_eq!(
+        backend.key_format().await.expect("opens"),
+        KeyFormat::Legacy
+    );
+    assert_eq!(stored(&backend).await, expected(&[("42", 2, Some(1_000))]));
+}

@@ -27,7 +27,7 @@ use crate::format::{
     has_deadlines, key_format_of, new_table_version, FORMAT_VERSION, LEGACY_VERSION,
 };
 use crate::load::{self, Sink};
-use crate::statements::{create_table_sql, index_sql, Reads, Statements};
+use crate::statements::{create_table_sql, Reads, Statements};
 use crate::write::{self, chunks};
 
 /// The table that records, per map table, the format version it was written in.
@@ -161,10 +161,11 @@ impl Inner {
                         .await
                         .map_err(fail)?;
                 let version = if columns.is_empty() {
-                    for sql in [create_table_sql(&self.table), index_sql(&self.table)] {
+                    let version = new_table_version(self.key_format);
+                    for sql in create_table_sql(&self.table, has_deadlines(version)) {
                         sqlx::query(&sql).execute(&mut *tx).await.map_err(fail)?;
                     }
-                    new_table_version(self.key_format)
+                    version
                 } else {
                     self.check_columns(&columns)?;
                     tracing::info!(store = %self.store, "stamping a persistent-map 0.1.x table with format version {LEGACY_VERSION}");

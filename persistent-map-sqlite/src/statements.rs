@@ -141,15 +141,26 @@ impl Reads {
     }
 }
 
-/// The table with the deadline column, as this release creates it.
-pub(crate) fn create_table_sql(table: &str) -> String {
-    format!(
-        "CREATE TABLE \"{table}\" (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at INTEGER)"
-    )
+/// The statements that create a table, with the deadline column and its
+/// index, or in the layout of versions 1 and 2.
+pub(crate) fn create_table_sql(table: &str, deadlines: bool) -> Vec<String> {
+    if deadlines {
+        vec![
+            format!(
+                "CREATE TABLE \"{table}\" \
+                 (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at INTEGER)"
+            ),
+            index_sql(table),
+        ]
+    } else {
+        vec![format!(
+            "CREATE TABLE \"{table}\" (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+        )]
+    }
 }
 
 /// The partial index that finds entries with a deadline without a scan.
-pub(crate) fn index_sql(table: &str) -> String {
+fn index_sql(table: &str) -> String {
     format!(
         "CREATE INDEX IF NOT EXISTS \"{table}_expires_at\" ON \"{table}\" (expires_at) \
          WHERE expires_at IS NOT NULL"

@@ -574,3 +574,26 @@ async fn a_deadline_version_without_the_column_is_refused() {
     };
     assert!(reason.contains("expires_at"), "{reason}");
 }
+
+/// A table created in the legacy key format (by a tool copying a legacy
+/// table) is created as 0.2.0 created one, and gets the column the same way.
+#[tokio::test]
+async fn a_new_legacy_key_table_is_version_1_until_its_first_deadline() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let backend = SqliteBackend::builder(dir.path().join("legacy.db"))
+        .new_store_key_format(KeyFormat::Legacy)
+        .build()
+        .await
+        .expect("opens");
+    assert_eq!(backend.format_version(), 1);
+    assert_eq!(
+        schema(&backend).await,
+        ["CREATE TABLE \"kv\" (key TEXT PRIMARY KEY, value TEXT NOT NULL)"]
+    );
+    apply(&backend, &[put_until("42", 1, 1_000)]).await;
+    assert_eq!(backend.format_version(), 3);
+    let backend = reopen(backend).await;
+    assert_eq!(backend.key_format(), KeyFormat::Legacy);
+    assert_eq!(stored(&backend).await, expected(&[("42", 1, Some(1_000))]));
+    backend.close().await;
+}
