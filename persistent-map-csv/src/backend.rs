@@ -524,11 +524,7 @@ impl CsvBackend {
     {
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
-        let changes = encode(store.layout.key_format)?;
-        if changes.is_empty() {
-            return Ok(());
-        }
-        self.check_synced(store)?;
+        let mut changes = encode(store.layout.key_format)?;
         let stores_deadline = changes.iter().any(|change| {
             matches!(
                 change,
@@ -538,6 +534,15 @@ impl CsvBackend {
                 }
             )
         });
+        if !store.layout.deadlines && !stores_deadline {
+            // No entry has a deadline: removals of expired entries have
+            // nothing to remove, and must not migrate a 0.1.x file either.
+            changes.retain(|change| !matches!(change, Prepared::DelExpired { .. }));
+        }
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.check_synced(store)?;
         let file = self.ready::<K, V>(store, stores_deadline).await?;
         let records = decide(&changes, &store.deadlines);
         if records.is_empty() {

@@ -403,6 +403,14 @@ async fn a_0_1_file_goes_straight_to_the_deadline_format_with_its_first_deadline
     .expect("loads");
     assert_eq!(loaded.len(), 3);
     assert!(loaded.values().all(|(_, d)| d.is_none()));
+    // A sweep has nothing to remove, and leaves the file as it is.
+    let op = BatchOp::<String, String>::DeleteExpired {
+        key: "alice".to_string(),
+        now: at(5_000),
+    };
+    StorageBackend::<String, String>::apply_batch(&backend, &[op])
+        .await
+        .expect("applies");
     assert_eq!(read(&path), original);
 
     let op = BatchOp::PutExpiring {
