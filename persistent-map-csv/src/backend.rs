@@ -6,8 +6,9 @@ use std::fs::File;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use persistent_map_core::codec::{value_from_json, value_to_json, KeyFormat};
+use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, PersistentError, Result,
     StorageBackend,
@@ -17,6 +18,7 @@ use serde::Serialize;
 use tokio::sync::Mutex;
 use tracing::Instrument;
 
+use crate::changes::{decide, decode_stored, encode_key, encode_value, prepare, Prepared, Record};
 use crate::compaction::compact_contents;
 use crate::config::{CsvBackendBuilder, Options, SyncPolicy};
 use crate::error::at;
@@ -24,7 +26,7 @@ use crate::files::{
     append, create_parent, open_for_append, remove_stale_temp, replace_atomically, sync_data,
     truncate, Io,
 };
-use crate::format::{header_line, parse_header, Encoder, Header};
+use crate::format::{header_line, parse_header, Encoder, Header, Layout};
 use crate::lock::LockFile;
 use crate::read::{key_hash, read_legacy, read_start, scan, Change, Scan};
 use crate::thread::FileThread;
@@ -64,13 +66,18 @@ struct Store {
     /// Does the appends and syncs; holds the store's lock.
     thread: FileThread,
     delimiter: u8,
-    /// How the file writes keys, from its header; a file keeps its format.
-    key_format: KeyFormat,
+    /// How the file writes keys, from its header (a file keeps its key
+    /// format), and whether its records have the deadline field (a file
+    /// gets it with its first deadline).
+    layout: Layout,
     kind: Kind,
     /// Data rows and batch markers in the file.
     rows: u64,
     /// [`key_hash`] of every live key.
     live: HashSet<u64>,
+    /// The deadline of every live key that has one, by key text: what
+    /// decides a removal of an expired entry. Known once the file is read.
+    deadlines: HashMap<String, i64>,
     /// Set when a failed append could not be cut back: the length to cut to
     /// before the next write.
     dirty_tail: Option<u64>,
@@ -87,18 +94,10 @@ struct Store {
 enum Kind {
     /// A 0.1.x file, migrated before the first write.
     Legacy,
-    /// A version 2 file not read yet: row counts unknown.
+    /// A file with a header, not read yet: row counts unknown.
     Unscanned,
-    /// A version 2 file, read, open for appending.
+    /// A file with a header, read, open for appending.
     Ready(Arc<File>),
-}
-
-/// Keys and values encoded as text (once the file's key format is known)
-/// before anything is written, so a change that cannot be encoded fails
-/// without changing the file.
-struct Prepared {
-    key: String,
-    value: Option<String>,
 }
 
 impl CsvBackend {
@@ -133,9 +132,10 @@ impl CsvBackend {
     }
 
     /// How the file stores keys, from its header: [`KeyFormat::Distinct`]
-    /// for a file this release created (format version 3),
-    /// [`KeyFormat::Legacy`] for one written by persistent-map 0.1.x or an
-    /// earlier 0.2 (no header, or format version 2), which keeps its format.
+    /// for a file this release created (format version 5, or 3 from before
+    /// deadlines), [`KeyFormat::Legacy`] for one written by persistent-map
+    /// 0.1.x or 0.2.0 (no header, or format version 2, and 4 once such a
+    /// file has deadlines), which keeps its format.
     ///
     /// # Errors
     ///
@@ -143,7 +143,7 @@ impl CsvBackend {
     /// backend, or its header is malformed or from a newer release.
     pub async fn key_format(&self) -> Result<KeyFormat> {
         let mut state = self.state.lock().await;
-        Ok(self.open(&mut state).await?.key_format)
+        Ok(self.open(&mut state).await?.layout.key_format)
     }
 
     /// Rewrites the file with only its live entries, dropping replaced
@@ -155,8 +155,10 @@ impl CsvBackend {
     /// map, so it never loses one. With a map, reach it through
     /// [`PersistentMap::backend`](persistent_map_core::PersistentMap::backend).
     ///
-    /// A 0.1.x file that has not been written to yet is left as it is: its
-    /// migration on the first write already keeps only live entries.
+    /// The file keeps its format version: a file without the deadline
+    /// field gets it with its first deadline, not here. A 0.1.x file that
+    /// has not been written to yet is left as it is: its migration on the
+    /// first write already keeps only live entries.
     ///
     /// ```
     /// # use persistent_map_core::PersistentMap;
@@ -181,7 +183,8 @@ impl CsvBackend {
     pub async fn compact(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
-        self.compact_store(store).await
+        let layout = store.layout;
+        self.compact_store(store, layout).await
     }
 
     /// Opens and locks the store on first use.
@@ -202,33 +205,34 @@ impl CsvBackend {
             delimiter: self.options.delimiter.as_byte(),
             // What a file created now gets; the header of an existing one
             // overrides it.
-            key_format: self.options.new_store_key_format,
+            layout: Layout::new_store(self.options.new_store_key_format),
             kind: Kind::Unscanned,
             rows: 0,
             live: HashSet::new(),
+            deadlines: HashMap::new(),
             dirty_tail: None,
             len: None,
             sync_failed: None,
         };
         match read_start(&self.path).await? {
             None => {
-                let header = header_line(store.delimiter, store.key_format);
+                let header = header_line(store.delimiter, store.layout);
                 let file = replace_atomically(&self.io, &self.path, header).await?;
                 store.kind = Kind::Ready(file);
                 store.len = None;
             }
             Some(start) => match parse_header(&self.path, &start)? {
-                Header::Current {
-                    delimiter,
-                    key_format,
-                } => {
+                Header::Current { delimiter, layout } => {
                     store.delimiter = delimiter;
-                    store.key_format = key_format;
+                    store.layout = layout;
                 }
                 Header::Legacy => {
                     // Its keys stay as 0.1.x wrote them, also after the
                     // migration to a file with a header.
-                    store.key_format = KeyFormat::Legacy;
+                    store.layout = Layout {
+                        key_format: KeyFormat::Legacy,
+                        deadlines: false,
+                    };
                     store.kind = Kind::Legacy;
                 }
             },
@@ -241,13 +245,18 @@ impl CsvBackend {
         Ok(store)
     }
 
-    /// Reads a version 2 file through `apply`, cuts off an incomplete tail,
-    /// and makes the store ready for appending.
+    /// Reads a file with a header through `apply`, cuts off an incomplete
+    /// tail, and makes the store ready for appending.
     async fn scan_store<F>(&self, store: &mut Store, apply: F) -> Result<()>
     where
         F: FnMut(Change) -> Result<()>,
     {
-        let Scan { rows, live, torn } = scan(&self.path, store.delimiter, apply).await?;
+        let Scan {
+            rows,
+            live,
+            deadlines,
+            torn,
+        } = scan(&self.path, store.delimiter, store.layout.deadlines, apply).await?;
         if let Some(torn) = torn {
             tracing::warn!(
                 path = %self.path.display(),
@@ -264,10 +273,15 @@ impl CsvBackend {
         }
         store.rows = rows;
         store.live = live;
+        store.deadlines = deadlines;
         Ok(())
     }
 
-    async fn load_entries<K, V>(&self) -> Result<HashMap<K, V>>
+    /// Every live entry, as `make` builds it from the value and deadline.
+    async fn load_entries<K, V, T>(
+        &self,
+        make: impl Fn(V, Option<SystemTime>) -> T + Send,
+    ) -> Result<HashMap<K, T>>
     where
         K: Eq + Hash + Serialize + DeserializeOwned,
         V: DeserializeOwned,
@@ -275,11 +289,15 @@ impl CsvBackend {
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
         if matches!(store.kind, Kind::Legacy) {
-            return read_legacy(&self.path).await;
+            let entries: HashMap<K, V> = read_legacy(&self.path).await?;
+            return Ok(entries
+                .into_iter()
+                .map(|(key, value)| (key, make(value, None)))
+                .collect());
         }
         let mut entries = HashMap::new();
         let path = &self.path;
-        let key_format = store.key_format;
+        let key_format = store.layout.key_format;
         self.scan_store(store, |change| {
             let location = at(path).with_line(change.line);
             let key: K = key_format.decode(&change.key).map_err(|e| {
@@ -291,14 +309,14 @@ impl CsvBackend {
             })?;
             match &change.value {
                 Some(json) => {
-                    let value: V = value_from_json(json).map_err(|e| {
-                        PersistentError::decode(
-                            EntryPart::Value,
-                            location.with_key(render_key(&key)),
-                            e,
-                        )
-                    })?;
-                    entries.insert(key, value);
+                    let (value, deadline) = decode_stored::<V>(
+                        path,
+                        change.line,
+                        &change.key,
+                        json,
+                        change.expires_at,
+                    )?;
+                    entries.insert(key, make(value, deadline));
                 }
                 None => {
                     entries.remove(&key);
@@ -310,17 +328,71 @@ impl CsvBackend {
         Ok(entries)
     }
 
+    /// The stored value and deadline of each of `keys`, from one pass over
+    /// the file that decodes only their records.
+    #[allow(clippy::type_complexity)]
+    async fn load_key_entries<K, V>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>>
+    where
+        K: Eq + Hash + Clone + Serialize + DeserializeOwned,
+        V: Clone + DeserializeOwned,
+    {
+        let mut state = self.state.lock().await;
+        let store = self.open(&mut state).await?;
+        if matches!(store.kind, Kind::Legacy) {
+            let entries: HashMap<K, V> = read_legacy(&self.path).await?;
+            return Ok(keys
+                .iter()
+                .map(|key| (key.clone(), entries.get(key).cloned().map(|v| (v, None))))
+                .collect());
+        }
+        let texts: Vec<String> = keys
+            .iter()
+            .map(|key| encode_key(&self.path, store.layout.key_format, key))
+            .collect::<Result<_>>()?;
+        let wanted: HashSet<&str> = texts.iter().map(String::as_str).collect();
+        // The last change of each wanted key: its line, value and deadline.
+        let mut last: HashMap<String, (u64, Option<String>, Option<i64>)> = HashMap::new();
+        self.scan_store(store, |change| {
+            if wanted.contains(change.key.as_str()) {
+                last.insert(change.key, (change.line, change.value, change.expires_at));
+            }
+            Ok(())
+        })
+        .await?;
+        let mut found: HashMap<&str, (V, Option<SystemTime>)> = HashMap::new();
+        for (key, (line, value, expires_at)) in &last {
+            if let Some(json) = value {
+                found.insert(
+                    key.as_str(),
+                    decode_stored(&self.path, *line, key, json, *expires_at)?,
+                );
+            }
+        }
+        Ok(keys
+            .iter()
+            .zip(&texts)
+            .map(|(key, text)| (key.clone(), found.get(text.as_str()).cloned()))
+            .collect())
+    }
+
     /// The append handle of a store, after migrating a 0.1.x file or reading
-    /// an unread one.
-    async fn ready<K, V>(&self, store: &mut Store) -> Result<Arc<File>>
+    /// an unread one, and (if `deadlines`) after giving a file without the
+    /// deadline field that field.
+    async fn ready<K, V>(&self, store: &mut Store, deadlines: bool) -> Result<Arc<File>>
     where
         K: Eq + Hash + Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
     {
+        if deadlines && !store.layout.deadlines {
+            self.upgrade::<K, V>(store).await?;
+        }
         match &store.kind {
             Kind::Ready(file) => return Ok(Arc::clone(file)),
             Kind::Unscanned => self.scan_store(store, |_| Ok(())).await?,
-            Kind::Legacy => self.migrate::<K, V>(store).await?,
+            Kind::Legacy => self.migrate::<K, V>(store, store.layout).await?,
         }
         match &store.kind {
             Kind::Ready(file) => Ok(Arc::clone(file)),
@@ -331,48 +403,77 @@ impl CsvBackend {
         }
     }
 
-    /// Rewrites a 0.1.x file in format version 2, atomically: with a header,
-    /// its keys still in the legacy format.
-    async fn migrate<K, V>(&self, store: &mut Store) -> Result<()>
+    /// Rewrites a 0.1.x file in `layout` (format version 2, or 4 when its
+    /// first write stores a deadline), atomically: with a header, its keys
+    /// still in the legacy format.
+    async fn migrate<K, V>(&self, store: &mut Store, layout: Layout) -> Result<()>
     where
         K: Eq + Hash + Serialize + DeserializeOwned,
         V: Serialize + DeserializeOwned,
     {
         let entries: HashMap<K, V> = read_legacy(&self.path).await?;
-        let header = header_line(store.delimiter, store.key_format);
-        let mut encoder = Encoder::new(store.delimiter, header);
+        let header = header_line(store.delimiter, layout);
+        let mut encoder = Encoder::new(store.delimiter, layout, header);
         let mut live = HashSet::with_capacity(entries.len());
         for (key, value) in &entries {
-            let change = prepare(&self.path, store.key_format, key, Some(value))?;
-            encoder.put(&change.key, change.value.as_deref().unwrap_or_default());
-            live.insert(key_hash(&change.key));
+            let key = encode_key(&self.path, layout.key_format, key)?;
+            encoder.put(&key, &encode_value(&self.path, &key, value)?, None);
+            live.insert(key_hash(&key));
         }
         let contents = encoder.finish();
         let file = replace_atomically(&self.io, &self.path, contents).await?;
         tracing::info!(
             path = %self.path.display(),
             entries = entries.len(),
-            "migrated a persistent-map 0.1.x csv file to format version 2"
+            version = layout.version(),
+            "migrated a persistent-map 0.1.x csv file to a file with a header"
         );
         store.kind = Kind::Ready(file);
+        store.layout = layout;
         store.len = None;
         store.rows = live.len() as u64;
         store.live = live;
+        store.deadlines.clear();
         store.dirty_tail = None;
         Ok(())
     }
 
-    /// Rewrites the file with only its live records, inside a
-    /// `persistent_map.compaction` span (the map never compacts a store on
-    /// its own: this backend does, so the span is its own).
-    async fn compact_store(&self, store: &mut Store) -> Result<()> {
+    /// Gives a file without the deadline field that field, before its first
+    /// deadline is appended: rewrites it like a compaction (a 0.1.x file
+    /// like its migration), atomically, in the version with the field and
+    /// the same key format. A crash leaves the old file or the new one,
+    /// both holding the same entries.
+    async fn upgrade<K, V>(&self, store: &mut Store) -> Result<()>
+    where
+        K: Eq + Hash + Serialize + DeserializeOwned,
+        V: Serialize + DeserializeOwned,
+    {
+        let from = store.layout.version();
+        let to = store.layout.with_deadlines();
+        match store.kind {
+            Kind::Legacy => self.migrate::<K, V>(store, to).await?,
+            _ => self.compact_store(store, to).await?,
+        }
+        tracing::info!(
+            path = %self.path.display(),
+            from,
+            to = to.version(),
+            "rewrote the csv file with a deadline field for its first deadline"
+        );
+        Ok(())
+    }
+
+    /// Rewrites the file with only its live records, in layout `to`,
+    /// inside a `persistent_map.compaction` span (the map never compacts a
+    /// store on its own: this backend does, so the span is its own).
+    async fn compact_store(&self, store: &mut Store, to: Layout) -> Result<()> {
         let span = tracing::info_span!(
             "persistent_map.compaction",
             path = %self.path.display(),
             rows_before = store.rows,
             rows_after = tracing::field::Empty,
         );
-        self.compact_rows(store)
+        self.compact_rows(store, to)
             .instrument(span.clone())
             .await
             .inspect(|()| {
@@ -380,7 +481,7 @@ impl CsvBackend {
             })
     }
 
-    async fn compact_rows(&self, store: &mut Store) -> Result<()> {
+    async fn compact_rows(&self, store: &mut Store, to: Layout) -> Result<()> {
         match store.kind {
             Kind::Legacy => return Ok(()),
             // Reading first cuts off a torn tail, so the rewrite starts from
@@ -389,10 +490,11 @@ impl CsvBackend {
             Kind::Ready(_) => {}
         }
         let rows_before = store.rows;
-        let compacted = compact_contents(&self.path, store.delimiter, store.key_format).await?;
+        let compacted = compact_contents(&self.path, store.delimiter, store.layout, to).await?;
         let rows = compacted.rows();
         let file = replace_atomically(&self.io, &self.path, compacted.contents).await?;
         store.kind = Kind::Ready(file);
+        store.layout = to;
         store.len = None;
         store.rows = rows;
         store.live = compacted.live;
@@ -410,6 +512,8 @@ impl CsvBackend {
 
     /// Appends the changes `encode` makes in the file's key format as one
     /// write; a batch gets the marker that makes it all-or-nothing at load.
+    /// The first deadline a file without the deadline field gets makes it
+    /// rewrite the file with that field first.
     async fn write<K, V>(
         &self,
         encode: impl FnOnce(KeyFormat) -> Result<Vec<Prepared>> + Send,
@@ -420,23 +524,45 @@ impl CsvBackend {
     {
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
-        let changes = encode(store.key_format)?;
+        let mut changes = encode(store.layout.key_format)?;
+        let stores_deadline = changes.iter().any(|change| {
+            matches!(
+                change,
+                Prepared::Put {
+                    expires_at: Some(_),
+                    ..
+                }
+            )
+        });
+        if !store.layout.deadlines && !stores_deadline {
+            // No entry has a deadline: removals of expired entries have
+            // nothing to remove, and must not migrate a 0.1.x file either.
+            changes.retain(|change| !matches!(change, Prepared::DelExpired { .. }));
+        }
         if changes.is_empty() {
             return Ok(());
         }
         self.check_synced(store)?;
-        let file = self.ready::<K, V>(store).await?;
+        let file = self.ready::<K, V>(store, stores_deadline).await?;
+        let records = decide(&changes, &store.deadlines);
+        if records.is_empty() {
+            return Ok(());
+        }
 
-        let mut encoder = Encoder::new(store.delimiter, Vec::new());
-        let mut rows = changes.len() as u64;
-        if changes.len() > 1 {
-            encoder.batch(changes.len());
+        let mut encoder = Encoder::new(store.delimiter, store.layout, Vec::new());
+        let mut rows = records.len() as u64;
+        if records.len() > 1 {
+            encoder.batch(records.len());
             rows += 1;
         }
-        for change in &changes {
-            match &change.value {
-                Some(value) => encoder.put(&change.key, value),
-                None => encoder.del(&change.key),
+        for record in &records {
+            match *record {
+                Record::Put {
+                    key,
+                    value,
+                    expires_at,
+                } => encoder.put(key, value, expires_at),
+                Record::Del { key } => encoder.del(key),
             }
         }
         let bytes = encoder.finish();
@@ -463,12 +589,28 @@ impl CsvBackend {
         appended.result?;
 
         store.rows += rows;
-        for change in &changes {
-            let hash = key_hash(&change.key);
-            if change.value.is_some() {
-                store.live.insert(hash);
-            } else {
-                store.live.remove(&hash);
+        for record in &records {
+            let key = record.key();
+            let hash = key_hash(key);
+            match *record {
+                Record::Put { expires_at, .. } => {
+                    store.live.insert(hash);
+                    match expires_at {
+                        Some(deadline) => {
+                            store.deadlines.insert(key.to_owned(), deadline);
+                        }
+                        None if store.deadlines.is_empty() => {}
+                        None => {
+                            store.deadlines.remove(key);
+                        }
+                    }
+                }
+                Record::Del { .. } => {
+                    store.live.remove(&hash);
+                    if !store.deadlines.is_empty() {
+                        store.deadlines.remove(key);
+                    }
+                }
             }
         }
         if self
@@ -478,7 +620,8 @@ impl CsvBackend {
         {
             // The write is already acknowledged by the file; a failed
             // compaction leaves the old file, which is still complete.
-            if let Err(err) = self.compact_store(store).await {
+            let layout = store.layout;
+            if let Err(err) = self.compact_store(store, layout).await {
                 tracing::warn!(path = %self.path.display(), error = %err, "automatic compaction failed");
             }
         }
@@ -518,28 +661,6 @@ impl Store {
     }
 }
 
-/// Encodes a key and (for a put) a value as text, naming the key on failure.
-fn prepare<K: Serialize, V: Serialize>(
-    path: &Path,
-    key_format: KeyFormat,
-    key: &K,
-    value: Option<&V>,
-) -> Result<Prepared> {
-    let location = || at(path).with_key(render_key(key));
-    let key_text = key_format
-        .encode(key)
-        .map_err(|e| PersistentError::encode(EntryPart::Key, location(), e))?;
-    let value = value
-        .map(|v| {
-            value_to_json(v).map_err(|e| PersistentError::encode(EntryPart::Value, location(), e))
-        })
-        .transpose()?;
-    Ok(Prepared {
-        key: key_text,
-        value,
-    })
-}
-
 impl fmt::Debug for CsvBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CsvBackend")
@@ -559,37 +680,78 @@ where
     V: Clone + Serialize + DeserializeOwned + Send + Sync + 'static,
 {
     async fn load_all(&self) -> Result<HashMap<K, V>> {
-        self.load_entries().await
+        self.load_entries(|value: V, _| value).await
     }
 
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
         // Tombstones and later records override earlier ones, so entries are
         // settled per key before the sink sees them.
-        for (key, value) in self.load_entries::<K, V>().await? {
+        for (key, value) in self.load_entries(|value: V, _| value).await? {
             sink(key, value);
         }
         Ok(())
     }
 
+    /// One pass over the file, as [`load_into`](Self::load_into), with each
+    /// entry's deadline (none in a file without the deadline field).
+    async fn load_with_expiry_into(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<()> {
+        for (key, (value, deadline)) in self.load_entries(|value: V, d| (value, d)).await? {
+            sink(key, value, deadline);
+        }
+        Ok(())
+    }
+
+    /// One pass over the file that decodes only the records of `keys`.
+    async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
+        Ok(self
+            .load_key_entries::<K, V>(keys)
+            .await?
+            .into_iter()
+            .map(|(key, found)| (key, found.map(|(value, _)| value)))
+            .collect())
+    }
+
+    /// As [`load_keys`](Self::load_keys), with each entry's deadline.
+    async fn load_keys_with_expiry(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>> {
+        self.load_key_entries(keys).await
+    }
+
     async fn save(&self, key: K, value: V) -> Result<()> {
-        self.write::<K, V>(|format| Ok(vec![prepare(&self.path, format, &key, Some(&value))?]))
-            .await
+        self.write::<K, V>(|format| {
+            Ok(vec![Prepared::Put {
+                key: encode_key(&self.path, format, &key)?,
+                value: encode_value(&self.path, &key, &value)?,
+                expires_at: None,
+            }])
+        })
+        .await
     }
 
     async fn delete(&self, key: &K) -> Result<()> {
-        self.write::<K, V>(|format| Ok(vec![prepare::<K, V>(&self.path, format, key, None)?]))
-            .await
+        self.write::<K, V>(|format| {
+            Ok(vec![Prepared::Del {
+                key: encode_key(&self.path, format, key)?,
+            }])
+        })
+        .await
     }
 
+    /// One append per batch (see the crate documentation). A removal of an
+    /// expired entry appends a tombstone only if the entry's deadline, as
+    /// the file and the batch's earlier changes leave it, is at or before
+    /// its clock. The first deadline a file without the deadline field
+    /// gets rewrites the file with that field first.
     async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
         self.write::<K, V>(|format| {
             batch
                 .iter()
-                .map(|op| match op {
-                    BatchOp::Put { key, value } => prepare(&self.path, format, key, Some(value)),
-                    BatchOp::Delete { key } => prepare::<K, V>(&self.path, format, key, None),
-                    _ => Err(PersistentError::unknown_change("csv")),
-                })
+                .map(|op| prepare(&self.path, format, op))
                 .collect()
         })
         .await
@@ -613,22 +775,26 @@ where
     async fn clear(&self) -> Result<()> {
         let mut state = self.state.lock().await;
         let store = self.open(&mut state).await?;
-        // The store keeps its key format: a cleared store is the same store.
-        let header = header_line(store.delimiter, store.key_format);
+        // The store keeps its format version: a cleared store is the same store.
+        let header = header_line(store.delimiter, store.layout);
         let file = replace_atomically(&self.io, &self.path, header).await?;
         store.kind = Kind::Ready(file);
         store.len = None;
         store.rows = 0;
         store.live.clear();
+        store.deadlines.clear();
         store.dirty_tail = None;
         store.sync_failed = None;
         Ok(())
     }
 
     fn capabilities(&self) -> Capabilities {
+        // Every file can store deadlines: one without the field gets it
+        // with its first deadline.
         Capabilities::new()
             .with_atomic_batch(true)
             .with_exclusive_lock(true)
+            .with_expiry(true)
             .with_durability(match self.options.sync {
                 SyncPolicy::EveryWrite => Durability::OnAcknowledge,
                 _ => Durability::OnFlush,

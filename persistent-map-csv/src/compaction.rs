@@ -3,10 +3,9 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use persistent_map_core::codec::KeyFormat;
 use persistent_map_core::Result;
 
-use crate::format::{header_line, Encoder};
+use crate::format::{header_line, Encoder, Layout};
 use crate::read::{key_hash, scan};
 
 /// A compacted file's contents, ready to replace the old file.
@@ -25,9 +24,14 @@ impl Compacted {
     }
 }
 
-/// Reads the version 2 or 3 file at `path` and encodes its live entries in
-/// the order of their last write, under the header of the same version: the
-/// file keeps its `key_format`.
+/// A live entry: its last write's sequence number, value and deadline.
+type Live = (u64, String, Option<i64>);
+
+/// Reads the file at `path`, in `layout`, and encodes its live entries (with
+/// their deadlines, expired or not) in the order of their last write, under
+/// the header of layout `to`: the same one, or the same one with the
+/// deadline field, for a file that gets its first deadline. Either way the
+/// file keeps its key format.
 ///
 /// Works on the key text, without decoding keys or values: the text of a
 /// key is what identifies it in the file. An incomplete tail is left out,
@@ -35,15 +39,17 @@ impl Compacted {
 pub(crate) async fn compact_contents(
     path: &Path,
     delimiter: u8,
-    key_format: KeyFormat,
+    layout: Layout,
+    to: Layout,
 ) -> Result<Compacted> {
-    let mut live: HashMap<String, (u64, String)> = HashMap::new();
+    // Per live key: when it was last written, its value and its deadline.
+    let mut live: HashMap<String, Live> = HashMap::new();
     let mut seq = 0_u64;
-    scan(path, delimiter, |change| {
+    scan(path, delimiter, layout.deadlines, |change| {
         seq += 1;
         match change.value {
             Some(value) => {
-                live.insert(change.key, (seq, value));
+                live.insert(change.key, (seq, value, change.expires_at));
             }
             None => {
                 live.remove(&change.key);
@@ -53,12 +59,12 @@ pub(crate) async fn compact_contents(
     })
     .await?;
 
-    let mut ordered: Vec<(String, (u64, String))> = live.into_iter().collect();
-    ordered.sort_unstable_by_key(|(_, (seq, _))| *seq);
-    let mut encoder = Encoder::new(delimiter, header_line(delimiter, key_format));
+    let mut ordered: Vec<(String, Live)> = live.into_iter().collect();
+    ordered.sort_unstable_by_key(|(_, (seq, ..))| *seq);
+    let mut encoder = Encoder::new(delimiter, to, header_line(delimiter, to));
     let mut hashes = HashSet::with_capacity(ordered.len());
-    for (key, (_, value)) in &ordered {
-        encoder.put(key, value);
+    for (key, (_, value, expires_at)) in &ordered {
+        encoder.put(key, value, *expires_at);
         hashes.insert(key_hash(key));
     }
     Ok(Compacted {

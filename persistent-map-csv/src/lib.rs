@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
 mod backend;
+mod changes;
 mod compaction;
 mod config;
+mod deadline;
 mod error;
 mod files;
 mod format;

@@ -1,4 +1,5 @@
-//! Reading files: format version 2 with its torn-tail rule, and 0.1.x files.
+//! Reading files: format versions 2 to 5 with their torn-tail rule, and
+//! 0.1.x files.
 //!
 //! # What is repaired, and what is an error
 //!
@@ -41,7 +42,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use crate::error::{at, from_csv};
 use crate::format::{parse_entry, Entry};
 
-/// One change read from a version 2 file, in file order.
+/// One change read from a file with a header, in file order.
 #[derive(Debug)]
 pub(crate) struct Change {
     /// The line the record starts on.
@@ -50,6 +51,8 @@ pub(crate) struct Change {
     pub(crate) key: String,
     /// The value as JSON, or `None` for a tombstone.
     pub(crate) value: Option<String>,
+    /// The deadline of a put, in milliseconds since the Unix epoch.
+    pub(crate) expires_at: Option<i64>,
 }
 
 /// A record (or a batch) at the end of the file that was not completely
@@ -69,6 +72,8 @@ pub(crate) struct Scan {
     pub(crate) rows: u64,
     /// [`key_hash`] of every live key.
     pub(crate) live: HashSet<u64>,
+    /// The deadline of every live key that has one, by key text.
+    pub(crate) deadlines: HashMap<String, i64>,
     /// The incomplete tail, if the file has one.
     pub(crate) torn: Option<Torn>,
 }
@@ -98,6 +103,8 @@ struct PendingBatch {
 /// Replays records in order, holding back a batch until it is complete.
 struct Replay<'p, F> {
     path: &'p Path,
+    /// Whether records have the deadline field.
+    deadlines: bool,
     apply: F,
     scan: Scan,
     batch: Option<PendingBatch>,
@@ -106,8 +113,14 @@ struct Replay<'p, F> {
 impl<F: FnMut(Change) -> Result<()>> Replay<'_, F> {
     fn record(&mut self, record: &ByteRecord) -> Result<()> {
         let (start, line) = record.position().map_or((0, 0), |p| (p.byte(), p.line()));
-        let entry = parse_entry(record)
-            .map_err(|reason| PersistentError::corrupt(at(self.path).with_line(line), reason))?;
+        let entry = parse_entry(record, self.deadlines).map_err(|malformed| {
+            let location = at(self.path).with_line(line);
+            let location = match &malformed.key {
+                Some(key) => location.with_key(render_key(key)),
+                None => location,
+            };
+            PersistentError::corrupt(location, malformed.reason)
+        })?;
         let change = match entry {
             Entry::Batch { len } => {
                 if self.batch.is_some() {
@@ -125,15 +138,21 @@ impl<F: FnMut(Change) -> Result<()>> Replay<'_, F> {
                 });
                 return Ok(());
             }
-            Entry::Put { key, value } => Change {
+            Entry::Put {
+                key,
+                value,
+                expires_at,
+            } => Change {
                 line,
                 key,
                 value: Some(value),
+                expires_at,
             },
             Entry::Del { key } => Change {
                 line,
                 key,
                 value: None,
+                expires_at: None,
             },
         };
         let Some(batch) = self.batch.as_mut() else {
@@ -160,12 +179,23 @@ impl<F: FnMut(Change) -> Result<()>> Replay<'_, F> {
         } else {
             self.scan.live.remove(&hash);
         }
+        match change.expires_at {
+            Some(deadline) => {
+                self.scan.deadlines.insert(change.key.clone(), deadline);
+            }
+            // Skips hashing the key in a file without deadlines.
+            None if self.scan.deadlines.is_empty() => {}
+            None => {
+                self.scan.deadlines.remove(&change.key);
+            }
+        }
         (self.apply)(change)
     }
 }
 
-/// Reads a version 2 file and hands every change of its complete part to
-/// `apply`, in order. Changes of a batch are handed over only once the whole
+/// Reads a file with a header (whose records have the deadline field if
+/// `deadlines`) and hands every change of its complete part to `apply`, in
+/// order. Changes of a batch are handed over only once the whole
 /// batch has been read.
 ///
 /// The last record is incomplete (torn) when the file does not end with a
@@ -175,7 +205,7 @@ impl<F: FnMut(Change) -> Result<()>> Replay<'_, F> {
 /// leaves (see the module docs for when a batch is): [`Scan::torn`] says
 /// where the complete part ends, and the caller decides whether to cut the
 /// file there. Anything else is an error naming its line; nothing is changed.
-pub(crate) async fn scan<F>(path: &Path, delimiter: u8, apply: F) -> Result<Scan>
+pub(crate) async fn scan<F>(path: &Path, delimiter: u8, deadlines: bool, apply: F) -> Result<Scan>
 where
     F: FnMut(Change) -> Result<()>,
 {
@@ -190,6 +220,7 @@ where
 
     let mut replay = Replay {
         path,
+        deadlines,
         apply,
         scan: Scan::default(),
         batch: None,
@@ -252,8 +283,8 @@ where
 /// Whether the bytes from `start` to the end of the file are an incompletely
 /// written record.
 ///
-/// Values are JSON, which has no raw newline, and only keys are quoted
-/// when they hold one; so a newline is a record end exactly when an even
+/// Values are JSON, which has no raw newline, deadlines are digits, and
+/// only keys are quoted when they hold one; so a newline is a record end exactly when an even
 /// number of quote characters (doubled quotes count twice) precede it.
 async fn is_torn(path: &Path, start: u64, len: u64) -> Result<bool> {
     if start >= len {

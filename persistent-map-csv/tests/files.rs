@@ -168,7 +168,7 @@ async fn file_has_a_header_then_one_record_per_change() {
     map.remove(&"bob, jr".to_string()).await.expect("removes");
     assert_eq!(
         read(&path),
-        "persistent-map-csv/3,key,value\nput,alice,30\nput,\"bob, jr\",7\nput,alice,31\ndel,\"bob, jr\",\n"
+        "persistent-map-csv/5,key,value,expires_at\nput,alice,30,\nput,\"bob, jr\",7,\nput,alice,31,\ndel,\"bob, jr\",,\n"
     );
 }
 
@@ -186,7 +186,7 @@ async fn a_remove_appends_one_tombstone_and_rewrites_nothing() {
     map.remove(&"k10".to_string()).await.expect("removes");
     let after = read(&path);
     assert!(after.starts_with(&before), "earlier records are untouched");
-    assert_eq!(&after[before.len()..], "del,k10,\n");
+    assert_eq!(&after[before.len()..], "del,k10,,\n");
     assert_eq!(line_count(&path), 52);
     map.close().await.expect("closes");
     drop(map);
@@ -218,7 +218,7 @@ async fn a_batch_is_one_append_behind_a_marker() {
     backend.apply_batch(&batch).await.expect("applies");
     assert_eq!(
         read(&path),
-        "persistent-map-csv/3,key,value\nbatch,,3\nput,a,1\nput,b,2\ndel,a,\n"
+        "persistent-map-csv/5,key,value,expires_at\nbatch,,3,\nput,a,1,\nput,b,2,\ndel,a,,\n"
     );
     let loaded: std::collections::HashMap<String, u32> = backend.load_all().await.expect("loads");
     assert_eq!(loaded, [("b".to_string(), 2)].into());
@@ -344,7 +344,7 @@ async fn clear_leaves_only_the_header() {
         .expect("opens");
     map.insert(1_u8, 1_u8).await.expect("inserts");
     map.clear().await.expect("clears");
-    assert_eq!(read(&path), "persistent-map-csv/3,key,value\n");
+    assert_eq!(read(&path), "persistent-map-csv/5,key,value,expires_at\n");
     map.insert(2, 2).await.expect("inserts");
     map.close().await.expect("closes");
     drop(map);
@@ -370,7 +370,7 @@ async fn a_file_keeps_the_delimiter_it_was_created_with() {
     drop(map);
     assert_eq!(
         read(&path),
-        "persistent-map-csv/3;key;value\nput;\"a;b\";\"\"\"x,y\"\"\"\n"
+        "persistent-map-csv/5;key;value;expires_at\nput;\"a;b\";\"\"\"x,y\"\"\";\n"
     );
     // Opened with the default (comma) option, the header's delimiter wins.
     let map: PersistentMap<String, String, _> = PersistentMap::new(CsvBackend::new(&path))
@@ -380,7 +380,7 @@ async fn a_file_keeps_the_delimiter_it_was_created_with() {
     map.insert("c".to_string(), "d".to_string())
         .await
         .expect("inserts");
-    assert!(read(&path).ends_with("put;c;\"\"\"d\"\"\"\n"));
+    assert!(read(&path).ends_with("put;c;\"\"\"d\"\"\";\n"));
 }
 
 fn fixture(dir: &Path, name: &str) -> PathBuf {
@@ -584,12 +584,12 @@ async fn keys_that_share_a_legacy_text_stay_distinct_across_a_reopen_and_compact
     }
     map.close().await.expect("closes");
     drop(map);
-    assert!(read(&path).starts_with("persistent-map-csv/3,key,value\n"));
+    assert!(read(&path).starts_with("persistent-map-csv/5,key,value,expires_at\n"));
     for compact in [false, true] {
         let backend = CsvBackend::new(&path);
         if compact {
             backend.compact().await.expect("compacts");
-            assert!(read(&path).starts_with("persistent-map-csv/3,key,value\n"));
+            assert!(read(&path).starts_with("persistent-map-csv/5,key,value,expires_at\n"));
         }
         let map: PersistentMap<Option<String>, u32, _> =
             PersistentMap::new(backend).await.expect("reopens");

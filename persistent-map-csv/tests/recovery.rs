@@ -94,10 +94,13 @@ async fn a_record_cut_inside_a_quoted_newline_is_discarded() {
 
 #[tokio::test]
 async fn a_batch_cut_inside_its_last_record_is_discarded_as_a_whole() {
-    assert_torn_tail_is_cut("batch,,3\nput,x,\"\"\"1\"\"\"\nput,y,\"\"\"2").await;
-    assert_torn_tail_is_cut("batch,,2\nput,x,\"\"\"1\"\"\"\nput,y,\"\"\"2").await;
-    assert_torn_tail_is_cut("batch,,2\nput,x,\"\"\"1\"\"\"\npu").await;
-    assert_torn_tail_is_cut("batch,,2\nba").await;
+    assert_torn_tail_is_cut("batch,,3,\nput,x,\"\"\"1\"\"\",\nput,y,\"\"\"2").await;
+    assert_torn_tail_is_cut("batch,,2,\nput,x,\"\"\"1\"\"\",\nput,y,\"\"\"2").await;
+    assert_torn_tail_is_cut("batch,,2,\nput,x,\"\"\"1\"\"\",\npu").await;
+    assert_torn_tail_is_cut("batch,,2,\nba").await;
+    // Cut inside a deadline.
+    assert_torn_tail_is_cut("batch,,2,\nput,x,\"\"\"1\"\"\",17672").await;
+    assert_torn_tail_is_cut("put,x,\"\"\"1\"\"\",1767").await;
 }
 
 #[tokio::test]
@@ -107,8 +110,8 @@ async fn a_batch_cut_at_a_page_boundary_between_records_is_discarded() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("paged.csv");
     let complete = two_entries(&path).await;
-    let head = "batch,,3\nput,x,\"\"\"";
-    let tail = "\"\"\"\n";
+    let head = "batch,,3,\nput,x,\"\"\"";
+    let tail = "\"\"\",1767225600000\n";
     let pad = 4096 - (complete.len() + head.len() + tail.len()) % 4096;
     let cut = format!("{head}{}{tail}", "p".repeat(pad));
     append_raw(&path, &cut);
@@ -252,7 +255,7 @@ async fn a_newer_format_is_refused() {
             err,
             PersistentError::UnsupportedFormat {
                 found: 9,
-                supported: 3,
+                supported: 5,
                 ..
             }
         ),

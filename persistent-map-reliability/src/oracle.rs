@@ -18,21 +18,27 @@ pub enum Expect {
     Unknown,
 }
 
-/// The headers of versions 2 and 3, which differ only in how a key whose
-/// text is JSON is written: quoted in version 3, which (like any quoted
-/// field) the oracle leaves as unknown. Unquoted keys read the same in both.
-const HEADERS: [&[u8]; 2] = [
-    b"persistent-map-csv/2,key,value\n",
-    b"persistent-map-csv/3,key,value\n",
+/// The headers of versions 2 to 5, with the number of fields of their
+/// records. Versions 4 and 5 add a deadline field. Even and odd versions
+/// differ only in how a key whose text is JSON is written: quoted in the odd
+/// ones, which (like any quoted field) the oracle leaves as unknown.
+/// Unquoted keys read the same in all of them.
+const HEADERS: [(&[u8], usize); 4] = [
+    (b"persistent-map-csv/2,key,value\n", 3),
+    (b"persistent-map-csv/3,key,value\n", 3),
+    (b"persistent-map-csv/4,key,value,expires_at\n", 4),
+    (b"persistent-map-csv/5,key,value,expires_at\n", 4),
 ];
 
-/// Reads `bytes` (a whole version 2 or 3 file) as the format defines it,
-/// for `String` keys and `u64` values.
+/// Reads `bytes` (a whole file of version 2 to 5) as the format defines it,
+/// for `String` keys and `u64` values. A deadline is checked (empty, or an
+/// integer number of milliseconds) but does not change what a load
+/// returns: expired entries are loaded too.
 #[must_use]
 pub fn expect_csv(bytes: &[u8]) -> Expect {
-    let Some(body) = HEADERS
+    let Some((body, width)) = HEADERS
         .iter()
-        .find_map(|header| bytes.strip_prefix(*header))
+        .find_map(|(header, width)| bytes.strip_prefix(*header).map(|body| (body, *width)))
     else {
         return Expect::Unknown;
     };
@@ -55,7 +61,10 @@ pub fn expect_csv(bytes: &[u8]) -> Expect {
             continue;
         }
         let fields: Vec<&[u8]> = line.split(|&b| b == b',').collect();
-        if fields.len() != 3 {
+        if fields.len() != width {
+            return Expect::Error(number);
+        }
+        if !deadline_fits(fields[0], fields.get(3).copied().unwrap_or_default()) {
             return Expect::Error(number);
         }
         let Ok(op) = std::str::from_utf8(fields[0]) else {
@@ -120,6 +129,23 @@ pub fn expect_csv(bytes: &[u8]) -> Expect {
         }
         _ => Expect::Entries(state),
     }
+}
+
+/// Whether `deadline` is what a record with op `op` may hold: a `put` an
+/// empty field or digits (after a `-` before the epoch) that fit an `i64`,
+/// any other record an empty field.
+fn deadline_fits(op: &[u8], deadline: &[u8]) -> bool {
+    if deadline.is_empty() {
+        return true;
+    }
+    let Ok(text) = std::str::from_utf8(deadline) else {
+        return false;
+    };
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    op == b"put"
+        && !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && text.parse::<i64>().is_ok()
 }
 
 /// A change read but not yet applied.

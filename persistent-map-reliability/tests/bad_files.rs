@@ -341,7 +341,7 @@ async fn bad_sqlite_files_are_located_errors() {
     let path = dir.path().join("json.db");
     sqlite_with(
         &path,
-        &["INSERT INTO kv VALUES ('k1', '1'), ('k2', '{bad')"],
+        &["INSERT INTO kv (key, value) VALUES ('k1', '1'), ('k2', '{bad')"],
     )
     .await;
     let outcome = match open(path.clone()).await {
@@ -368,7 +368,7 @@ async fn bad_sqlite_files_are_located_errors() {
                 .await
                 .expect("create");
             sqlx::query(&format!(
-                "INSERT INTO kv VALUES ('k1', '1'), ('k2', {value})"
+                "INSERT INTO kv (key, value) VALUES ('k1', '1'), ('k2', {value})"
             ))
             .execute(&pool)
             .await

@@ -9,22 +9,25 @@
 //! Power loss, CSV: every file operation of a run is recorded, and at every
 //! sync the images a power cut could leave (synced bytes, a random prefix of
 //! the unsynced ones, maybe zero-filled; a rename kept or not) are reopened:
-//! nothing flushed is lost, no value is wrong, torn tails are repaired.
+//! nothing flushed is lost, no value is wrong, torn tails are repaired; the
+//! same through a file's upgrade to the format with deadlines, where every
+//! value must also come back with its deadline.
 //! Power loss, SQLite: every pooled connection runs the documented journal
 //! mode and synchronous level, and `strace -c` counts the syncs: one per
 //! commit at `FULL`, at least one per flush in write-behind mode.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use persistent_map_core::PersistentMap;
+use persistent_map_core::{BatchOp, PersistentMap, StorageBackend};
 use persistent_map_csv::CsvBackend;
 use persistent_map_reliability::child::{Backend, ChildArgs, Crash, Mode, Running};
 use persistent_map_reliability::cycle::{judge_run, possible_ops};
 use persistent_map_reliability::model::{judge, State, Verdict};
-use persistent_map_reliability::power::{Cut, Disk, Recorder};
+use persistent_map_reliability::power::{Cut, Disk, Event, Recorder};
 use persistent_map_reliability::stream::{op_at, Op};
 use persistent_map_reliability::{figures, scaled, skip, stores};
 use persistent_map_sqlite::{SqliteBackend, Synchronous};
@@ -123,19 +126,179 @@ async fn crash_in_compaction_between_rename_and_dir_sync() {
     .await;
 }
 
+/// A recorded CSV run, to be judged at every power cut it could meet.
+struct Recorded<'a> {
+    /// The data file.
+    path: &'a Path,
+    /// The disk before the run.
+    base: Disk,
+    events: Vec<Event>,
+    /// The store before the run, and the changes the run made to it.
+    start: State,
+    ops: &'a [Op],
+    /// Per change: recorder length when it was acknowledged.
+    acked_at: &'a [usize],
+    /// Per flush: recorder length when it returned, and how many changes it covered.
+    flushes: &'a [(usize, usize)],
+    /// When set, the deadline each value was written with (values are
+    /// unique per change): every entry an image loads must carry it.
+    deadlines: Option<&'a HashMap<u64, Option<SystemTime>>>,
+}
+
+/// What the power-cut images of recorded runs gave.
+#[derive(Debug, Default)]
+struct Images {
+    images: u64,
+    torn: u64,
+    zero_filled: u64,
+    flushed_lost: u64,
+    holes: u64,
+    reopen_errors: u64,
+    dirty_after: u64,
+    wrong_deadlines: u64,
+}
+
+impl Images {
+    /// Reopens three random power-cut images at every sync of `run` and
+    /// judges each: nothing flushed lost, no hole or wrong value (or
+    /// deadline), torn tails repaired.
+    async fn judge(&mut self, run: &Recorded<'_>, dir: &Path, tag: &str, rng: &mut fastrand::Rng) {
+        for (e, event) in run.events.iter().enumerate() {
+            if !event.is_sync() {
+                continue;
+            }
+            let disk = run.base.after(&run.events[..e]);
+            let flushed = run
+                .flushes
+                .iter()
+                .filter(|(len, _)| *len <= e)
+                .map(|(_, n)| *n)
+                .max()
+                .unwrap_or(0);
+            let written = run.acked_at.iter().filter(|&&len| len <= e).count();
+            for _ in 0..3 {
+                let cut = Cut {
+                    kept_per_mille: rng.u32(0..=1000),
+                    zero_fill: rng.bool(),
+                    rename_survives: rng.bool(),
+                };
+                let image = disk.image(cut);
+                let Some(bytes) = image.get(run.path) else {
+                    continue;
+                };
+                self.images += 1;
+                if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                    self.torn += 1;
+                }
+                if bytes.last() == Some(&0) {
+                    self.zero_filled += 1;
+                }
+                let image_dir = dir.join(format!("img{tag}-{e}-{}", self.images));
+                std::fs::create_dir_all(&image_dir).expect("mkdir");
+                Disk::write_image(&image, &image_dir).expect("writes");
+                let image_path = image_dir.join(run.path.file_name().expect("a file name"));
+                self.judge_image(run, &image_path, e, flushed, written)
+                    .await;
+                let _ = std::fs::remove_dir_all(&image_dir);
+            }
+        }
+    }
+
+    async fn judge_image(
+        &mut self,
+        run: &Recorded<'_>,
+        image_path: &Path,
+        e: usize,
+        flushed: usize,
+        written: usize,
+    ) {
+        let found = match stores::reopen(Backend::Csv, image_path).await {
+            Err(err) => {
+                eprintln!("image {e}: reopen failed: {err}");
+                self.reopen_errors += 1;
+                return;
+            }
+            Ok(found) => found,
+        };
+        match judge(
+            &run.start,
+            run.ops,
+            &found.state,
+            flushed,
+            (written + 1).min(run.ops.len()),
+        ) {
+            Verdict::Prefix(_) => {}
+            Verdict::Lost(n) => {
+                eprintln!("image {e}: found the state after {n} changes, {flushed} were flushed");
+                self.flushed_lost += 1;
+            }
+            other => {
+                eprintln!("image {e}: {other:?}");
+                self.holes += 1;
+            }
+        }
+        if let Some(deadlines) = run.deadlines {
+            let csv = CsvBackend::new(image_path);
+            let mut wrong = 0_u64;
+            let loaded =
+                StorageBackend::<String, u64>::load_with_expiry_into(&csv, &mut |key, value, d| {
+                    if deadlines.get(&value).copied().unwrap_or(None) != d {
+                        eprintln!("image {e}: {key}={value} has deadline {d:?}");
+                        wrong += 1;
+                    }
+                })
+                .await;
+            if let Err(err) = loaded {
+                eprintln!("image {e}: load with deadlines failed: {err}");
+                self.reopen_errors += 1;
+            }
+            self.wrong_deadlines += wrong;
+        }
+        let repaired = std::fs::read(image_path).expect("reads");
+        if !repaired.ends_with(b"\n") || repaired.contains(&0) {
+            self.dirty_after += 1;
+        }
+    }
+
+    /// The test's one figures line, with `more` figures at its end.
+    fn figures(&self, name: &str, more: &[(&str, u64)]) {
+        let mut pairs = vec![
+            ("images", self.images),
+            ("torn_tails", self.torn),
+            ("zero_filled_tails", self.zero_filled),
+            ("flushed_lost", self.flushed_lost),
+            ("holes_or_wrong_values", self.holes),
+            ("reopen_errors", self.reopen_errors),
+            ("unrepaired_tails", self.dirty_after),
+        ];
+        pairs.extend_from_slice(more);
+        figures(name, &pairs);
+    }
+
+    fn assert_clean(&self) {
+        assert!(
+            self.images > 100 && self.torn > 0 && self.zero_filled > 0,
+            "{self:?}"
+        );
+        assert_eq!(
+            (
+                self.flushed_lost,
+                self.holes,
+                self.wrong_deadlines,
+                self.reopen_errors,
+                self.dirty_after
+            ),
+            (0, 0, 0, 0, 0),
+            "{self:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn csv_power_loss_images() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rng = fastrand::Rng::with_seed(0x90E5);
-    let (
-        mut images,
-        mut flushed_lost,
-        mut holes,
-        mut reopen_errors,
-        mut torn,
-        mut zero_filled,
-        mut dirty_after,
-    ) = (0_u64, 0_u64, 0_u64, 0_u64, 0_u64, 0_u64, 0_u64);
+    let mut tally = Images::default();
     for run in 0..scaled(3) as u64 {
         let path = dir.path().join(format!("run{run}")).join("store.csv");
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
@@ -147,8 +310,6 @@ async fn csv_power_loss_images() {
         .expect("opens");
         let seed = 400 + run;
         let ops: Vec<Op> = (0..300).map(|i| op_at(seed, 16, i)).collect();
-        // Per change: recorder length when it was acknowledged; per flush:
-        // recorder length when it returned, and how many changes it covered.
         let mut acked_at = Vec::new();
         let mut flushes: Vec<(usize, usize)> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -171,91 +332,144 @@ async fn csv_power_loss_images() {
         }
         map.close().await.expect("closes");
         drop(map);
-        let events = recorder.events();
-        let base = Disk::default();
-        for (e, event) in events.iter().enumerate() {
-            if !event.is_sync() {
-                continue;
+        let recorded = Recorded {
+            path: &path,
+            base: Disk::default(),
+            events: recorder.events(),
+            start: State::new(),
+            ops: &ops,
+            acked_at: &acked_at,
+            flushes: &flushes,
+            deadlines: None,
+        };
+        tally
+            .judge(&recorded, dir.path(), &run.to_string(), &mut rng)
+            .await;
+    }
+    tally.figures("csv_power_loss", &[]);
+    tally.assert_clean();
+}
+
+/// Power cuts through a file's life from format version 3 (no deadline
+/// field) to 5: plain appends, the rewrite before the first deadline, puts
+/// with deadlines, sweeps of expired entries, compactions. Every image loads
+/// a prefix of the changes, each value with the deadline it was written with.
+#[tokio::test]
+async fn csv_power_loss_images_through_the_deadline_upgrade() {
+    const PAST: i64 = 1_000;
+    const FUTURE: i64 = 4_102_444_800_000;
+    let at = |ms: i64| UNIX_EPOCH + Duration::from_millis(ms.unsigned_abs());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut rng = fastrand::Rng::with_seed(0x0DEA_D11E);
+    let mut tally = Images::default();
+    let (mut upgrades, mut sweeps_removing) = (0_u64, 0_u64);
+    for run in 0..scaled(3) as u64 {
+        let path = dir.path().join(format!("ttl{run}")).join("store.csv");
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        let old = b"persistent-map-csv/3,key,value\nput,k0,1\nput,k1,2\n".to_vec();
+        std::fs::write(&path, &old).expect("writes");
+        let start: State = [("k0".to_string(), 1), ("k1".to_string(), 2)].into();
+        let recorder = Arc::new(Recorder::default());
+        let csv = CsvBackend::builder(&path).file_io(recorder.clone()).build();
+        let seed = 900 + run;
+        // The model's changes (a sweep that removes nothing is none), and
+        // the deadline each value was written with.
+        let mut ops: Vec<Op> = Vec::new();
+        let mut deadlines: HashMap<u64, Option<SystemTime>> =
+            [(1, None), (2, None)].into_iter().collect();
+        let mut current: HashMap<String, Option<i64>> = HashMap::new();
+        let mut acked_at = Vec::new();
+        let mut flushes: Vec<(usize, usize)> = Vec::new();
+        for i in 0..300_u64 {
+            let op = op_at(seed, 16, i);
+            let batch: Vec<BatchOp<String, u64>> = match &op {
+                // Deadlines from the 50th change on: the upgrade comes then.
+                Op::Put { key, value } if i >= 50 && i % 3 != 0 => {
+                    let ms = if i % 2 == 0 { PAST } else { FUTURE };
+                    current.insert(key.clone(), Some(ms));
+                    deadlines.insert(*value, Some(at(ms)));
+                    ops.push(op.clone());
+                    vec![BatchOp::PutExpiring {
+                        key: key.clone(),
+                        value: *value,
+                        expires_at: at(ms),
+                    }]
+                }
+                Op::Put { key, value } => {
+                    current.insert(key.clone(), None);
+                    deadlines.insert(*value, None);
+                    ops.push(op.clone());
+                    vec![BatchOp::Put {
+                        key: key.clone(),
+                        value: *value,
+                    }]
+                }
+                // Every removal is a sweep: it removes only an expired entry.
+                Op::Del { key } => {
+                    if current.get(key).copied().flatten() == Some(PAST) {
+                        current.insert(key.clone(), None);
+                        ops.push(op.clone());
+                        sweeps_removing += 1;
+                    }
+                    vec![BatchOp::DeleteExpired {
+                        key: key.clone(),
+                        now: at(5_000),
+                    }]
+                }
+            };
+            let version_before = std::fs::read(&path).expect("reads").get(19).copied();
+            StorageBackend::<String, u64>::apply_batch(&csv, &batch)
+                .await
+                .expect("applies");
+            if version_before == Some(b'3')
+                && std::fs::read(&path).expect("reads").get(19) == Some(&b'5')
+            {
+                upgrades += 1;
             }
-            let disk = base.after(&events[..e]);
-            let flushed = flushes
-                .iter()
-                .filter(|(len, _)| *len <= e)
-                .map(|(_, n)| *n)
-                .max()
-                .unwrap_or(0);
-            let written = acked_at.iter().filter(|&&len| len <= e).count();
-            for _ in 0..3 {
-                let cut = Cut {
-                    kept_per_mille: rng.u32(0..=1000),
-                    zero_fill: rng.bool(),
-                    rename_survives: rng.bool(),
-                };
-                let image = disk.image(cut);
-                let Some(bytes) = image.get(&path) else {
-                    continue;
-                };
-                images += 1;
-                if !bytes.is_empty() && !bytes.ends_with(b"\n") {
-                    torn += 1;
-                }
-                if bytes.last() == Some(&0) {
-                    zero_filled += 1;
-                }
-                let image_dir = dir.path().join(format!("img{run}-{e}-{images}"));
-                std::fs::create_dir_all(&image_dir).expect("mkdir");
-                Disk::write_image(&image, &image_dir).expect("writes");
-                let image_path = image_dir.join("store.csv");
-                match stores::reopen(Backend::Csv, &image_path).await {
-                    Err(err) => {
-                        eprintln!("image {e}: reopen failed: {err}");
-                        reopen_errors += 1;
-                    }
-                    Ok(found) => {
-                        match judge(
-                            &State::new(),
-                            &ops,
-                            &found.state,
-                            flushed,
-                            (written + 1).min(ops.len()),
-                        ) {
-                            Verdict::Prefix(_) => {}
-                            Verdict::Lost(n) => {
-                                eprintln!("image {e}: found the state after {n} changes, {flushed} were flushed");
-                                flushed_lost += 1;
-                            }
-                            other => {
-                                eprintln!("image {e}: {other:?}");
-                                holes += 1;
-                            }
-                        }
-                        let repaired = std::fs::read(&image_path).expect("reads");
-                        if !repaired.ends_with(b"\n") || repaired.contains(&0) {
-                            dirty_after += 1;
-                        }
-                    }
-                }
-                let _ = std::fs::remove_dir_all(&image_dir);
+            acked_at.resize(ops.len(), recorder.len());
+            if (i + 1) % 10 == 0 {
+                StorageBackend::<String, u64>::flush(&csv)
+                    .await
+                    .expect("flushes");
+                flushes.push((recorder.len(), ops.len()));
+            }
+            if (i + 1) % 100 == 0 {
+                csv.compact().await.expect("compacts");
             }
         }
+        StorageBackend::<String, u64>::flush(&csv)
+            .await
+            .expect("flushes");
+        drop(csv);
+        let recorded = Recorded {
+            path: &path,
+            base: Disk::with_files(&[(path.clone(), old)].into_iter().collect()),
+            events: recorder.events(),
+            start,
+            ops: &ops,
+            acked_at: &acked_at,
+            flushes: &flushes,
+            deadlines: Some(&deadlines),
+        };
+        tally
+            .judge(&recorded, dir.path(), &format!("ttl{run}"), &mut rng)
+            .await;
     }
-    figures(
-        "csv_power_loss",
+    tally.figures(
+        "csv_power_loss_deadlines",
         &[
-            ("images", images),
-            ("torn_tails", torn),
-            ("zero_filled_tails", zero_filled),
-            ("flushed_lost", flushed_lost),
-            ("holes_or_wrong_values", holes),
-            ("reopen_errors", reopen_errors),
-            ("unrepaired_tails", dirty_after),
+            ("wrong_deadlines", tally.wrong_deadlines),
+            ("upgrades", upgrades),
+            ("sweeps_removing", sweeps_removing),
         ],
     );
-    assert!(images > 100 && torn > 0 && zero_filled > 0);
     assert_eq!(
-        (flushed_lost, holes, reopen_errors, dirty_after),
-        (0, 0, 0, 0)
+        upgrades,
+        scaled(3) as u64,
+        "each run upgraded its file once"
     );
+    assert!(sweeps_removing > 0);
+    tally.assert_clean();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

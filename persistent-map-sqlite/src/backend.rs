@@ -1,11 +1,12 @@
 //! [`SqliteBackend`]: one map per table of a SQLite file, on sqlx.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::TryStreamExt;
 use persistent_map_core::codec::{value_from_json, KeyFormat};
@@ -20,46 +21,17 @@ use sqlx::{Connection, Row, TypeInfo, ValueRef};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
+use crate::deadline::from_millis;
 use crate::error::{is_busy, is_io_error, map_sqlx_error, BACKEND};
-use crate::load;
-use crate::write::{self, CHUNK_SIZES};
+use crate::format::{
+    has_deadlines, key_format_of, new_table_version, FORMAT_VERSION, LEGACY_VERSION,
+};
+use crate::load::{self, Sink};
+use crate::statements::{create_table_sql, Reads, Statements};
+use crate::write::{self, chunks};
 
 /// The table that records, per map table, the format version it was written in.
 pub(crate) const META_TABLE: &str = "persistent_map_meta";
-
-/// The newest on-disk format this release reads, and the one it gives the
-/// tables it creates.
-///
-/// * `0`: persistent-map 0.1.x: a table `kv (key TEXT PRIMARY KEY, value TEXT
-///   NOT NULL)` and no metadata table. Opening such a file stamps it as `1`;
-///   the rows are already in the version 1 layout.
-/// * `1`: the same table layout, plus a row in `persistent_map_meta`; keys in
-///   [`KeyFormat::Legacy`] (every string key unquoted). A table in this
-///   version stays in it: its keys are never rewritten.
-/// * `2`: the same layout, keys in [`KeyFormat::Distinct`] (a string key
-///   whose text is JSON is quoted, so distinct keys stay distinct). Every
-///   table this release creates.
-pub const FORMAT_VERSION: u32 = 2;
-
-/// The version a table without metadata (persistent-map 0.1.x) is stamped with.
-const LEGACY_VERSION: u32 = 1;
-
-/// The key format of a table in format `version` (as its meta table
-/// records it), for tools that read a table without opening a backend.
-///
-/// ```
-/// use persistent_map_core::codec::KeyFormat;
-///
-/// assert_eq!(persistent_map_sqlite::key_format_of(1), KeyFormat::Legacy);
-/// assert_eq!(persistent_map_sqlite::key_format_of(2), KeyFormat::Distinct);
-/// ```
-pub fn key_format_of(version: u32) -> KeyFormat {
-    if version >= 2 {
-        KeyFormat::Distinct
-    } else {
-        KeyFormat::Legacy
-    }
-}
 
 /// A [`StorageBackend`] that keeps a map in a table of a SQLite database file.
 ///
@@ -107,6 +79,10 @@ struct Inner {
     store: String,
     /// How the table's keys are written, from its format version.
     key_format: KeyFormat,
+    /// The table's format version as last seen: it moves up when a write
+    /// adds the deadline column, here or (seen at the next load or expiry
+    /// write) in another process.
+    version: AtomicU32,
     sql: Statements,
 }
 
@@ -157,8 +133,23 @@ impl Inner {
                     // format: stamping is the whole migration.
                     self.stamp(&mut tx, found, LEGACY_VERSION).await?;
                 }
-                // A version 1 table keeps it: moving it to version 2 would
-                // mean rewriting keys that other programs may read.
+                if has_deadlines(found) {
+                    let column: Option<i64> = sqlx::query_scalar(&self.sql.has_deadline_column)
+                        .bind(&self.table)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                    if column.is_none() {
+                        return Err(PersistentError::corrupt(
+                            self.location(),
+                            format!("format version {found} but no expires_at column"),
+                        ));
+                    }
+                }
+                // A version 1 table keeps its key format: moving it to
+                // version 2 would mean rewriting keys that other programs
+                // may read. Versions 1 and 2 get the deadline column only
+                // with their first deadline (see `write::write_upgrading`).
                 tx.commit().await.map_err(fail)?;
                 Ok(found.max(LEGACY_VERSION))
             }
@@ -170,17 +161,11 @@ impl Inner {
                         .await
                         .map_err(fail)?;
                 let version = if columns.is_empty() {
-                    sqlx::query(&format!(
-                        "CREATE TABLE \"{}\" (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-                        self.table
-                    ))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(fail)?;
-                    match self.key_format {
-                        KeyFormat::Legacy => LEGACY_VERSION,
-                        _ => FORMAT_VERSION,
+                    let version = new_table_version(self.key_format);
+                    for sql in create_table_sql(&self.table, has_deadlines(version)) {
+                        sqlx::query(&sql).execute(&mut *tx).await.map_err(fail)?;
                     }
+                    version
                 } else {
                     self.check_columns(&columns)?;
                     tracing::info!(store = %self.store, "stamping a persistent-map 0.1.x table with format version {LEGACY_VERSION}");
@@ -236,57 +221,6 @@ impl Inner {
     }
 }
 
-/// The SQL texts this backend runs, built once for its table.
-struct Statements {
-    select_all: String,
-    /// Rows after rowid `?1`, at most `?2`, in rowid order.
-    select_after: String,
-    /// A chunk of rows packed as JSON (see the `load` module).
-    load_chunk: String,
-    count: String,
-    contains: String,
-    delete_all: String,
-    /// `upsert[i]` inserts or replaces `2^i` rows.
-    upsert: Vec<String>,
-    /// `delete[i]` deletes `2^i` keys.
-    delete: Vec<String>,
-}
-
-impl Statements {
-    fn new(table: &str) -> Self {
-        // The table name was validated as a plain identifier; quoting keeps
-        // names that are SQL keywords working.
-        let t = format!("\"{table}\"");
-        let upsert = (0..CHUNK_SIZES)
-            .map(|i| {
-                let rows = vec!["(?, ?)"; 1 << i].join(", ");
-                format!(
-                    "INSERT INTO {t} (key, value) VALUES {rows} \
-                     ON CONFLICT(key) DO UPDATE SET value = excluded.value"
-                )
-            })
-            .collect();
-        let delete = (0..CHUNK_SIZES)
-            .map(|i| {
-                let params = vec!["?"; 1 << i].join(", ");
-                format!("DELETE FROM {t} WHERE key IN ({params})")
-            })
-            .collect();
-        Self {
-            select_all: format!("SELECT key, value FROM {t}"),
-            select_after: format!(
-                "SELECT key, value FROM {t} WHERE rowid > ?1 ORDER BY rowid LIMIT ?2"
-            ),
-            load_chunk: crate::load::chunk_sql(table),
-            count: format!("SELECT COUNT(*) FROM {t}"),
-            contains: format!("SELECT 1 FROM {t} WHERE key = ?1 LIMIT 1"),
-            delete_all: format!("DELETE FROM {t}"),
-            upsert,
-            delete,
-        }
-    }
-}
-
 impl SqliteBackend {
     /// Opens (or creates) the database file at `path` with the default
     /// options: table `kv`, WAL, synchronous `NORMAL`. Missing parent
@@ -310,8 +244,9 @@ impl SqliteBackend {
     /// Creates missing parent directories, opens a pool whose connections
     /// all run the same pragmas, creates the table if missing and records
     /// the format version. A persistent-map 0.1.x file (a `kv` table without
-    /// metadata) is stamped with the current version, in one transaction,
-    /// its rows untouched.
+    /// metadata) is stamped with format version 1, in one transaction, its
+    /// rows untouched; a table of an older version than
+    /// [`FORMAT_VERSION`] is otherwise opened as it is.
     ///
     /// # Errors
     ///
@@ -415,9 +350,12 @@ impl SqliteBackend {
             // What a table created now gets; `prepare_schema` reads an
             // existing table's.
             key_format: options.new_store_key_format_value(),
+            version: AtomicU32::new(0),
             sql,
         };
-        inner.key_format = key_format_of(inner.prepare_schema().await?);
+        let version = inner.prepare_schema().await?;
+        inner.key_format = key_format_of(version);
+        inner.version = AtomicU32::new(version);
         Ok(Self {
             inner: Arc::new(inner),
         })
@@ -446,11 +384,19 @@ impl SqliteBackend {
 
     /// How the table stores keys: [`KeyFormat::Distinct`] for a table this
     /// release created, [`KeyFormat::Legacy`] for one created by
-    /// persistent-map 0.1.x or an earlier 0.2 (format versions 0 and 1),
-    /// which keeps its format.
+    /// persistent-map 0.1.x or an earlier 0.2 (format versions 0 and 1,
+    /// and 3 once such a table has a deadline column), which keeps its format.
     #[must_use]
     pub fn key_format(&self) -> KeyFormat {
         self.inner.key_format
+    }
+
+    /// The table's format version (see [`FORMAT_VERSION`]) as this backend
+    /// last saw it: the one it opened, or a later one after a write stored
+    /// the first deadline.
+    #[must_use]
+    pub fn format_version(&self) -> u32 {
+        self.inner.version.load(Ordering::Acquire)
     }
 
     /// The connection pool, for queries of your own (for example to read the
@@ -492,20 +438,20 @@ impl SqliteBackend {
         map_sqlx_error(err, operation, self.location(), &self.inner.path)
     }
 
-    /// Streams rows one by one into `sink`, decoding each: the whole table,
-    /// or `(after, limit)`: at most `limit` rows after that rowid. A row
-    /// that does not decode is an error naming the table and key.
+    /// Streams rows one by one into `sink`, decoding each (with its
+    /// deadline if `reads` reads them): the whole table, or `(after,
+    /// limit)`: at most `limit` rows after that rowid. A row that does not
+    /// decode is an error naming the table and key.
     async fn load_rows<K: DeserializeOwned, V: DeserializeOwned>(
         &self,
         conn: &mut SqliteConnection,
+        reads: &Reads,
         range: Option<(i64, i64)>,
-        sink: &mut (dyn FnMut(K, V) + Send),
+        sink: &mut Sink<'_, K, V>,
     ) -> Result<()> {
         let query = match range {
-            None => sqlx::query(&self.inner.sql.select_all),
-            Some((after, limit)) => sqlx::query(&self.inner.sql.select_after)
-                .bind(after)
-                .bind(limit),
+            None => sqlx::query(&reads.select_all),
+            Some((after, limit)) => sqlx::query(&reads.select_after).bind(after).bind(limit),
         };
         let mut rows = query.fetch(conn);
         while let Some(row) = rows
@@ -521,17 +467,210 @@ impl SqliteBackend {
                     e,
                 )
             })?;
-            let value_text = self.text_column(&row, 1, EntryPart::Value, Some(key_text))?;
-            let value: V = value_from_json(value_text).map_err(|e| {
-                PersistentError::decode(
-                    EntryPart::Value,
-                    self.location().with_key(render_key(key_text)),
-                    e,
-                )
-            })?;
-            sink(key, value);
+            let (value, deadline) = self.value_columns(&row, reads, key_text)?;
+            sink(key, value, deadline);
         }
         Ok(())
+    }
+
+    /// Decodes the value of `row` (column 1), and its deadline (column 2)
+    /// if `reads` reads them.
+    fn value_columns<V: DeserializeOwned>(
+        &self,
+        row: &SqliteRow,
+        reads: &Reads,
+        key_text: &str,
+    ) -> Result<(V, Option<SystemTime>)> {
+        let value_text = self.text_column(row, 1, EntryPart::Value, Some(key_text))?;
+        let value: V = value_from_json(value_text).map_err(|e| {
+            PersistentError::decode(
+                EntryPart::Value,
+                self.location().with_key(render_key(key_text)),
+                e,
+            )
+        })?;
+        let deadline = if reads.deadlines {
+            self.deadline_column(row, 2, key_text)?
+        } else {
+            None
+        };
+        Ok((value, deadline))
+    }
+
+    /// Reads column `index` of `row` as a deadline: NULL is none, an
+    /// integer is milliseconds since the Unix epoch, anything else is
+    /// damage naming the key.
+    fn deadline_column(
+        &self,
+        row: &SqliteRow,
+        index: usize,
+        key_text: &str,
+    ) -> Result<Option<SystemTime>> {
+        let location = || self.location().with_key(render_key(key_text));
+        let raw = row
+            .try_get_raw(index)
+            .map_err(|e| PersistentError::corrupt(location(), e.to_string()))?;
+        if raw.is_null() {
+            return Ok(None);
+        }
+        let stored = raw.type_info().name().to_owned();
+        if stored != "INTEGER" {
+            return Err(PersistentError::corrupt(
+                location(),
+                format!("the stored deadline is {stored}, not an integer number of milliseconds"),
+            ));
+        }
+        let millis: i64 = row
+            .try_get(index)
+            .map_err(|e| PersistentError::corrupt(location(), e.to_string()))?;
+        from_millis(millis).map(Some).ok_or_else(|| {
+            PersistentError::corrupt(
+                location(),
+                format!("the stored deadline {millis} is out of this platform's time range"),
+            )
+        })
+    }
+
+    /// The statements that read the table, with deadlines if `wanted` and
+    /// the table has them. Looks at the stored version first when the
+    /// table had no deadline column when last seen: another process may
+    /// have added it.
+    async fn reads(&self, conn: &mut SqliteConnection, wanted: bool) -> Result<&Reads> {
+        if wanted && !has_deadlines(self.format_version()) {
+            let stored: Option<i64> = sqlx::query_scalar(&self.inner.sql.version)
+                .bind(&self.inner.table)
+                .fetch_optional(conn)
+                .await
+                .map_err(|e| self.error(e, Operation::Load))?;
+            if let Some(version) = stored.and_then(|v| u32::try_from(v).ok()) {
+                self.saw_version(version)?;
+            }
+        }
+        let deadlines = wanted && has_deadlines(self.format_version());
+        Ok(self.inner.sql.reads(deadlines))
+    }
+
+    /// Records a version read from the meta table; refuses one newer than
+    /// this release reads.
+    fn saw_version(&self, version: u32) -> Result<()> {
+        if version > FORMAT_VERSION {
+            return Err(PersistentError::UnsupportedFormat {
+                location: self.location(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        self.inner.version.fetch_max(version, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Reads the table in one snapshot, in chunks that SQLite packs as JSON
+    /// and that are decoded while the next one is read; with deadlines if
+    /// `deadlines` and the table has them.
+    async fn load_chunks<K: DeserializeOwned, V: DeserializeOwned>(
+        &self,
+        deadlines: bool,
+        sink: &mut Sink<'_, K, V>,
+    ) -> Result<()> {
+        let fail = |e| self.error(e, Operation::Load);
+        let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
+        let mut tx = conn.begin().await.map_err(fail)?;
+        let reads = self.reads(&mut tx, deadlines).await?;
+        let chunks = &reads.load_chunk;
+        let mut current = match load::fetch_chunk(&mut tx, chunks, i64::MIN).await {
+            Ok(first) => first,
+            Err(e) => {
+                // No rowid (a table of another origin) or no JSON functions.
+                tracing::debug!(store = %self.inner.store, error = %e, "reading rows one by one");
+                return self.load_rows(&mut tx, reads, None, sink).await;
+            }
+        };
+        let mut after = i64::MIN;
+        while let Some(chunk) = current {
+            let (next, decoded) =
+                tokio::join!(load::fetch_chunk(&mut tx, chunks, chunk.last), async {
+                    load::decode_chunk(&chunk.json, self.inner.key_format, sink)
+                });
+            if !decoded {
+                // Name the row that is wrong.
+                self.load_rows::<K, V>(
+                    &mut tx,
+                    reads,
+                    Some((after, chunk.rows)),
+                    &mut |_, _, _| {},
+                )
+                .await?;
+                return Err(PersistentError::corrupt(
+                    self.location(),
+                    format!(
+                        "the rows after rowid {after} do not decode together, though each one does"
+                    ),
+                ));
+            }
+            after = chunk.last;
+            current = match next {
+                Ok(next) => next,
+                // A later chunk SQLite cannot pack (a damaged value, a chunk
+                // too large): read the rest row by row, which names a bad row.
+                Err(e) => {
+                    tracing::debug!(store = %self.inner.store, error = %e, "reading the rest row by row");
+                    self.load_rows(&mut tx, reads, Some((after, -1)), sink)
+                        .await?;
+                    return tx.rollback().await.map_err(fail);
+                }
+            };
+        }
+        tx.rollback().await.map_err(fail)
+    }
+
+    /// The stored value and deadline of each of `keys`, in one snapshot,
+    /// with `SELECT ... WHERE key IN (...)` in chunks.
+    #[allow(clippy::type_complexity)]
+    async fn load_keys_inner<K: Serialize + Clone, V: DeserializeOwned + Clone>(
+        &self,
+        keys: &[K],
+        deadlines: bool,
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>> {
+        let texts: Vec<String> = keys
+            .iter()
+            .map(|key| {
+                self.inner.key_format.encode(key).map_err(|e| {
+                    PersistentError::encode(
+                        EntryPart::Key,
+                        self.location().with_key(render_key(key)),
+                        e,
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        let fail = |e| self.error(e, Operation::Load);
+        let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
+        let mut tx = conn.begin().await.map_err(fail)?;
+        let reads = self.reads(&mut tx, deadlines).await?;
+        let asked: HashSet<&str> = texts.iter().map(String::as_str).collect();
+        let mut found: HashMap<&str, (V, Option<SystemTime>)> = HashMap::new();
+        for chunk in chunks(&texts) {
+            let size = chunk.len().trailing_zeros() as usize;
+            let mut query = sqlx::query(&reads.select_keys[size]);
+            for text in chunk {
+                query = query.bind(text.as_str());
+            }
+            let mut rows = query.fetch(&mut *tx);
+            while let Some(row) = rows.try_next().await.map_err(fail)? {
+                let stored = self.text_column(&row, 0, EntryPart::Key, None)?;
+                // Kept under the asked text, which outlives the row.
+                let Some(&text) = asked.get(stored) else {
+                    continue;
+                };
+                found.insert(text, self.value_columns(&row, reads, stored)?);
+            }
+        }
+        tx.rollback().await.map_err(fail)?;
+        Ok(keys
+            .iter()
+            .zip(&texts)
+            .map(|(key, text)| (key.clone(), found.get(text.as_str()).cloned()))
+            .collect())
     }
 
     /// Reads column `index` of `row` as text borrowed from the row, refusing
@@ -792,18 +931,21 @@ where
         Ok(usize::try_from(count).unwrap_or(usize::MAX))
     }
 
-    /// One `BEGIN IMMEDIATE` transaction per batch: multi-row upserts and
-    /// `DELETE ... IN (...)` in chunks of at most 256 rows. Everything is
-    /// encoded first, so an unencodable key or value fails the batch before
-    /// anything is written.
+    /// One `BEGIN IMMEDIATE` transaction per batch: multi-row upserts,
+    /// `DELETE ... IN (...)` and, for expired entries, `DELETE ... WHERE
+    /// expires_at <= now AND key IN (...)`, in chunks of at most 256 rows.
+    /// An unencodable key, value or deadline fails the batch before
+    /// anything is committed. The first deadline stored in a table without
+    /// the deadline column adds it, in the same transaction.
     async fn apply_batch(&self, batch: &[BatchOp<K, V>]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let sql = &self.inner.sql;
-        let texts = write::Texts {
-            upsert: &sql.upsert,
-            delete: &sql.delete,
+        let target = write::Target {
+            store: &self.inner.store,
+            table: &self.inner.table,
+            format: self.inner.key_format,
         };
         // A single change (the map replays a failed batch change by change)
         // is reported with its key; built only on failure.
@@ -818,17 +960,25 @@ where
         let Some(conn) = writer.as_mut() else {
             return Err(PersistentError::Closed);
         };
-        match write::write_batch(
-            conn,
-            &texts,
-            batch,
-            &self.inner.store,
-            self.inner.key_format,
-        )
-        .await
-        {
+        let deadlines = has_deadlines(self.format_version());
+        let expiry = batch.iter().any(|op| {
+            matches!(
+                op,
+                BatchOp::PutExpiring { .. } | BatchOp::DeleteExpired { .. }
+            )
+        });
+        let written = if deadlines || !expiry {
+            write::write_batch(conn, &sql.writes(deadlines), batch, &target).await
+        } else {
+            write::write_upgrading(conn, sql, batch, &target)
+                .await
+                .map(|version| {
+                    self.inner.version.fetch_max(version, Ordering::AcqRel);
+                })
+        };
+        match written {
             Ok(()) => Ok(()),
-            Err(write::Failure::Encode(e)) => Err(e),
+            Err(write::Failure::Refused(e)) => Err(e),
             Err(write::Failure::Sql(e)) => {
                 if is_io_error(&e) {
                     discard_failed_commit(conn, &self.inner.store).await;
@@ -866,69 +1016,45 @@ where
     /// A row that does not decode stops the load with an error naming the
     /// table and key; nothing is changed.
     async fn load_into(&self, sink: &mut (dyn FnMut(K, V) + Send)) -> Result<()> {
-        let fail = |e| self.error(e, Operation::Load);
-        let mut conn = self.inner.pool.acquire().await.map_err(fail)?;
-        let mut tx = conn.begin().await.map_err(fail)?;
-        let chunks = &self.inner.sql.load_chunk;
-        let mut current = match load::fetch_chunk(&mut tx, chunks, i64::MIN).await {
-            Ok(first) => first,
-            Err(e) => {
-                // No rowid (a table of another origin) or no JSON functions.
-                tracing::debug!(store = %self.inner.store, error = %e, "reading rows one by one");
-                return self.load_rows(&mut tx, None, sink).await;
-            }
-        };
-        let mut after = i64::MIN;
-        while let Some(chunk) = current {
-            let (next, decoded) =
-                tokio::join!(load::fetch_chunk(&mut tx, chunks, chunk.last), async {
-                    load::decode_chunk(&chunk.json, self.inner.key_format, sink)
-                });
-            if !decoded {
-                // Name the row that is wrong.
-                self.load_rows::<K, V>(&mut tx, Some((after, chunk.rows)), &mut |_, _| {})
-                    .await?;
-                return Err(PersistentError::corrupt(
-                    self.location(),
-                    format!(
-                        "the rows after rowid {after} do not decode together, though each one does"
-                    ),
-                ));
-            }
-            after = chunk.last;
-            current = match next {
-                Ok(next) => next,
-                // A later chunk SQLite cannot pack (a damaged value, a chunk
-                // too large): read the rest row by row, which names a bad row.
-                Err(e) => {
-                    tracing::debug!(store = %self.inner.store, error = %e, "reading the rest row by row");
-                    self.load_rows(&mut tx, Some((after, -1)), sink).await?;
-                    return tx.rollback().await.map_err(fail);
-                }
-            };
-        }
-        tx.rollback().await.map_err(fail)
+        self.load_chunks(false, &mut |key, value, _| sink(key, value))
+            .await
+    }
+
+    /// As [`load_into`](Self::load_into), with each row's `expires_at`
+    /// (none in a table without the column). A deadline that is not an
+    /// integer is [`PersistentError::Corrupt`] naming the table and key.
+    async fn load_with_expiry_into(
+        &self,
+        sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
+    ) -> Result<()> {
+        self.load_chunks(true, sink).await
+    }
+
+    /// `SELECT ... WHERE key IN (...)`, up to 256 keys a statement, in one
+    /// snapshot.
+    async fn load_keys(&self, keys: &[K]) -> Result<Vec<(K, Option<V>)>> {
+        Ok(self
+            .load_keys_inner::<K, V>(keys, false)
+            .await?
+            .into_iter()
+            .map(|(key, found)| (key, found.map(|(value, _)| value)))
+            .collect())
+    }
+
+    /// As [`load_keys`](Self::load_keys), with each row's `expires_at`.
+    async fn load_keys_with_expiry(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<(K, Option<(V, Option<SystemTime>)>)>> {
+        self.load_keys_inner(keys, true).await
     }
 
     fn capabilities(&self) -> Capabilities {
+        // Every table can store deadlines: one without the column gets it
+        // with its first deadline.
         Capabilities::new()
             .with_atomic_batch(true)
             .with_durability(self.inner.durability)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statements_cover_every_chunk_size() {
-        let sql = Statements::new("kv");
-        assert_eq!(sql.upsert.len(), CHUNK_SIZES);
-        assert_eq!(
-            sql.delete[2],
-            "DELETE FROM \"kv\" WHERE key IN (?, ?, ?, ?)"
-        );
-        assert!(sql.upsert[0].starts_with("INSERT INTO \"kv\" (key, value) VALUES (?, ?) ON"));
+            .with_expiry(true)
     }
 }

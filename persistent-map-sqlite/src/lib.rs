@@ -2,15 +2,19 @@
 
 mod backend;
 mod config;
+mod deadline;
 mod error;
+mod format;
 mod load;
+mod statements;
 mod write;
 
-pub use backend::{key_format_of, SqliteBackend, FORMAT_VERSION};
+pub use backend::SqliteBackend;
 pub use config::{
     JournalMode, SqliteBuilder, SqliteOptions, Synchronous, DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POOL_SIZE, DEFAULT_TABLE,
 };
+pub use format::{key_format_of, FORMAT_VERSION};
 
 /// The sqlx pool type accepted by [`SqliteBackend::from_pool`], re-exported so
 /// callers need not depend on the same sqlx version by hand.

@@ -3,18 +3,21 @@
 //! Streaming `SELECT key, value` costs one driver round trip and one row
 //! object per entry, more than decoding the entry itself. So the table is
 //! read in chunks of rows in rowid order, each chunk packed by SQLite into
-//! one JSON array of `[key, value]` pairs (`json_group_array`), which is
-//! decoded straight into the map's keys and values while SQLite builds the
-//! next chunk. All chunks are read in one transaction: one snapshot.
+//! one JSON array of `[key, value]` pairs, or `[key, value, deadline]`
+//! triples when deadlines are read (`json_group_array`), which is decoded
+//! straight into the map's keys and values while SQLite builds the next
+//! chunk. All chunks are read in one transaction: one snapshot.
 //!
-//! Only rows whose key and value are text take part (anything else turns
-//! into an element the decoder refuses). When a chunk does not decode, or
-//! the table has no rowid, the rows are read one by one instead, which
-//! reports the exact key that is wrong.
+//! Only rows whose key and value are text (and deadline an integer or
+//! NULL) take part; anything else turns into an element the decoder
+//! refuses. When a chunk does not decode, or the table has no rowid, the
+//! rows are read one by one instead, which reports the exact key that is
+//! wrong.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::time::SystemTime;
 
 use persistent_map_core::codec::KeyFormat;
 use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
@@ -25,13 +28,23 @@ use sqlx::sqlite::SqliteConnection;
 /// enough that a chunk's text stays in the hundreds of kilobytes.
 pub(crate) const CHUNK_ROWS: i64 = 4096;
 
-/// The chunk query for `table`: rows after rowid `?1`, at most `?2` of them.
-pub(crate) fn chunk_sql(table: &str) -> String {
+/// The chunk query for `table`, with each row's deadline or without:
+/// rows after rowid `?1`, at most `?2` of them.
+pub(crate) fn chunk_sql(table: &str, deadlines: bool) -> String {
+    let (check, element, columns) = if deadlines {
+        (
+            " AND typeof(expires_at) IN ('integer', 'null')",
+            "json_array(key, json(value), expires_at)",
+            "key, value, expires_at",
+        )
+    } else {
+        ("", "json_array(key, json(value))", "key, value")
+    };
     format!(
         "SELECT max(rowid), count(*), json_group_array(\
-            CASE WHEN typeof(key) = 'text' AND typeof(value) = 'text' \
-                 THEN json_array(key, json(value)) ELSE json_array() END) \
-         FROM (SELECT rowid, key, value FROM \"{table}\" WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)"
+            CASE WHEN typeof(key) = 'text' AND typeof(value) = 'text'{check} \
+                 THEN {element} ELSE json_array() END) \
+         FROM (SELECT rowid, {columns} FROM \"{table}\" WHERE rowid > ?1 ORDER BY rowid LIMIT ?2)"
     )
 }
 
@@ -59,14 +72,13 @@ pub(crate) async fn fetch_chunk(
         .map(|last| Chunk { last, rows, json }))
 }
 
+/// A sink for entries and their deadlines (`None`: no deadline, or not read).
+pub(crate) type Sink<'s, K, V> = dyn FnMut(K, V, Option<SystemTime>) + Send + 's;
+
 /// Decodes a chunk's JSON, handing each entry to `sink`. `false` when some
 /// element does not decode (the caller then reads the chunk's rows one by
 /// one to name the culprit); entries before it were already handed over.
-pub(crate) fn decode_chunk<K, V>(
-    json: &str,
-    format: KeyFormat,
-    sink: &mut (dyn FnMut(K, V) + Send),
-) -> bool
+pub(crate) fn decode_chunk<K, V>(json: &str, format: KeyFormat, sink: &mut Sink<'_, K, V>) -> bool
 where
     K: DeserializeOwned,
     V: DeserializeOwned,
@@ -82,14 +94,16 @@ where
     decoded.is_ok()
 }
 
-/// Visits the outer array, sending each pair to the sink as it is decoded.
-struct ChunkSeed<'s, K, V> {
-    sink: &'s mut (dyn FnMut(K, V) + Send),
+/// Visits the outer array, sending each entry to the sink as it is decoded.
+struct ChunkSeed<'s, 'k, K, V> {
+    sink: &'s mut Sink<'k, K, V>,
     format: KeyFormat,
     _types: PhantomData<fn() -> (K, V)>,
 }
 
-impl<'de, K: DeserializeOwned, V: DeserializeOwned> DeserializeSeed<'de> for ChunkSeed<'_, K, V> {
+impl<'de, K: DeserializeOwned, V: DeserializeOwned> DeserializeSeed<'de>
+    for ChunkSeed<'_, '_, K, V>
+{
     type Value = ();
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -97,7 +111,7 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> DeserializeSeed<'de> for Chu
     }
 }
 
-impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for ChunkSeed<'_, K, V> {
+impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for ChunkSeed<'_, '_, K, V> {
     type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -106,15 +120,16 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for ChunkSeed<'
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut entries: A) -> Result<(), A::Error> {
         let pair = PairVisitor(self.format, PhantomData);
-        while let Some(Pair(key, value)) = entries.next_element_seed(pair)? {
-            (self.sink)(key, value);
+        while let Some(Pair(key, value, deadline)) = entries.next_element_seed(pair)? {
+            (self.sink)(key, value, deadline);
         }
         Ok(())
     }
 }
 
-/// One `[key text, value]` element, decoded into the map's types.
-struct Pair<K, V>(K, V);
+/// One `[key text, value]` or `[key text, value, deadline]` element,
+/// decoded into the map's types.
+struct Pair<K, V>(K, V, Option<SystemTime>);
 
 /// Decodes a [`Pair`], its key text in the table's format.
 struct PairVisitor<K, V>(KeyFormat, PhantomData<fn() -> (K, V)>);
@@ -151,10 +166,18 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for PairVisitor
         let value: V = pair
             .next_element()?
             .ok_or_else(|| A::Error::custom("a pair without a value"))?;
+        // Absent (deadlines not read) or null (none stored): no deadline.
+        let deadline = match pair.next_element::<Option<i64>>()?.flatten() {
+            None => None,
+            Some(ms) => Some(
+                crate::deadline::from_millis(ms)
+                    .ok_or_else(|| A::Error::custom("a deadline out of range"))?,
+            ),
+        };
         if pair.next_element::<IgnoredAny>()?.is_some() {
-            return Err(A::Error::custom("more than a key and a value"));
+            return Err(A::Error::custom("more than a key, a value and a deadline"));
         }
-        Ok(Pair(key, value))
+        Ok(Pair(key, value, deadline))
     }
 }
 
@@ -173,8 +196,34 @@ mod tests {
         json: &str,
     ) -> (bool, Vec<(K, V)>) {
         let mut got = Vec::new();
-        let ok = decode_chunk(json, format, &mut |k, v| got.push((k, v)));
+        let ok = decode_chunk(json, format, &mut |k, v, _| got.push((k, v)));
         (ok, got)
+    }
+
+    fn decode_deadlines(json: &str) -> (bool, Vec<(String, u32, Option<SystemTime>)>) {
+        let mut got = Vec::new();
+        let ok = decode_chunk(json, KeyFormat::Distinct, &mut |k, v, d| {
+            got.push((k, v, d))
+        });
+        (ok, got)
+    }
+
+    #[test]
+    fn triples_carry_their_deadlines() {
+        let (ok, got) = decode_deadlines(r#"[["a",1,1767225600123],["b",2,null],["c",3,-5]]"#);
+        assert!(ok);
+        let at = |ms| crate::deadline::from_millis(ms);
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), 1, at(1_767_225_600_123)),
+                ("b".to_string(), 2, None),
+                ("c".to_string(), 3, at(-5)),
+            ]
+        );
+        assert!(!decode_deadlines(r#"[["a",1,"soon"]]"#).0);
+        assert!(!decode_deadlines(r#"[["a",1,1.5]]"#).0);
+        assert!(!decode_deadlines(r#"[["a",1,2,3]]"#).0);
     }
 
     #[test]
@@ -218,7 +267,7 @@ mod tests {
         assert!(!decode::<String, Option<u32>>(r#"[["a",1],[]]"#).0);
         assert!(!decode::<String, u32>(r#"[["a","not a number"]]"#).0);
         assert!(!decode::<u64, u32>(r#"[["x",1]]"#).0);
-        assert!(!decode::<String, u32>(r#"[["a",1,2]]"#).0);
+        assert!(!decode::<String, u32>(r#"[["a",1,2,3]]"#).0);
         assert!(!decode::<String, u32>(r#"[["a",1]] trailing"#).0);
         assert!(!decode::<String, u32>(r#"[[1,1]]"#).0);
     }

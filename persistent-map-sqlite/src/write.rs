@@ -1,12 +1,18 @@
-//! Writing a batch: in the batch's order, runs of puts and of removals as
-//! multi-row statements, each chunk encoded while SQLite runs the one
-//! before it.
+//! Writing a batch: in the batch's order, runs of puts, of removals and
+//! of removals of expired entries as multi-row statements, each chunk
+//! encoded while SQLite runs the one before it.
 //!
 //! SQLite applies the rows of one multi-row upsert in order (a key that
 //! appears twice ends with its last value), so a batch needs no merging
-//! per key: consecutive puts become upserts and consecutive removals become
-//! `DELETE ... IN`, in order. Chunk sizes are powers of two up to
-//! [`MAX_CHUNK`], so each statement text is prepared once per connection.
+//! per key: consecutive puts (with or without a deadline) become upserts,
+//! consecutive removals `DELETE ... IN`, and consecutive removals of
+//! expired entries with the same clock `DELETE ... WHERE expires_at <= now
+//! AND key IN`, in order. A removal of an expired entry is conditional, so
+//! it is never merged with a plain removal. Chunk sizes are powers of two
+//! up to [`MAX_CHUNK`], so each statement text is prepared once per
+//! connection.
+
+use std::time::SystemTime;
 
 use persistent_map_core::codec::{value_to_json, KeyFormat};
 use persistent_map_core::{render_key, BatchOp, EntryPart, Location, PersistentError};
@@ -14,7 +20,11 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 
-/// Rows per multi-row statement, at most. 256 rows of 2 parameters stay far
+use crate::deadline::to_millis;
+use crate::format::{has_deadlines, with_deadlines, FORMAT_VERSION};
+use crate::statements::Statements;
+
+/// Rows per multi-row statement, at most. 256 rows of 3 parameters stay far
 /// below SQLite's parameter limit (999 before 3.32, 32766 since).
 pub(crate) const MAX_CHUNK: usize = 256;
 
@@ -23,8 +33,9 @@ pub(crate) const CHUNK_SIZES: usize = MAX_CHUNK.trailing_zeros() as usize + 1;
 
 /// Why a batch was not written.
 pub(crate) enum Failure {
-    /// A key or value could not be encoded; nothing was written.
-    Encode(PersistentError),
+    /// A key, value or deadline could not be encoded, or the table is not
+    /// in a format this release writes; nothing was written.
+    Refused(PersistentError),
     /// SQLite refused; the transaction was rolled back.
     Sql(sqlx::Error),
 }
@@ -35,54 +46,155 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
-/// The statement texts, per chunk size.
+/// The statement texts for one table layout, per chunk size.
 pub(crate) struct Texts<'a> {
-    /// `upsert[i]` inserts or replaces `2^i` rows.
-    pub(crate) upsert: &'a [String],
+    /// `put[i]` stores `2^i` rows: key and value, plus the deadline when
+    /// [`deadlines`](Self::deadlines) is set.
+    pub(crate) put: &'a [String],
     /// `delete[i]` deletes `2^i` keys.
     pub(crate) delete: &'a [String],
+    /// `delete_expired[i]` deletes those of `2^i` keys whose deadline is
+    /// not after its first parameter.
+    pub(crate) delete_expired: &'a [String],
+    /// Whether the table has the deadline column.
+    pub(crate) deadlines: bool,
+}
+
+/// Where a batch goes and how its keys are named in errors.
+pub(crate) struct Target<'a> {
+    pub(crate) store: &'a str,
+    pub(crate) table: &'a str,
+    pub(crate) format: KeyFormat,
 }
 
 /// One statement of a batch, encoded: the chunk size index and its rows.
 enum Encoded {
-    Upsert(usize, Vec<(String, String)>),
+    Put(usize, Vec<(String, String, Option<i64>)>),
     Delete(usize, Vec<String>),
+    DeleteExpired(usize, i64, Vec<String>),
 }
 
-/// Writes `batch` on `conn`: one statement alone (atomic on its own,
-/// without BEGIN/COMMIT round trips), or a `BEGIN IMMEDIATE` transaction.
+/// Writes `batch` on `conn` with `texts`: one statement alone (atomic on
+/// its own, without BEGIN/COMMIT round trips), or a `BEGIN IMMEDIATE`
+/// transaction.
 pub(crate) async fn write_batch<K: Serialize, V: Serialize>(
     conn: &mut SqliteConnection,
     texts: &Texts<'_>,
     batch: &[BatchOp<K, V>],
-    store: &str,
-    format: KeyFormat,
+    target: &Target<'_>,
 ) -> Result<(), Failure> {
-    let mut statements = statements(batch);
+    let mut statements = statements(batch, texts.deadlines);
     let Some(first) = statements.next() else {
         return Ok(());
     };
-    let mut pending = encode(first, store, format).map_err(Failure::Encode)?;
-    let Some(mut next) = statements.next() else {
+    let pending = encode(first, texts, target).map_err(Failure::Refused)?;
+    let Some(next) = statements.next() else {
         return Ok(execute(conn, texts, &pending).await?);
     };
     // IMMEDIATE takes the write lock up front, waiting through the busy
     // timeout; a deferred transaction could instead fail mid-batch. On any
     // failure the transaction is dropped, which rolls it back.
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    run(&mut tx, texts, pending, next, statements, target).await?;
+    Ok(tx.commit().await?)
+}
+
+/// Writes a batch that holds expiry changes to a table this backend last
+/// saw without the deadline column, in one `BEGIN IMMEDIATE` transaction
+/// that first reads the table's format version (another process may have
+/// added the column since) and, if the batch stores a deadline and the
+/// column is still missing, adds it, its index and the new version.
+/// Returns the table's version after the batch.
+pub(crate) async fn write_upgrading<K: Serialize, V: Serialize>(
+    conn: &mut SqliteConnection,
+    sql: &Statements,
+    batch: &[BatchOp<K, V>],
+    target: &Target<'_>,
+) -> Result<u32, Failure> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let stored: Option<i64> = sqlx::query_scalar(&sql.version)
+        .bind(target.table)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let location = || Location::new(target.store);
+    let version = stored.and_then(|v| u32::try_from(v).ok()).ok_or_else(|| {
+        Failure::Refused(PersistentError::corrupt(
+            location(),
+            format!("no valid format version recorded: {stored:?}"),
+        ))
+    })?;
+    if version > FORMAT_VERSION {
+        return Err(Failure::Refused(PersistentError::UnsupportedFormat {
+            location: location(),
+            found: version,
+            supported: FORMAT_VERSION,
+        }));
+    }
+    let stores_deadline = batch
+        .iter()
+        .any(|op| matches!(op, BatchOp::PutExpiring { .. }));
+    let version = if has_deadlines(version) || !stores_deadline {
+        version
+    } else {
+        let column: Option<i64> = sqlx::query_scalar(&sql.has_deadline_column)
+            .bind(target.table)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if column.is_none() {
+            sqlx::query(&sql.add_deadline_column)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(&sql.index_deadlines).execute(&mut *tx).await?;
+        let upgraded = with_deadlines(version);
+        sqlx::query(&sql.set_version)
+            .bind(i64::from(upgraded))
+            .bind(target.table)
+            .execute(&mut *tx)
+            .await?;
+        tracing::info!(
+            store = target.store,
+            from = version,
+            to = upgraded,
+            "added the deadline column to the table"
+        );
+        upgraded
+    };
+    let texts = sql.writes(has_deadlines(version));
+    let mut statements = statements(batch, texts.deadlines);
+    if let Some(first) = statements.next() {
+        let pending = encode(first, &texts, target).map_err(Failure::Refused)?;
+        match statements.next() {
+            Some(next) => run(&mut tx, &texts, pending, next, statements, target).await?,
+            None => execute(&mut tx, &texts, &pending).await?,
+        }
+    }
+    tx.commit().await?;
+    Ok(version)
+}
+
+/// Runs `pending`, then every later chunk, each encoded while SQLite runs
+/// the one before it.
+async fn run<'b, K: Serialize + 'b, V: Serialize + 'b>(
+    conn: &mut SqliteConnection,
+    texts: &Texts<'_>,
+    mut pending: Encoded,
+    mut next: &'b [BatchOp<K, V>],
+    mut statements: impl Iterator<Item = &'b [BatchOp<K, V>]>,
+    target: &Target<'_>,
+) -> Result<(), Failure> {
     loop {
-        let (done, encoded) = tokio::join!(execute(&mut tx, texts, &pending), async {
-            encode(next, store, format)
+        let (done, encoded) = tokio::join!(execute(conn, texts, &pending), async {
+            encode(next, texts, target)
         });
         done?;
-        pending = encoded.map_err(Failure::Encode)?;
+        pending = encoded.map_err(Failure::Refused)?;
         match statements.next() {
             Some(chunk) => next = chunk,
             None => break,
         }
     }
-    execute(&mut tx, texts, &pending).await?;
-    Ok(tx.commit().await?)
+    Ok(execute(conn, texts, &pending).await?)
 }
 
 async fn execute(
@@ -91,15 +203,25 @@ async fn execute(
     encoded: &Encoded,
 ) -> Result<(), sqlx::Error> {
     let query = match encoded {
-        Encoded::Upsert(size, rows) => {
-            let mut query = sqlx::query(&texts.upsert[*size]);
-            for (key, value) in rows {
+        Encoded::Put(size, rows) => {
+            let mut query = sqlx::query(&texts.put[*size]);
+            for (key, value, deadline) in rows {
                 query = query.bind(key.as_str()).bind(value.as_str());
+                if texts.deadlines {
+                    query = query.bind(*deadline);
+                }
             }
             query
         }
         Encoded::Delete(size, keys) => {
             let mut query = sqlx::query(&texts.delete[*size]);
+            for key in keys {
+                query = query.bind(key.as_str());
+            }
+            query
+        }
+        Encoded::DeleteExpired(size, now, keys) => {
+            let mut query = sqlx::query(&texts.delete_expired[*size]).bind(*now);
             for key in keys {
                 query = query.bind(key.as_str());
             }
@@ -112,51 +234,107 @@ async fn execute(
 /// Encodes a chunk of changes of one kind, naming the key that fails.
 fn encode<K: Serialize, V: Serialize>(
     chunk: &[BatchOp<K, V>],
-    store: &str,
-    format: KeyFormat,
+    texts: &Texts<'_>,
+    target: &Target<'_>,
 ) -> Result<Encoded, PersistentError> {
     let size = chunk.len().trailing_zeros() as usize;
-    let at = |key: &K| Location::new(store).with_key(render_key(key));
+    let at = |key: &K| Location::new(target.store).with_key(render_key(key));
     let key_text = |key: &K| {
-        format
+        target
+            .format
             .encode(key)
             .map_err(|e| PersistentError::encode(EntryPart::Key, at(key), e))
     };
-    // `statements` never mixes kinds in a chunk.
-    if matches!(chunk.first(), Some(BatchOp::Delete { .. })) {
-        return chunk
+    let keys = || {
+        chunk
             .iter()
             .map(|op| key_text(op.key()))
-            .collect::<Result<_, _>>()
-            .map(|keys| Encoded::Delete(size, keys));
+            .collect::<Result<Vec<_>, _>>()
+    };
+    // `statements` never mixes kinds, nor clocks, in a chunk.
+    match chunk.first() {
+        Some(BatchOp::Delete { .. }) => return keys().map(|keys| Encoded::Delete(size, keys)),
+        Some(BatchOp::DeleteExpired { key, now }) => {
+            let now = millis(*now, || at(key))?;
+            return keys().map(|keys| Encoded::DeleteExpired(size, now, keys));
+        }
+        _ => {}
     }
     let mut rows = Vec::with_capacity(chunk.len());
     for op in chunk {
-        if let BatchOp::Put { key, value } = op {
-            let value = value_to_json(value)
-                .map_err(|e| PersistentError::encode(EntryPart::Value, at(key), e))?;
-            rows.push((key_text(key)?, value));
-        }
+        let (key, value, deadline) = match op {
+            BatchOp::Put { key, value } => (key, value, None),
+            BatchOp::PutExpiring {
+                key,
+                value,
+                expires_at,
+            } if texts.deadlines => (key, value, Some(millis(*expires_at, || at(key))?)),
+            // `write_upgrading` adds the column before a deadline is stored.
+            BatchOp::PutExpiring { .. } => {
+                return Err(PersistentError::Other(
+                    "a deadline for a table without the deadline column".into(),
+                ))
+            }
+            _ => return Err(PersistentError::unknown_change(crate::error::BACKEND)),
+        };
+        let value = value_to_json(value)
+            .map_err(|e| PersistentError::encode(EntryPart::Value, at(key), e))?;
+        rows.push((key_text(key)?, value, deadline));
     }
-    Ok(Encoded::Upsert(size, rows))
+    Ok(Encoded::Put(size, rows))
 }
 
-/// The batch's statements, in order: each run of consecutive puts or of
-/// consecutive removals, in chunks whose lengths are powers of two, at most
-/// [`MAX_CHUNK`].
-fn statements<K, V>(batch: &[BatchOp<K, V>]) -> impl Iterator<Item = &[BatchOp<K, V>]> {
-    runs(batch).flat_map(chunks)
+/// A deadline or clock as stored, or an error naming the key.
+fn millis(time: SystemTime, at: impl FnOnce() -> Location) -> Result<i64, PersistentError> {
+    to_millis(time).ok_or_else(|| {
+        PersistentError::encode(
+            EntryPart::Value,
+            at(),
+            "the deadline is out of range (more than i64::MAX milliseconds from the Unix epoch)",
+        )
+    })
 }
 
-/// Maximal runs of changes of one kind.
+/// What a change does to the table, for grouping changes into statements.
+#[derive(PartialEq, Eq)]
+enum Kind {
+    Put,
+    Delete,
+    DeleteExpired(SystemTime),
+    Unknown,
+}
+
+fn kind<K, V>(op: &BatchOp<K, V>) -> Kind {
+    match op {
+        BatchOp::Put { .. } | BatchOp::PutExpiring { .. } => Kind::Put,
+        BatchOp::Delete { .. } => Kind::Delete,
+        BatchOp::DeleteExpired { now, .. } => Kind::DeleteExpired(*now),
+        _ => Kind::Unknown,
+    }
+}
+
+/// The batch's statements, in order: each run of consecutive changes of
+/// one kind, in chunks whose lengths are powers of two, at most
+/// [`MAX_CHUNK`]. Without the deadline column no entry has a deadline, so
+/// removals of expired entries have nothing to remove and are left out.
+fn statements<K, V>(
+    batch: &[BatchOp<K, V>],
+    deadlines: bool,
+) -> impl Iterator<Item = &[BatchOp<K, V>]> {
+    runs(batch)
+        .filter(move |run| {
+            deadlines || !matches!(run.first().map(kind), Some(Kind::DeleteExpired(_)))
+        })
+        .flat_map(chunks)
+}
+
+/// Maximal runs of changes of one kind (and one clock).
 fn runs<K, V>(mut batch: &[BatchOp<K, V>]) -> impl Iterator<Item = &[BatchOp<K, V>]> {
     std::iter::from_fn(move || {
-        let first = batch.first()?;
-        let is_put = |op: &BatchOp<K, V>| matches!(op, BatchOp::Put { .. });
-        let kind = is_put(first);
+        let first = kind(batch.first()?);
         let len = batch
             .iter()
-            .position(|op| is_put(op) != kind)
+            .position(|op| kind(op) != first)
             .unwrap_or(batch.len());
         let (run, rest) = batch.split_at(len);
         batch = rest;
@@ -191,6 +369,21 @@ mod tests {
         BatchOp::Delete { key: k }
     }
 
+    fn put_until(k: u32, ms: u64) -> BatchOp<u32, u32> {
+        BatchOp::PutExpiring {
+            key: k,
+            value: k,
+            expires_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        }
+    }
+
+    fn sweep(k: u32, ms: u64) -> BatchOp<u32, u32> {
+        BatchOp::DeleteExpired {
+            key: k,
+            now: std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        }
+    }
+
     #[test]
     fn chunks_are_powers_of_two_up_to_the_limit() {
         let items: Vec<u32> = (0..1000).collect();
@@ -204,7 +397,8 @@ mod tests {
     #[test]
     fn statements_keep_the_order_of_puts_and_removals() {
         let batch = vec![put(1), put(2), put(3), del(1), put(1), del(2), del(3)];
-        let shape: Vec<Vec<BatchOp<u32, u32>>> = statements(&batch).map(<[_]>::to_vec).collect();
+        let shape: Vec<Vec<BatchOp<u32, u32>>> =
+            statements(&batch, true).map(<[_]>::to_vec).collect();
         assert_eq!(
             shape,
             vec![
@@ -215,5 +409,33 @@ mod tests {
                 vec![del(2), del(3)],
             ]
         );
+    }
+
+    #[test]
+    fn removals_of_expired_entries_are_grouped_apart_per_clock() {
+        let batch = vec![
+            put(1),
+            put_until(2, 5),
+            sweep(2, 10),
+            sweep(3, 10),
+            del(4),
+            sweep(5, 10),
+            sweep(6, 11),
+        ];
+        let shape: Vec<Vec<BatchOp<u32, u32>>> =
+            statements(&batch, true).map(<[_]>::to_vec).collect();
+        assert_eq!(
+            shape,
+            vec![
+                vec![put(1), put_until(2, 5)],
+                vec![sweep(2, 10), sweep(3, 10)],
+                vec![del(4)],
+                vec![sweep(5, 10)],
+                vec![sweep(6, 11)],
+            ]
+        );
+        let without: Vec<Vec<BatchOp<u32, u32>>> =
+            statements(&batch, false).map(<[_]>::to_vec).collect();
+        assert_eq!(without, vec![vec![put(1), put_until(2, 5)], vec![del(4)]]);
     }
 }
