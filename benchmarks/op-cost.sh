@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Instructions per map operation (callgrind), this tree against an earlier
-# revision, side by side: `benchmarks/op-cost.sh <git-rev> [ops...]`.
+# revision, side by side: `benchmarks/op-cost.sh <git-rev> [op:backend ...]`,
+# ops `get`, `insert`, `insert_behind`, backends `memory` (default), `sqlite`
+# (WAL, synchronous=NORMAL), `csv`.
 # Instruction counts do not depend on what else the machine runs, so the
 # ratio holds on a loaded machine. Each figure is (Ir at 2n - Ir at n) / n,
 # which leaves out opening the map and filling it.
@@ -28,9 +30,10 @@ build() { # <name> <tree> -> path of the probe binary
     echo "${OP_COST_TARGET:-$root/target/op-cost}/$1/release/persistent-map-op-cost"
 }
 
-ir() { # <binary> <op> <n> -> total instructions
-    local out="$work/cg.out"
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$1" "$2" "$3" >/dev/null 2>&1
+ir() { # <binary> <op[:backend]> <n> -> total instructions
+    local out="$work/cg.out" op="${2%%:*}" backend=memory
+    [[ "$2" == *:* ]] && backend="${2#*:}"
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$1" "$op" "$3" "$backend" >/dev/null 2>&1
     awk '/^(summary|totals):/ {print $2; exit}' "$out"
 }
 

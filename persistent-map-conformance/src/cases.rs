@@ -31,7 +31,9 @@ pub use crate::sharing::{
     two_live_instances_follow_each_other,
 };
 pub use crate::stats::stats_follow_counted_operations;
-pub use crate::subscriptions::subscription_matches_the_store;
+pub use crate::subscriptions::{
+    a_slow_subscriber_lags_without_slowing_writers, subscription_matches_the_store,
+};
 pub use crate::sync::flush_syncs_the_store_files;
 
 use crate::factory::StoreFactory;

@@ -101,6 +101,7 @@ macro_rules! conformance_tests {
             expiry_is_shared_by_live_instances,
             a_sweep_announces_only_what_it_removed,
             subscription_matches_the_store,
+            a_slow_subscriber_lags_without_slowing_writers,
             subscription_marks_remote_changes,
         }
     };

@@ -119,3 +119,58 @@ fn replay(events: &[MapEvent<String, String>]) -> HashMap<String, String> {
     }
     state
 }
+
+/// "A subscriber that falls behind gets a `Lagged(n)` item and continues
+/// from the present; slow subscribers never slow writers": with room for 8
+/// events and a subscription nobody reads, 200 writes all finish; the
+/// subscription then yields one `Lagged` first, and counts every event
+/// exactly once: missed or delivered. Then it goes on with the next change.
+pub async fn a_slow_subscriber_lags_without_slowing_writers<F: StoreFactory>(mut factory: F) {
+    const WRITES: u64 = 200;
+    let backend = factory.fresh().await.expect("factory opens a fresh store");
+    let map: PersistentMap<String, String, _> = PersistentMap::builder(backend)
+        .event_capacity(8)
+        .build()
+        .await
+        .expect("a map opens on a fresh store");
+    let mut events = map.subscribe();
+    let writes = async {
+        for i in 0..WRITES {
+            map.insert(format!("k{}", i % 20), format!("v{i}"))
+                .await
+                .expect("insert");
+        }
+    };
+    tokio::time::timeout(PATIENCE, writes)
+        .await
+        .expect("writes finish while the subscription is not read");
+    let first = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("an event")
+        .expect("the stream goes on");
+    let MapEvent::Lagged { missed } = first else {
+        panic!("a subscription that fell behind first says so, got {first:?}");
+    };
+    // Every event was published before the subscription read anything:
+    // all of them were overwritten or skipped to reach the present.
+    assert_eq!(missed, WRITES, "each lost event counted once");
+    // It went on from the present: what it delivers now is the next change.
+    map.insert("after".into(), "x".into())
+        .await
+        .expect("insert");
+    let next = tokio::time::timeout(PATIENCE, events.next())
+        .await
+        .expect("an event")
+        .expect("the stream goes on");
+    match next {
+        MapEvent::Inserted { key, value, .. } => {
+            assert_eq!(
+                (key.as_str(), value.as_str()),
+                ("after", "x"),
+                "{missed} missed"
+            );
+        }
+        other => panic!("the next change, not {other:?}"),
+    }
+    map.close().await.expect("close");
+}

@@ -1,9 +1,16 @@
-//! The op-cost probe (see `../op-cost.sh`): `persistent-map-op-cost <op> <n>`
-//! runs n operations on a map over the memory backend; run it under
-//! callgrind at two n and subtract to get instructions per operation.
-use persistent_map_core::{PersistentMap, WriteBehind};
-use persistent_map_memory::InMemoryBackend;
+//! The op-cost probe (see `../op-cost.sh`):
+//! `persistent-map-op-cost <op> <n> [memory|sqlite|csv]` runs n operations
+//! (`get`, `insert`, `insert_behind`) on a map of `String` to `String` over
+//! the given backend (default memory); run it under callgrind at two n and
+//! subtract to get instructions per operation.
 use std::hint::black_box;
+
+use persistent_map_core::{PersistentMap, StorageBackend, WriteBehind};
+use persistent_map_csv::CsvBackend;
+use persistent_map_memory::InMemoryBackend;
+use persistent_map_sqlite::{SqliteBackend, Synchronous};
+
+const ENTRIES: u64 = 100_000;
 
 fn key(i: u64) -> String {
     format!("user:{i:08}")
@@ -12,38 +19,58 @@ fn key(i: u64) -> String {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let what = args.next().expect("what");
-    let n: u64 = args.next().expect("n").parse().expect("n");
-    let behind = what.ends_with("_behind");
-    let builder = PersistentMap::builder(InMemoryBackend::new());
-    let builder = if behind {
+    let op = args.next().expect("an operation");
+    let n: u64 = args.next().expect("a count").parse().expect("a count");
+    let backend = args.next().unwrap_or_else(|| "memory".to_string());
+    let dir = std::env::temp_dir().join(format!("op-cost-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    match backend.as_str() {
+        "memory" => run(InMemoryBackend::new(), &op, n).await,
+        "sqlite" => {
+            let backend = SqliteBackend::builder(dir.join("probe.db"))
+                .synchronous(Synchronous::Normal)
+                .build()
+                .await
+                .expect("sqlite opens");
+            run(backend, &op, n).await;
+        }
+        "csv" => run(CsvBackend::new(dir.join("probe.csv")), &op, n).await,
+        other => panic!("unknown backend {other}"),
+    }
+    std::fs::remove_dir_all(&dir).expect("scratch removed");
+}
+
+async fn run<B>(backend: B, op: &str, n: u64)
+where
+    B: StorageBackend<String, String> + Send + Sync + 'static,
+{
+    let builder = PersistentMap::builder(backend);
+    let builder = if op.ends_with("_behind") {
         builder.write_behind(WriteBehind::new())
     } else {
         builder
     };
     let map: PersistentMap<String, String, _> = builder.build().await.expect("open");
-    const ENTRIES: u64 = 100_000;
     let keys: Vec<String> = (0..ENTRIES).map(key).collect();
-    match what.as_str() {
+    match op {
         "get" => {
             map.extend(keys.iter().map(|k| (k.clone(), "value".to_string())))
                 .await
                 .expect("fill");
-            let mut hits = 0usize;
+            let mut hits = 0_u64;
             for i in 0..n {
-                hits +=
-                    black_box(map.get(&keys[((i * 7919) % ENTRIES) as usize])).is_some() as usize;
+                let key = &keys[usize::try_from((i * 7919) % ENTRIES).expect("small")];
+                hits += u64::from(black_box(map.get(key)).is_some());
             }
-            assert_eq!(hits as u64, n);
+            assert_eq!(hits, n);
         }
         "insert" | "insert_behind" => {
             for i in 0..n {
-                map.insert(keys[(i % ENTRIES) as usize].clone(), "value".to_string())
-                    .await
-                    .expect("insert");
+                let key = keys[usize::try_from(i % ENTRIES).expect("small")].clone();
+                map.insert(key, "value".to_string()).await.expect("insert");
             }
         }
-        _ => panic!("what"),
+        other => panic!("unknown operation {other}"),
     }
     map.close().await.expect("close");
 }
