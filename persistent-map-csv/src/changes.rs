@@ -65,6 +65,11 @@ pub(crate) fn decide<'a>(
     changes: &'a [Prepared],
     deadlines: &HashMap<String, i64>,
 ) -> Vec<Record<'a>> {
+    // Only a batch with a sweep needs to know what it changed: the others
+    // (nearly all) skip the bookkeeping.
+    let sweeps = changes
+        .iter()
+        .any(|change| matches!(change, Prepared::DelExpired { .. }));
     // The deadline of each key the batch has changed so far (`None`: no
     // deadline, or removed).
     let mut changed: HashMap<&str, Option<i64>> = HashMap::new();
@@ -76,7 +81,9 @@ pub(crate) fn decide<'a>(
                 value,
                 expires_at,
             } => {
-                changed.insert(key, *expires_at);
+                if sweeps {
+                    changed.insert(key, *expires_at);
+                }
                 records.push(Record::Put {
                     key,
                     value,
@@ -84,7 +91,9 @@ pub(crate) fn decide<'a>(
                 });
             }
             Prepared::Del { key } => {
-                changed.insert(key, None);
+                if sweeps {
+                    changed.insert(key, None);
+                }
                 records.push(Record::Del { key });
             }
             Prepared::DelExpired { key, now } => {

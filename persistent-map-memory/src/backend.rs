@@ -41,11 +41,43 @@ const NAME: &str = "memory";
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct InMemoryBackend {
-    entries: Arc<Mutex<HashMap<String, Stored>>>,
+    entries: Arc<Mutex<Store>>,
 }
 
-/// An encoded value and its deadline.
-type Stored = (String, Option<SystemTime>);
+/// Encoded entries, and the deadlines of those that have one: kept apart,
+/// so that a store without deadlines costs what it did before expiry.
+#[derive(Debug, Clone, Default)]
+struct Store {
+    values: HashMap<String, String>,
+    deadlines: HashMap<String, SystemTime>,
+}
+
+impl Store {
+    fn put(&mut self, key: String, value: String, deadline: Option<SystemTime>) {
+        match deadline {
+            Some(deadline) => {
+                self.deadlines.insert(key.clone(), deadline);
+            }
+            None if self.deadlines.is_empty() => {}
+            None => {
+                self.deadlines.remove(&key);
+            }
+        }
+        self.values.insert(key, value);
+    }
+
+    fn remove(&mut self, key: &str) {
+        if !self.deadlines.is_empty() {
+            self.deadlines.remove(key);
+        }
+        self.values.remove(key);
+    }
+
+    fn get(&self, key: &str) -> Option<(String, Option<SystemTime>)> {
+        let value = self.values.get(key)?.clone();
+        Some((value, self.deadlines.get(key).copied()))
+    }
+}
 
 impl InMemoryBackend {
     /// An empty store.
@@ -57,10 +89,10 @@ impl InMemoryBackend {
     /// The number of stored entries, whatever their types.
     #[must_use]
     pub fn stored_len(&self) -> usize {
-        self.lock().len()
+        self.lock().values.len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Stored>> {
+    fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock cannot leave a half-written entry
         // (each write is one insert or remove), so the data is still valid.
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
@@ -105,8 +137,9 @@ where
         &self,
         sink: &mut (dyn FnMut(K, V, Option<SystemTime>) + Send),
     ) -> Result<()> {
-        let entries = self.lock().clone();
-        for (k, (v, deadline)) in entries {
+        let Store { values, deadlines } = self.lock().clone();
+        for (k, v) in values {
+            let deadline = deadlines.get(&k).copied();
             let (key, value) = decode::<K, V>(&k, &v)?;
             sink(key, value, deadline);
         }
@@ -120,7 +153,7 @@ where
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
             let k = encode_key(key)?;
-            let stored = self.lock().get(&k).cloned();
+            let stored = self.lock().get(&k);
             let found = match stored {
                 Some((v, deadline)) => Some((decode::<K, V>(&k, &v)?.1, deadline)),
                 None => None,
@@ -140,7 +173,7 @@ where
 
     async fn save(&self, key: K, value: V) -> Result<()> {
         let (k, v) = (encode_key(&key)?, encode_value(&key, &value)?);
-        self.lock().insert(k, (v, None));
+        self.lock().put(k, v, None);
         Ok(())
     }
 
@@ -176,16 +209,13 @@ where
         for (k, change) in encoded {
             match change {
                 Change::Put(v, deadline) => {
-                    entries.insert(k, (v, deadline));
+                    entries.put(k, v, deadline);
                 }
                 Change::Delete => {
                     entries.remove(&k);
                 }
                 Change::Sweep(now) => {
-                    if entries
-                        .get(&k)
-                        .is_some_and(|(_, deadline)| deadline.is_some_and(|at| at <= now))
-                    {
+                    if entries.deadlines.get(&k).is_some_and(|at| *at <= now) {
                         entries.remove(&k);
                     }
                 }
@@ -195,7 +225,7 @@ where
     }
 
     async fn clear(&self) -> Result<()> {
-        self.lock().clear();
+        *self.lock() = Store::default();
         Ok(())
     }
 
@@ -205,7 +235,7 @@ where
 
     async fn contains_key(&self, key: &K) -> Result<bool> {
         let k = encode_key(key)?;
-        Ok(self.lock().contains_key(&k))
+        Ok(self.lock().values.contains_key(&k))
     }
 
     fn capabilities(&self) -> Capabilities {

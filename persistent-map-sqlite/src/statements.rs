@@ -19,6 +19,10 @@ pub(crate) struct Statements {
     replace: Vec<String>,
     /// `upsert[i]` writes `2^i` rows with their deadlines.
     upsert: Vec<String>,
+    /// `upsert_plain[i]` writes `2^i` rows without deadlines to a table
+    /// with the column (clearing theirs): two parameters a row, not three,
+    /// for the common put.
+    upsert_plain: Vec<String>,
     /// `delete[i]` deletes `2^i` keys.
     delete: Vec<String>,
     /// `delete_expired[i]` deletes those of `2^i` keys whose deadline is
@@ -77,6 +81,13 @@ impl Statements {
                      expires_at = excluded.expires_at"
                 )
             }),
+            upsert_plain: per_chunk("(?, ?)", |rows| {
+                format!(
+                    "INSERT INTO {t} (key, value) VALUES {rows} \
+                     ON CONFLICT(key) DO UPDATE SET value = excluded.value, \
+                     expires_at = NULL"
+                )
+            }),
             delete: per_chunk("?", |keys| format!("DELETE FROM {t} WHERE key IN ({keys})")),
             delete_expired: per_chunk("?", |keys| {
                 format!("DELETE FROM {t} WHERE expires_at <= ? AND key IN ({keys})")
@@ -99,6 +110,11 @@ impl Statements {
         Texts {
             put: if deadlines {
                 &self.upsert
+            } else {
+                &self.replace
+            },
+            put_plain: if deadlines {
+                &self.upsert_plain
             } else {
                 &self.replace
             },

@@ -51,6 +51,9 @@ pub(crate) struct Texts<'a> {
     /// `put[i]` stores `2^i` rows: key and value, plus the deadline when
     /// [`deadlines`](Self::deadlines) is set.
     pub(crate) put: &'a [String],
+    /// `put_plain[i]` stores `2^i` rows of key and value, none with a
+    /// deadline (clearing any stored one).
+    pub(crate) put_plain: &'a [String],
     /// `delete[i]` deletes `2^i` keys.
     pub(crate) delete: &'a [String],
     /// `delete_expired[i]` deletes those of `2^i` keys whose deadline is
@@ -69,7 +72,8 @@ pub(crate) struct Target<'a> {
 
 /// One statement of a batch, encoded: the chunk size index and its rows.
 enum Encoded {
-    Put(usize, Vec<(String, String, Option<i64>)>),
+    /// Whether some row has a deadline, and the rows.
+    Put(usize, bool, Vec<(String, String, Option<i64>)>),
     Delete(usize, Vec<String>),
     DeleteExpired(usize, i64, Vec<String>),
 }
@@ -203,13 +207,17 @@ async fn execute(
     encoded: &Encoded,
 ) -> Result<(), sqlx::Error> {
     let query = match encoded {
-        Encoded::Put(size, rows) => {
+        Encoded::Put(size, true, rows) => {
             let mut query = sqlx::query(&texts.put[*size]);
             for (key, value, deadline) in rows {
+                query = query.bind(key.as_str()).bind(value.as_str()).bind(*deadline);
+            }
+            query
+        }
+        Encoded::Put(size, false, rows) => {
+            let mut query = sqlx::query(&texts.put_plain[*size]);
+            for (key, value, _) in rows {
                 query = query.bind(key.as_str()).bind(value.as_str());
-                if texts.deadlines {
-                    query = query.bind(*deadline);
-                }
             }
             query
         }
@@ -261,6 +269,7 @@ fn encode<K: Serialize, V: Serialize>(
         _ => {}
     }
     let mut rows = Vec::with_capacity(chunk.len());
+    let mut with_deadlines = false;
     for op in chunk {
         let (key, value, deadline) = match op {
             BatchOp::Put { key, value } => (key, value, None),
@@ -279,9 +288,10 @@ fn encode<K: Serialize, V: Serialize>(
         };
         let value = value_to_json(value)
             .map_err(|e| PersistentError::encode(EntryPart::Value, at(key), e))?;
+        with_deadlines |= deadline.is_some();
         rows.push((key_text(key)?, value, deadline));
     }
-    Ok(Encoded::Put(size, rows))
+    Ok(Encoded::Put(size, with_deadlines, rows))
 }
 
 /// A deadline or clock as stored, or an error naming the key.
