@@ -351,7 +351,7 @@ fn info_shows_format_count_size_shape_and_csv_ratio() {
     let info = run(&["info", &store]).ok();
     for expected in [
         "backend:        csv",
-        "format version: 3",
+        "format version: 5",
         "entries:        2",
         "records:        5 (2 live, 3 dead: 40% live)",
         "last rewrite:",
@@ -378,7 +378,7 @@ fn info_shows_format_count_size_shape_and_csv_ratio() {
     set_all(&sqlite, &[("k", "1")]);
     let info = run(&["info", &sqlite]).ok();
     assert!(
-        info.contains("format version: 2") && info.contains("database file"),
+        info.contains("format version: 4") && info.contains("database file"),
         "{info}"
     );
     let refused = run(&["compact", &sqlite]).code(1);

@@ -264,15 +264,11 @@ impl PostgresSource {
         .fetch_all(&self.pool)
         .await
         .map_err(self.fail("read"))?;
-        let has = |n: &str, t: &str| columns.iter().any(|(c, ty)| c == n && ty == t);
-        // Format 1: key and value; format 2 adds the key_hash primary key.
-        let layout_ok = has("key", "text")
-            && has("value", "jsonb")
-            && (columns.len() == 2 || (columns.len() == 3 && has("key_hash", "bytea")));
-        if !layout_ok {
+        if persistent_map_postgres::layout_of(&columns).is_none() {
             report.problem(
                 format!("table {}", self.qualified),
-                "not a persistent-map table (expected key TEXT, value JSONB and, from format 2, key_hash BYTEA)",
+                "not a persistent-map table (expected key TEXT, value JSONB, from format 2 \
+                 key_hash BYTEA, from format 4 expires_at BIGINT)",
             );
             return Ok(report);
         }
