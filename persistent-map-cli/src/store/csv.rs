@@ -20,7 +20,9 @@ use persistent_map_csv::{FileLayout, Record};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{parse_value, Batcher, CsvDetails, Details, Problem, Report, Sink, StoreName};
+use super::{
+    parse_value, Batcher, CsvDetails, Deadlines, Details, Problem, Report, Sink, StoreName,
+};
 use crate::entry::{show_key, Entry};
 use crate::error::{CliError, Result};
 
@@ -308,11 +310,12 @@ impl CsvSource {
     pub async fn scan(&self, sink: &mut dyn Sink) -> Result<()> {
         self.check()?;
         let mut batcher = Batcher::new(sink);
-        for (key, (value, _)) in &self.entries {
+        for (key, (value, expires_at)) in &self.entries {
             batcher
                 .push(Entry {
                     key: key.clone(),
                     value: value.clone(),
+                    expires_at: *expires_at,
                 })
                 .await?;
             if batcher.done() {
@@ -323,9 +326,9 @@ impl CsvSource {
     }
 
     /// The value under `key`; a damaged file is an error, as for a scan.
-    pub fn lookup(&self, key: &str) -> Result<Option<Value>> {
+    pub fn lookup(&self, key: &str) -> Result<Option<(Value, Option<i64>)>> {
         self.check()?;
-        Ok(self.entries.get(key).map(|(value, _)| value.clone()))
+        Ok(self.entries.get(key).cloned())
     }
 
     pub async fn details(&self) -> Result<Details> {
@@ -341,9 +344,21 @@ impl CsvSource {
             }
             _ => None,
         };
+        let deadlines = match self.header {
+            Some(Header::Current(layout)) if layout.deadlines => {
+                let now = super::now_millis();
+                let with: Vec<i64> = self.entries.values().filter_map(|(_, at)| *at).collect();
+                Some(Deadlines {
+                    with_deadline: with.len() as u64,
+                    expired: with.iter().filter(|&&at| at <= now).count() as u64,
+                })
+            }
+            _ => None,
+        };
         Ok(Details {
             exists: true,
             format_version,
+            deadlines,
             size_bytes: Some(meta.len()),
             size_note: String::from("the CSV file"),
             csv: Some(CsvDetails {
