@@ -601,3 +601,31 @@ fn load_refuses_an_undecodable_deadline_before_writing() {
         "refused before the store is opened"
     );
 }
+
+#[test]
+fn legacy_key_stores_with_deadlines_copy_between_sqlite_and_csv() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("legacy.db");
+    block_on(async {
+        let backend = persistent_map_sqlite::SqliteBackend::builder(&db)
+            .new_store_key_format(persistent_map_core::codec::KeyFormat::Legacy)
+            .build()
+            .await
+            .expect("opens");
+        write_expiring(&backend).await;
+        backend.close().await;
+    });
+    let sqlite = file_url("sqlite", dir.path(), "legacy.db");
+    assert!(run(&["info", &sqlite]).ok().contains("format version: 3"));
+    assert_eq!(run(&["dump", &sqlite]).ok(), EXPIRING_DUMP);
+
+    // The copy is created in the legacy key format and gets the deadline
+    // field with its first deadline: CSV version 4.
+    let csv = file_url("csv", dir.path(), "legacy.csv");
+    run(&["copy", &sqlite, &csv]).ok();
+    let info = run(&["info", &csv]).ok();
+    assert!(info.contains("format version: 4"), "{info}");
+    assert_eq!(run(&["dump", &csv]).ok(), EXPIRING_DUMP);
+    assert!(run(&["verify", &csv]).ok().contains("ok:"));
+    assert_deadlines_in_info(&csv);
+}
