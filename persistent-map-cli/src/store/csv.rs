@@ -94,7 +94,8 @@ impl CsvSource {
                     source.notes.push(String::from(
                         "a persistent-map 0.1.x file (no header): each value is read from its CSV \
                          fields (one field: a number, boolean or string; several: an array), and the \
-                         library rewrites the file in format 2 on its first write",
+                         library rewrites the file in format 2 (4 if that write stores a deadline) on its \
+                         first write",
                     ));
                 }
                 source.replay_legacy().await?;
