@@ -9,11 +9,16 @@ use serde_json::Value;
 
 /// One entry: the key's stored text (in the store's
 /// `persistent_map_core::codec::KeyFormat`: string keys as themselves, other
-/// keys as JSON) and the value as JSON.
+/// keys as JSON), the value as JSON, and its deadline if it has one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub key: String,
     pub value: Value,
+    /// When the entry expires, in whole milliseconds since the Unix epoch
+    /// (negative before it), as every backend stores it; `None`: never.
+    /// Signed because the stores' fields are: a deadline before 1970 is
+    /// carried over too, not refused.
+    pub expires_at: Option<i64>,
 }
 
 /// A line of `dump` output and `load` input.
@@ -22,10 +27,16 @@ pub struct Entry {
 pub struct Line {
     pub key: Value,
     pub value: Value,
+    /// The deadline in ms since the Unix epoch; absent (or `null`): never expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 impl Entry {
-    /// Appends the entry as one JSON Lines record, `{"key":…,"value":…}\n`.
+    /// Appends the entry as one JSON Lines record,
+    /// `{"key":…,"value":…}\n`, with `"expires_at":<ms>` after the value
+    /// only when the entry has a deadline (so dumps of entries without
+    /// deadlines are what they were before deadlines came).
     ///
     /// A stored key text is always dumped as a JSON string: read without
     /// the application's key type, `42` is the text `"42"`. Loading it
@@ -36,6 +47,8 @@ impl Entry {
         struct Borrowed<'a> {
             key: &'a str,
             value: &'a Value,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expires_at: Option<i64>,
         }
         // Serializing a str and a Value into a Vec cannot fail.
         let _ = serde_json::to_writer(
@@ -43,6 +56,7 @@ impl Entry {
             &Borrowed {
                 key: &self.key,
                 value: &self.value,
+                expires_at: self.expires_at,
             },
         );
         out.push(b'\n');
@@ -70,8 +84,10 @@ pub fn show_key(key: &str) -> String {
 
 /// An order-independent checksum over encoded entries: the entry count, and
 /// the wrapping sum and the xor of a 64-bit FNV-1a hash of each entry's key
-/// text and compact value JSON. Stores that list their entries in different
-/// orders give the same checksum for the same entries.
+/// text, compact value JSON and deadline (hashed only when there is one, so
+/// the checksum of entries without deadlines is what it was before
+/// deadlines came). Stores that list their entries in different orders give
+/// the same checksum for the same entries.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Checksum {
     pub entries: u64,
@@ -86,6 +102,11 @@ impl Checksum {
         hash.bytes(&[0xff]);
         // Writing into the hasher cannot fail.
         let _ = serde_json::to_writer(&mut hash, &entry.value);
+        if let Some(ms) = entry.expires_at {
+            // 0xff never occurs in UTF-8 JSON: the value ends before it.
+            hash.bytes(&[0xff]);
+            hash.bytes(&ms.to_le_bytes());
+        }
         let h = hash.0;
         self.entries += 1;
         self.sum = self.sum.wrapping_add(h);
@@ -157,6 +178,7 @@ mod tests {
         let entry = Entry {
             key: "42".into(),
             value: json!({"b": 1, "a": [true, null]}),
+            expires_at: None,
         };
         let mut out = Vec::new();
         entry.write_line(&mut out);
@@ -167,6 +189,7 @@ mod tests {
         let other = Entry {
             key: "x".into(),
             value: json!(1),
+            expires_at: None,
         };
         let (mut one, mut two) = (Checksum::default(), Checksum::default());
         one.add(&entry);
@@ -179,7 +202,48 @@ mod tests {
         three.add(&Entry {
             key: "x".into(),
             value: json!(2),
+            expires_at: None,
         });
         assert_ne!(one.hex(), three.hex());
+
+        let expiring = Entry {
+            expires_at: Some(1_767_225_600_000),
+            ..entry.clone()
+        };
+        let mut line = Vec::new();
+        expiring.write_line(&mut line);
+        assert_eq!(
+            String::from_utf8(line).expect("utf-8"),
+            "{\"key\":\"42\",\"value\":{\"a\":[true,null],\"b\":1},\"expires_at\":1767225600000}\n"
+        );
+        let (mut plain, mut with_deadline, mut later) = (
+            Checksum::default(),
+            Checksum::default(),
+            Checksum::default(),
+        );
+        plain.add(&entry);
+        with_deadline.add(&expiring);
+        later.add(&Entry {
+            expires_at: Some(1_767_225_600_001),
+            ..entry
+        });
+        assert_ne!(plain, with_deadline, "the deadline counts");
+        assert_ne!(with_deadline, later);
+    }
+
+    #[test]
+    fn load_lines_take_a_deadline_and_nothing_else() {
+        let line: Line = serde_json::from_str(r#"{"key":"k","value":1,"expires_at":5}"#)
+            .expect("a line with a deadline");
+        assert_eq!(line.expires_at, Some(5));
+        let line: Line = serde_json::from_str(r#"{"key":"k","value":1}"#).expect("a plain line");
+        assert_eq!(line.expires_at, None);
+        for bad in [
+            r#"{"key":"k","value":1,"expires_at":"soon"}"#,
+            r#"{"key":"k","value":1,"expires_at":1.5}"#,
+            r#"{"key":"k","value":1,"ttl":5}"#,
+        ] {
+            assert!(serde_json::from_str::<Line>(bad).is_err(), "{bad}");
+        }
     }
 }

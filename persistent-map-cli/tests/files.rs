@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{block_on, file_url, run, run_with_input, set_all, AWKWARD};
+use common::{
+    assert_deadlines_in_info, assert_expiring, block_on, file_url, run, run_with_input, set_all,
+    write_expiring, AWKWARD, EXPIRING_DUMP, FUTURE,
+};
 use sqlx::Connection as _;
 
 fn sqlite_exec(path: &std::path::Path, sql: &str) {
@@ -351,7 +354,7 @@ fn info_shows_format_count_size_shape_and_csv_ratio() {
     let info = run(&["info", &store]).ok();
     for expected in [
         "backend:        csv",
-        "format version: 3",
+        "format version: 5",
         "entries:        2",
         "records:        5 (2 live, 3 dead: 40% live)",
         "last rewrite:",
@@ -378,7 +381,7 @@ fn info_shows_format_count_size_shape_and_csv_ratio() {
     set_all(&sqlite, &[("k", "1")]);
     let info = run(&["info", &sqlite]).ok();
     assert!(
-        info.contains("format version: 2") && info.contains("database file"),
+        info.contains("format version: 4") && info.contains("database file"),
         "{info}"
     );
     let refused = run(&["compact", &sqlite]).code(1);
@@ -468,4 +471,161 @@ fn copy_keeps_a_legacy_sources_key_format() {
     run(&["rm", &new, "x"]).ok();
     let refused = run(&["copy", &source, &new]).code(2);
     assert!(refused.stderr.contains("key format"), "{refused:?}");
+}
+
+#[test]
+fn deadlines_travel_through_dump_load_and_copy_on_sqlite_and_csv() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("app.db");
+    block_on(async {
+        let backend = persistent_map_sqlite::SqliteBackend::builder(&db)
+            .build()
+            .await
+            .expect("opens");
+        write_expiring(&backend).await;
+        backend.close().await;
+    });
+    let sqlite = file_url("sqlite", dir.path(), "app.db");
+    assert_eq!(run(&["dump", &sqlite]).ok(), EXPIRING_DUMP);
+    assert_deadlines_in_info(&sqlite);
+    assert!(run(&["verify", &sqlite]).ok().contains("ok:"));
+    // get prints the value as before; --json adds the deadline when set.
+    assert_eq!(run(&["get", &sqlite, "later"]).ok(), "1\n");
+    assert_eq!(
+        run(&["--json", "get", &sqlite, "later"]).ok(),
+        format!("{{\"expires_at\":{FUTURE},\"key\":\"later\",\"value\":1}}\n")
+    );
+    assert_eq!(
+        run(&["--json", "get", &sqlite, "plain"]).ok(),
+        "{\"key\":\"plain\",\"value\":{\"a\":1}}\n"
+    );
+
+    // load keeps the deadlines: read back through the backend.
+    let dump = dir.path().join("dump.jsonl");
+    std::fs::write(&dump, EXPIRING_DUMP).expect("written");
+    let csv = file_url("csv", dir.path(), "loaded.csv");
+    run(&["load", &csv, dump.to_str().expect("utf-8")]).ok();
+    block_on(async {
+        let backend =
+            persistent_map_csv::CsvBackend::builder(dir.path().join("loaded.csv")).build();
+        assert_expiring(&backend).await;
+    });
+    assert_eq!(run(&["dump", &csv]).ok(), EXPIRING_DUMP);
+    assert_deadlines_in_info(&csv);
+    assert!(run(&["verify", &csv]).ok().contains("ok:"));
+
+    // copy keeps them too, and verifies them in its checksum.
+    let copy = file_url("sqlite", dir.path(), "copy.db?table=copied");
+    let copied = run(&["--json", "copy", &csv, &copy]).ok();
+    let copied: serde_json::Value = serde_json::from_str(&copied).expect("json");
+    assert_eq!(copied["verified"], true);
+    assert_eq!(copied["entries"], 4);
+    block_on(async {
+        let backend = persistent_map_sqlite::SqliteBackend::builder(dir.path().join("copy.db"))
+            .table("copied")
+            .build()
+            .await
+            .expect("opens");
+        assert_expiring(&backend).await;
+        backend.close().await;
+    });
+    assert_eq!(run(&["dump", &copy]).ok(), EXPIRING_DUMP);
+    let back = file_url("csv", dir.path(), "back.csv");
+    run(&["copy", &copy, &back]).ok();
+    assert_eq!(run(&["dump", &back]).ok(), EXPIRING_DUMP);
+}
+
+#[test]
+fn verify_reports_undecodable_deadlines_with_their_location() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = "persistent-map-csv/5,key,value,expires_at\nput,a,1,\nput,k,2,soon\n";
+    std::fs::write(dir.path().join("bad.csv"), text).expect("written");
+    let csv = file_url("csv", dir.path(), "bad.csv");
+    let report = run(&["verify", &csv]).code(1);
+    assert!(
+        report.stdout.contains(
+            "line 3, key \"k\": the deadline \"soon\" is not an integer number of milliseconds"
+        ),
+        "{report:?}"
+    );
+    let dump = run(&["dump", &csv]).code(1);
+    assert!(dump.stderr.contains("line 3, key \"k\""), "{dump:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("bad.csv")).expect("readable"),
+        text
+    );
+
+    let db = dir.path().join("bad.db");
+    block_on(async {
+        let backend = persistent_map_sqlite::SqliteBackend::builder(&db)
+            .build()
+            .await
+            .expect("opens");
+        write_expiring(&backend).await;
+        backend.close().await;
+    });
+    sqlite_exec(&db, "UPDATE kv SET expires_at = 'soon' WHERE key = 'later'");
+    let sqlite = file_url("sqlite", dir.path(), "bad.db");
+    let report = run(&["verify", &sqlite]).code(1);
+    assert!(
+        report.stdout.contains(
+            "key \"later\": the deadline (expires_at) is not an integer number of milliseconds (it is text)"
+        ),
+        "{report:?}"
+    );
+    assert!(report.stderr.contains("1 problem(s)"), "{report:?}");
+    let dump = run(&["dump", &sqlite]).code(1);
+    assert!(
+        dump.stderr.contains("key \"later\"") && dump.stderr.contains("expires_at"),
+        "{dump:?}"
+    );
+}
+
+#[test]
+fn load_refuses_an_undecodable_deadline_before_writing() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"key\":\"a\",\"value\":1}\n{\"key\":\"b\",\"value\":2,\"expires_at\":\"soon\"}\n",
+    )
+    .expect("written");
+    let store = file_url("sqlite", dir.path(), "a.db");
+    let refused = run(&["load", &store, input.to_str().expect("utf-8")]).code(1);
+    assert!(
+        refused.stderr.contains("line 2") && refused.stderr.contains("expires_at"),
+        "{refused:?}"
+    );
+    assert!(
+        !dir.path().join("a.db").exists(),
+        "refused before the store is opened"
+    );
+}
+
+#[test]
+fn legacy_key_stores_with_deadlines_copy_between_sqlite_and_csv() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("legacy.db");
+    block_on(async {
+        let backend = persistent_map_sqlite::SqliteBackend::builder(&db)
+            .new_store_key_format(persistent_map_core::codec::KeyFormat::Legacy)
+            .build()
+            .await
+            .expect("opens");
+        write_expiring(&backend).await;
+        backend.close().await;
+    });
+    let sqlite = file_url("sqlite", dir.path(), "legacy.db");
+    assert!(run(&["info", &sqlite]).ok().contains("format version: 3"));
+    assert_eq!(run(&["dump", &sqlite]).ok(), EXPIRING_DUMP);
+
+    // The copy is created in the legacy key format and gets the deadline
+    // field with its first deadline: CSV version 4.
+    let csv = file_url("csv", dir.path(), "legacy.csv");
+    run(&["copy", &sqlite, &csv]).ok();
+    let info = run(&["info", &csv]).ok();
+    assert!(info.contains("format version: 4"), "{info}");
+    assert_eq!(run(&["dump", &csv]).ok(), EXPIRING_DUMP);
+    assert!(run(&["verify", &csv]).ok().contains("ok:"));
+    assert_deadlines_in_info(&csv);
 }

@@ -9,7 +9,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{block_on, file_url, run, set_all, unique, url_or_skip, AWKWARD};
+use common::{
+    assert_deadlines_in_info, assert_expiring, block_on, file_url, run, set_all, unique,
+    url_or_skip, write_expiring, AWKWARD, EXPIRING_DUMP, FUTURE,
+};
+use persistent_map_core::codec::KeyFormat;
+use persistent_map_core::StorageBackend as _;
+use persistent_map_postgres::PostgresBackend;
+use persistent_map_redis::RedisBackend;
 use sqlx::Connection as _;
 
 const POSTGRES: &str = "PERSISTENT_MAP_POSTGRES_URL";
@@ -363,4 +370,158 @@ fn postgres_watch_prints_changes_of_other_instances() {
     let output = finish_within(watcher, Duration::from_secs(60));
     assert!(output.status.success(), "{output:?}");
     assert_eq!(String::from_utf8_lossy(&output.stdout), "set \"bob\" = 2\n");
+}
+
+async fn postgres_backend(url: &str, schema: &str, table: &str) -> PostgresBackend {
+    PostgresBackend::builder(url)
+        .schema(schema)
+        .table(table)
+        .build()
+        .await
+        .expect("opens")
+}
+
+async fn redis_backend(url: &str, prefix: &str, name: &str, keys: KeyFormat) -> RedisBackend {
+    RedisBackend::builder(url)
+        .prefix(prefix)
+        .name(name)
+        .new_store_key_format(keys)
+        .build()
+        .await
+        .expect("opens")
+}
+
+#[test]
+fn deadlines_travel_between_servers_and_files() {
+    let test = "deadlines_travel_between_servers_and_files";
+    let (Some(pg_url), Some(redis_url)) = (url_or_skip(POSTGRES, test), url_or_skip(REDIS, test))
+    else {
+        return;
+    };
+    let (pg, redis) = (PgScratch::new(pg_url), RedisScratch::new(redis_url));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("app.db");
+    block_on(async {
+        let backend = persistent_map_sqlite::SqliteBackend::builder(&db)
+            .build()
+            .await
+            .expect("opens");
+        write_expiring(&backend).await;
+        backend.close().await;
+    });
+    let sqlite = file_url("sqlite", dir.path(), "app.db");
+
+    // SQLite -> PostgreSQL: the bulk COPY path writes the deadlines.
+    let postgres = pg.store("kv");
+    let copied = run(&["--json", "copy", &sqlite, &postgres]).ok();
+    let copied: serde_json::Value = serde_json::from_str(&copied).expect("json");
+    assert_eq!(copied["verified"], true, "{copied}");
+    block_on(async {
+        assert_expiring(&postgres_backend(&pg.url, &pg.schema, "kv").await).await;
+    });
+    assert_eq!(run(&["dump", &postgres]).ok(), EXPIRING_DUMP);
+    assert_deadlines_in_info(&postgres);
+    assert!(run(&["verify", &postgres]).ok().contains("ok:"));
+    assert_eq!(
+        run(&["--json", "get", &postgres, "later"]).ok(),
+        format!("{{\"expires_at\":{FUTURE},\"key\":\"later\",\"value\":1}}\n")
+    );
+
+    // PostgreSQL -> CSV.
+    let csv = file_url("csv", dir.path(), "from-pg.csv");
+    run(&["copy", &postgres, &csv]).ok();
+    assert_eq!(run(&["dump", &csv]).ok(), EXPIRING_DUMP);
+
+    // CSV -> Redis.
+    let redis_store = redis.store("kv");
+    run(&["copy", &csv, &redis_store]).ok();
+    block_on(async {
+        let backend = redis_backend(&redis.url, &redis.prefix, "kv", KeyFormat::NEW_STORES).await;
+        assert_expiring(&backend).await;
+    });
+    assert_eq!(run(&["dump", &redis_store]).ok(), EXPIRING_DUMP);
+    assert_deadlines_in_info(&redis_store);
+    assert!(run(&["verify", &redis_store]).ok().contains("ok:"));
+
+    // load into each server keeps them too.
+    let file = dir.path().join("dump.jsonl");
+    std::fs::write(&file, EXPIRING_DUMP).expect("written");
+    for second in [pg.store("second"), redis.store("second")] {
+        run(&["load", &second, file.to_str().expect("utf-8")]).ok();
+        assert_eq!(run(&["dump", &second]).ok(), EXPIRING_DUMP, "{second}");
+    }
+    block_on(async {
+        assert_expiring(&postgres_backend(&pg.url, &pg.schema, "second").await).await;
+    });
+
+    // A score that is not a whole number of milliseconds is reported.
+    redis.cmd(&[
+        "ZADD",
+        &format!("{}:kv:expiry", redis.prefix),
+        "1.5",
+        "later",
+    ]);
+    let report = run(&["verify", &redis_store]).code(1);
+    assert!(
+        report
+            .stdout
+            .contains("key \"later\": the deadline \"1.5\" is not a whole number of milliseconds"),
+        "{report:?}"
+    );
+}
+
+#[test]
+fn stores_without_expiry_refuse_deadlines_before_anything_is_written() {
+    let test = "stores_without_expiry_refuse_deadlines_before_anything_is_written";
+    let (Some(pg_url), Some(redis_url)) = (url_or_skip(POSTGRES, test), url_or_skip(REDIS, test))
+    else {
+        return;
+    };
+    let (pg, redis) = (PgScratch::new(pg_url), RedisScratch::new(redis_url));
+    let dir = tempfile::tempdir().expect("temp dir");
+    // A legacy-key Redis map (format 1) keeps no deadlines.
+    block_on(async {
+        let backend = redis_backend(&redis.url, &redis.prefix, "old", KeyFormat::Legacy).await;
+        backend
+            .apply_batch(&[persistent_map_core::BatchOp::Put {
+                key: serde_json::json!("kept"),
+                value: serde_json::json!(1),
+            }])
+            .await
+            .expect("written");
+        assert!(!persistent_map_core::StorageBackend::<serde_json::Value, serde_json::Value>::capabilities(&backend).expiry);
+    });
+    let old = redis.store("old");
+    let before = run(&["dump", &old]).ok();
+    let file = dir.path().join("dump.jsonl");
+    std::fs::write(&file, EXPIRING_DUMP).expect("written");
+    let refused = run(&["load", &old, file.to_str().expect("utf-8"), "--replace"]).code(1);
+    assert!(
+        refused.stderr.contains("line 1") && refused.stderr.contains("keeps no deadlines"),
+        "{refused:?}"
+    );
+    assert_eq!(run(&["dump", &old]).ok(), before, "nothing written");
+
+    // A copy of a legacy-key SQLite table with deadlines (format 3) into a
+    // new PostgreSQL table, created in the legacy key format, is refused.
+    let db = dir.path().join("legacy.db");
+    block_on(async {
+        let backend = persistent_map_sqlite::SqliteBackend::builder(&db)
+            .new_store_key_format(KeyFormat::Legacy)
+            .build()
+            .await
+            .expect("opens");
+        write_expiring(&backend).await;
+        backend.close().await;
+    });
+    let sqlite = file_url("sqlite", dir.path(), "legacy.db");
+    assert!(run(&["info", &sqlite]).ok().contains("format version: 3"));
+    let postgres = pg.store("legacy");
+    let refused = run(&["copy", &sqlite, &postgres]).code(2);
+    assert!(
+        refused.stderr.contains("3 entries with a deadline")
+            && refused.stderr.contains("keeps no deadlines"),
+        "{refused:?}"
+    );
+    assert_eq!(run(&["dump", &postgres]).ok(), "", "nothing copied");
 }

@@ -10,10 +10,12 @@ mod files;
 mod format;
 mod lock;
 mod read;
+mod records;
 mod thread;
 
 pub use backend::CsvBackend;
 pub use config::{Compaction, CsvBackendBuilder, Delimiter, SyncPolicy, DEFAULT_LOCK_TIMEOUT};
+pub use records::{read_header, read_record, BadRecord, FileLayout, Record};
 
 /// Test support (feature `fault-injection`), not part of the stable API.
 #[cfg(feature = "fault-injection")]

@@ -52,14 +52,32 @@ pub fn key_format_of(version: u32) -> KeyFormat {
     }
 }
 
+/// Whether a table in format (or layout) `version` has the `expires_at`
+/// column, for tools that read a table without opening a backend.
+pub fn has_deadlines(version: u32) -> bool {
+    version >= EXPIRY_VERSION
+}
+
 /// The function computing a table's `key_hash` (formats 2 and later).
 pub(crate) const KEY_HASH_FN: &str = "persistent_map_key_hash";
 
 /// The layout of an existing table, from its columns (`name`, `data_type`
 /// as `information_schema.columns` gives them): the format it was written
 /// in, or the lowest of those sharing its layout (2 for formats 2 and 3),
-/// `None` for a table that is not a persistent-map table.
-pub(crate) fn layout_of(columns: &[(String, String)]) -> Option<u32> {
+/// `None` for a table that is not a persistent-map table. For tools that
+/// read a table without opening a backend.
+///
+/// ```
+/// let columns = |names: &[(&str, &str)]| -> Vec<(String, String)> {
+///     names.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect()
+/// };
+/// let base = [("key", "text"), ("value", "jsonb")];
+/// assert_eq!(persistent_map_postgres::layout_of(&columns(&base)), Some(1));
+/// let expiring = [("key", "text"), ("value", "jsonb"), ("key_hash", "bytea"), ("expires_at", "bigint")];
+/// assert_eq!(persistent_map_postgres::layout_of(&columns(&expiring)), Some(4));
+/// assert!(persistent_map_postgres::has_deadlines(4));
+/// ```
+pub fn layout_of(columns: &[(String, String)]) -> Option<u32> {
     let has = |name: &str, ty: &str| columns.iter().any(|(c, t)| c == name && t == ty);
     if !(has("key", "text") && has("value", "jsonb")) {
         return None;

@@ -13,7 +13,7 @@ pub use config::{
     PostgresBuilder, PostgresOptions, Watch, DEFAULT_CONNECT_TIMEOUT, DEFAULT_POOL_SIZE,
     DEFAULT_SCHEMA, DEFAULT_TABLE,
 };
-pub use format::{key_format_of, FORMAT_VERSION};
+pub use format::{has_deadlines, key_format_of, layout_of, FORMAT_VERSION};
 pub use stored::{load_key, load_value, store_key, store_value, VALUE_MARKER};
 
 /// The sqlx pool types accepted by [`PostgresBackend::from_pool`], re-exported

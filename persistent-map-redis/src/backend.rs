@@ -248,8 +248,8 @@ impl RedisBackend {
             }
         };
         let hash_key = options.hash_key();
-        let meta_key = format!("{hash_key}:meta");
-        let expiry_key = format!("{hash_key}:expiry");
+        let meta_key = options.meta_key();
+        let expiry_key = options.expiry_key();
         let channel = format!("{hash_key}:changes");
         let store = format!("hash {hash_key:?} on {endpoint}/{db}");
         let config = redis::aio::ConnectionManagerConfig::new()

@@ -158,6 +158,18 @@ impl RedisOptions {
         format!("{}:{}", self.prefix, self.name)
     }
 
+    /// The hash holding the format version: `<prefix>:<name>:meta`.
+    #[must_use]
+    pub fn meta_key(&self) -> String {
+        format!("{}:meta", self.hash_key())
+    }
+
+    /// The sorted set holding the deadlines (format 3): `<prefix>:<name>:expiry`.
+    #[must_use]
+    pub fn expiry_key(&self) -> String {
+        format!("{}:expiry", self.hash_key())
+    }
+
     /// The configured `HSCAN` count.
     #[must_use]
     pub fn scan_count_value(&self) -> usize {

@@ -60,11 +60,30 @@ return 0
 /// The deadline a score stands for; `Err` with what is wrong when it is
 /// not a whole number of milliseconds the platform's clock holds.
 pub(crate) fn deadline_of_score(score: &str) -> Result<SystemTime, String> {
-    let millis: i64 = score
-        .parse()
-        .map_err(|_| format!("the deadline {score:?} is not a whole number of milliseconds"))?;
+    let millis = score_millis(score)?;
     deadline_from_millis(millis)
         .ok_or_else(|| format!("the deadline {millis} is beyond what this platform's clock holds"))
+}
+
+/// The deadline a score of the deadlines' sorted set (as `ZSCORE` or
+/// `ZRANGE ... WITHSCORES` print it) stands for, in milliseconds since the
+/// Unix epoch, as this backend reads it; `Err` with what is wrong when it
+/// is not a whole number of milliseconds. For tools that read a map
+/// without opening a backend.
+///
+/// ```
+/// assert_eq!(persistent_map_redis::score_millis("1700000000123"), Ok(1_700_000_000_123));
+/// assert!(persistent_map_redis::score_millis("1.5").is_err());
+/// ```
+///
+/// # Errors
+///
+/// The reason, in a few words, when the score is not a whole number of
+/// milliseconds.
+pub fn score_millis(score: &str) -> Result<i64, String> {
+    score
+        .parse()
+        .map_err(|_| format!("the deadline {score:?} is not a whole number of milliseconds"))
 }
 
 #[cfg(test)]

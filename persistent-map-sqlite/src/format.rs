@@ -47,8 +47,16 @@ pub fn key_format_of(version: u32) -> KeyFormat {
     }
 }
 
-/// Whether a table in format `version` has the `expires_at` column.
-pub(crate) fn has_deadlines(version: u32) -> bool {
+/// Whether a table in format `version` (as its meta table records it) has
+/// the `expires_at` column, for tools that read a table without opening a
+/// backend.
+///
+/// ```
+/// assert!(!persistent_map_sqlite::has_deadlines(2));
+/// assert!(persistent_map_sqlite::has_deadlines(3));
+/// assert!(persistent_map_sqlite::has_deadlines(4));
+/// ```
+pub fn has_deadlines(version: u32) -> bool {
     version >= DEADLINE_VERSIONS
 }
 

@@ -14,7 +14,7 @@ pub use config::{
     JournalMode, SqliteBuilder, SqliteOptions, Synchronous, DEFAULT_BUSY_TIMEOUT,
     DEFAULT_POOL_SIZE, DEFAULT_TABLE,
 };
-pub use format::{key_format_of, FORMAT_VERSION};
+pub use format::{has_deadlines, key_format_of, FORMAT_VERSION};
 
 /// The sqlx pool type accepted by [`SqliteBackend::from_pool`], re-exported so
 /// callers need not depend on the same sqlx version by hand.

@@ -1,5 +1,6 @@
-//! `copy FROM TO`: every entry of one store into another, in batches,
-//! reading and writing at the same time, then verified.
+//! `copy FROM TO`: every entry of one store into another, with its
+//! deadline, in batches, reading and writing at the same time, then
+//! verified (count and checksum, deadlines included).
 
 use std::time::Instant;
 
@@ -88,6 +89,20 @@ pub async fn run(out: Output, from: &str, to: &str, replace: bool, batch_size: u
             "{to} stores keys in the {target_format:?} key format and {from} in the \
              {key_format:?} one: the stored key texts cannot be copied between them; \
              copy into a new store, which gets the source's format"
+        )));
+    }
+    // Deadlines are copied with their entries, those already past too (as
+    // stored: the target's sweep removes them); a target that keeps none
+    // would make them permanent, so it is refused before anything is written.
+    let with_deadline = source
+        .details()
+        .await?
+        .deadlines
+        .map_or(0, |d| d.with_deadline);
+    if with_deadline > 0 && !target.expiry() {
+        return Err(CliError::Usage(format!(
+            "{from} has {with_deadline} entries with a deadline and {to} keeps no deadlines \
+             (a store in the legacy key format): copying would make them permanent"
         )));
     }
     let existing = target.len().await?;

@@ -82,12 +82,18 @@ fn text(info: &Info) -> String {
             })
         ),
         format!("entries:        {}", info.entries),
-        format!(
-            "size:           {} ({})",
-            d.size_bytes.map_or_else(|| String::from("-"), bytes),
-            d.size_note
-        ),
     ];
+    if let Some(deadlines) = &d.deadlines {
+        lines.push(format!(
+            "deadlines:      {} entries ({} past their deadline, not swept yet)",
+            deadlines.with_deadline, deadlines.expired
+        ));
+    }
+    lines.extend([format!(
+        "size:           {} ({})",
+        d.size_bytes.map_or_else(|| String::from("-"), bytes),
+        d.size_note
+    )]);
     if let Some(csv) = &d.csv {
         lines.push(format!(
             "records:        {} ({} live, {} dead: {:.0}% live)",

@@ -13,17 +13,21 @@ pub async fn get(out: Output, store: &str, key: &str) -> Result<()> {
     let name = StoreName::parse(store)?;
     let source = Source::open(&name).await?;
     let text = key_text(source.key_format().await?, &key_from_arg(key));
-    let value = source
+    let (value, expires_at) = source
         .lookup(&text)
         .await?
         .ok_or_else(|| CliError::NotFound {
             store: name.to_string(),
             key: show_key(&text),
         })?;
-    out.result(&json!({ "key": text, "value": value }), || {
-        value.to_string()
-    })
-    .map_err(stdout_error)
+    // Shown as stored: an entry past its deadline that no sweep removed yet
+    // is still there.
+    let mut shown = json!({ "key": text, "value": value });
+    if let Some(ms) = expires_at {
+        shown["expires_at"] = json!(ms);
+    }
+    out.result(&shown, || value.to_string())
+        .map_err(stdout_error)
 }
 
 pub async fn set(out: Output, store: &str, key: &str, value: &str) -> Result<()> {

@@ -12,9 +12,10 @@ use super::stdout_error;
 use crate::entry::Line;
 use crate::error::{CliError, Result};
 use crate::output::Output;
-use crate::store::{key_of, StoreName, Target};
+use crate::store::{deadline, key_of, StoreName, Target};
 
-/// Reads `{"key": …, "value": …}` lines one by one, skipping blank lines.
+/// Reads `{"key": …, "value": …[, "expires_at": <ms>]}` lines one by one,
+/// skipping blank lines.
 struct Input {
     reader: std::io::BufReader<std::fs::File>,
     path: PathBuf,
@@ -37,7 +38,7 @@ impl Input {
         })
     }
 
-    fn next(&mut self) -> Result<Option<(Value, Value)>> {
+    fn next(&mut self) -> Result<Option<Line>> {
         loop {
             self.text.clear();
             let n = self
@@ -55,9 +56,11 @@ impl Input {
             let line: Line = serde_json::from_str(&self.text).map_err(|e| CliError::Input {
                 path: self.path.clone(),
                 line: self.line,
-                reason: format!("not a {{\"key\": …, \"value\": …}} line ({e})"),
+                reason: format!(
+                    "not a {{\"key\": …, \"value\": …[, \"expires_at\": <ms>]}} line ({e})"
+                ),
             })?;
-            return Ok(Some((line.key, line.value)));
+            return Ok(Some(line));
         }
     }
 }
@@ -96,11 +99,13 @@ pub async fn run(
         blocking(move || check_whole(&path, &shown)).await??
     };
     let target = Target::open(&name).await?;
-    // A key text must mean one key in the store's format: checked for every
-    // line before the store is cleared or written.
+    // A key text must mean one key in the store's format, and a deadline
+    // needs a store that keeps them: checked for every line before the
+    // store is cleared or written.
     let keys = Keys {
         format: target.key_format().await?,
         store: target.shown().to_owned(),
+        expiry: target.expiry(),
     };
     {
         let (path, shown, keys) = (path.clone(), shown.clone(), keys.clone());
@@ -158,12 +163,15 @@ fn spool_stdin() -> Result<tempfile::NamedTempFile> {
     Ok(temp)
 }
 
-/// The store's key format, which turns a line's key into the key to write.
+/// The store's key format, which turns a line's key into the key to write,
+/// and whether it keeps deadlines.
 #[derive(Clone)]
 struct Keys {
     format: KeyFormat,
     /// The store, named in errors.
     store: String,
+    /// Whether the store keeps deadlines (`capabilities().expiry`).
+    expiry: bool,
 }
 
 impl Keys {
@@ -185,11 +193,31 @@ fn check_whole(path: &Path, shown: &Path) -> Result<u64> {
     Ok(input.read)
 }
 
-/// Checks that every key of the input is one key of the store.
+/// Checks that every key of the input is one key of the store, and that
+/// every deadline can be written to it.
 fn check_keys(path: &Path, shown: &Path, keys: &Keys) -> Result<()> {
     let mut input = Input::open(path, shown)?;
-    while let Some((key, _)) = input.next()? {
-        keys.key(key)?;
+    while let Some(line) = input.next()? {
+        keys.key(line.key)?;
+        if let Some(ms) = line.expires_at {
+            let refuse = |reason: String| CliError::Input {
+                path: shown.to_path_buf(),
+                line: input.line,
+                reason,
+            };
+            if !keys.expiry {
+                return Err(refuse(format!(
+                    "an entry with a deadline, and {} keeps no deadlines (a store in the \
+                     legacy key format); load it into a new store, or drop the deadlines",
+                    keys.store
+                )));
+            }
+            if deadline(ms).is_none() {
+                return Err(refuse(format!(
+                    "the deadline {ms} is beyond what this platform's clock holds"
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -205,9 +233,22 @@ fn read_batches(
 ) -> Result<()> {
     let mut input = Input::open(path, shown)?;
     let mut batch = Vec::with_capacity(capacity.min(65_536));
-    while let Some((key, value)) = input.next()? {
-        let key = keys.key(key)?;
-        batch.push(BatchOp::Put { key, value });
+    while let Some(line) = input.next()? {
+        let key = keys.key(line.key)?;
+        let value = line.value;
+        batch.push(match line.expires_at {
+            None => BatchOp::Put { key, value },
+            Some(ms) => BatchOp::PutExpiring {
+                key,
+                value,
+                // Refused by check_keys already, unless the file changed since.
+                expires_at: deadline(ms).ok_or_else(|| CliError::Input {
+                    path: shown.to_path_buf(),
+                    line: input.line,
+                    reason: format!("the deadline {ms} is beyond what this platform's clock holds"),
+                })?,
+            },
+        });
         if batch.len() >= capacity {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(capacity.min(65_536)));
             if batches.blocking_send((full, input.read)).is_err() {

@@ -4,8 +4,9 @@
 //! costs PostgreSQL about twice as much per row.
 //!
 //! Rows are written in the stored form persistent-map-postgres uses (see
-//! `postgres.rs`), and other instances are told to reload with the
-//! resync notification the backend documents for writes made around it.
+//! `postgres.rs`), deadlines in its `expires_at` column, and other
+//! instances are told to reload with the resync notification the backend
+//! documents for writes made around it.
 
 use persistent_map_postgres::{PostgresBackend, Watch};
 
@@ -33,8 +34,36 @@ fn escape(out: &mut Vec<u8>, text: &[u8]) {
     out.extend_from_slice(rest);
 }
 
-/// Inserts `entries` (whose keys are not in the table) in one transaction.
+/// Whether the table has the deadline column, from its layout.
+async fn has_deadlines(backend: &PostgresBackend, shown: &str) -> Result<bool> {
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT column_name::text, data_type::text FROM information_schema.columns \
+         WHERE table_schema = $1 AND table_name = $2",
+    )
+    .bind(backend.schema())
+    .bind(backend.table())
+    .fetch_all(backend.pool())
+    .await
+    .map_err(|e| CliError::read("read", shown, e))?;
+    Ok(persistent_map_postgres::layout_of(&columns)
+        .is_some_and(persistent_map_postgres::has_deadlines))
+}
+
+/// Whether [`copy_in`] can write `entries`: it can unless one has a
+/// deadline and the table has no deadline column yet (a table of format 3,
+/// which the backend moves to format 4 with the first deadline it writes).
+pub async fn can_copy_in(
+    backend: &PostgresBackend,
+    shown: &str,
+    entries: &[Entry],
+) -> Result<bool> {
+    Ok(entries.iter().all(|e| e.expires_at.is_none()) || has_deadlines(backend, shown).await?)
+}
+
+/// Inserts `entries` (whose keys are not in the table) in one transaction,
+/// with their deadlines when the table has the column.
 pub async fn copy_in(backend: &PostgresBackend, shown: &str, entries: &[Entry]) -> Result<()> {
+    let deadlines = has_deadlines(backend, shown).await?;
     let mut rows = Vec::with_capacity(entries.len() * 128);
     let mut json = Vec::with_capacity(256);
     for entry in entries {
@@ -51,12 +80,24 @@ pub async fn copy_in(backend: &PostgresBackend, shown: &str, entries: &[Entry]) 
                 reason: e.to_string(),
             })?;
         escape(&mut rows, stored.as_bytes());
+        if deadlines {
+            rows.push(b'\t');
+            match entry.expires_at {
+                Some(ms) => rows.extend_from_slice(ms.to_string().as_bytes()),
+                None => rows.extend_from_slice(b"\\N"),
+            }
+        }
         rows.push(b'\n');
     }
     let fail = |e: sqlx::Error| CliError::read("write to", shown, e);
     let mut tx = backend.pool().begin().await.map_err(fail)?;
+    let columns = if deadlines {
+        "key, value, expires_at"
+    } else {
+        "key, value"
+    };
     let sql = format!(
-        "COPY \"{}\".\"{}\" (key, value) FROM STDIN",
+        "COPY \"{}\".\"{}\" ({columns}) FROM STDIN",
         backend.schema(),
         backend.table()
     );

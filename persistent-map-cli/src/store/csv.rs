@@ -1,8 +1,9 @@
 //! Reading a CSV store read-only: the file is replayed here, with
 //! csv-async, instead of through `CsvBackend`, whose open takes the file's
 //! lock and cuts a torn tail off the file. The rules are the backend's
-//! (see persistent-map-csv's README): a header `persistent-map-csv/2,key,value`,
-//! then `put`, `del` and `batch` records; a torn last record or an
+//! (see persistent-map-csv's README), through its `read_header` and
+//! `read_record`: a header `persistent-map-csv/<version>,key,value[,expires_at]`,
+//! then `put`, `del` and `batch` records (with a deadline field from version 4); a torn last record or an
 //! incomplete last batch is left out, not an error; a file without the
 //! header is a persistent-map 0.1.x file.
 //!
@@ -14,23 +15,21 @@ use std::path::{Path, PathBuf};
 
 use csv_async::{AsyncReaderBuilder, ByteRecord};
 use persistent_map_core::codec::KeyFormat;
+use persistent_map_core::PersistentError;
+use persistent_map_csv::{FileLayout, Record};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::{parse_value, Batcher, CsvDetails, Details, Problem, Report, Sink, StoreName};
+use super::{
+    parse_value, Batcher, CsvDetails, Deadlines, Details, Problem, Report, Sink, StoreName,
+};
 use crate::entry::{show_key, Entry};
 use crate::error::{CliError, Result};
 
-const FORMAT_TAG: &[u8] = b"persistent-map-csv/";
-/// The newest format this tool reads: version 2 holds keys in the legacy
-/// key format, version 3 in the distinct one.
-const FORMAT_VERSION: u32 = 3;
-const LEGACY_KEYS_VERSION: u32 = 2;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Header {
-    /// Format version 2 or 3: its delimiter and key format.
-    Current(u8, KeyFormat),
+    /// Format version 2 to 5: the layout its header states.
+    Current(FileLayout),
     /// No header: a persistent-map 0.1.x file, or an empty one.
     Legacy,
 }
@@ -40,7 +39,8 @@ pub struct CsvSource {
     path: PathBuf,
     shown: String,
     header: Option<Header>,
-    entries: BTreeMap<String, Value>,
+    /// Live entries: the value and the deadline in ms, if any.
+    entries: BTreeMap<String, (Value, Option<i64>)>,
     /// Data records of the complete part of the file.
     records: u64,
     problems: Vec<Problem>,
@@ -48,9 +48,9 @@ pub struct CsvSource {
     torn_line: Option<u64>,
 }
 
-/// One record of a version 2 file, read but not applied.
+/// One record, read but not applied.
 enum Change {
-    Put(String, Value),
+    Put(String, Value, Option<i64>),
     Del(String),
 }
 
@@ -83,18 +83,19 @@ impl CsvSource {
             }
             Err(e) => return Err(CliError::read("read", &source.shown, e)),
         };
-        match parse_header(&start) {
-            Ok(Header::Current(delimiter, key_format)) => {
-                source.header = Some(Header::Current(delimiter, key_format));
-                source.replay(delimiter).await?;
+        match parse_header(path, &start) {
+            Ok(Some(layout)) => {
+                source.header = Some(Header::Current(layout));
+                source.replay(layout).await?;
             }
-            Ok(Header::Legacy) => {
+            Ok(None) => {
                 source.header = Some(Header::Legacy);
                 if !start.is_empty() {
                     source.notes.push(String::from(
                         "a persistent-map 0.1.x file (no header): each value is read from its CSV \
                          fields (one field: a number, boolean or string; several: an array), and the \
-                         library rewrites the file in format 2 on its first write",
+                         library rewrites the file in format 2 (4 if that write stores a deadline) on its \
+                         first write",
                     ));
                 }
                 source.replay_legacy().await?;
@@ -111,9 +112,9 @@ impl CsvSource {
         CliError::read("read", &self.shown, e)
     }
 
-    /// Replays a version 2 file. Bad records are collected as problems and
-    /// skipped, so `verify` reports every one of them.
-    async fn replay(&mut self, delimiter: u8) -> Result<()> {
+    /// Replays a file with a header. Bad records are collected as problems
+    /// and skipped, so `verify` reports every one of them.
+    async fn replay(&mut self, layout: FileLayout) -> Result<()> {
         let file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| self.io(e))?;
@@ -121,7 +122,7 @@ impl CsvSource {
         let mut reader = AsyncReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .delimiter(delimiter)
+            .delimiter(layout.delimiter)
             .create_reader(file);
         let mut batch: Option<PendingBatch> = None;
         let (mut current, mut next) = (ByteRecord::new(), ByteRecord::new());
@@ -137,7 +138,7 @@ impl CsvSource {
                 continue;
             }
             if has_current {
-                self.record(&current, &mut batch);
+                self.record(&current, layout, &mut batch);
             }
             std::mem::swap(&mut current, &mut next);
             has_current = true;
@@ -151,7 +152,7 @@ impl CsvSource {
             if !tail.is_empty() && (tail.last() != Some(&b'\n') || quotes % 2 == 1) {
                 self.torn(line, "an incompletely written last record");
             } else {
-                self.record(&current, &mut batch);
+                self.record(&current, layout, &mut batch);
             }
         }
         if let Some(batch) = batch {
@@ -168,9 +169,14 @@ impl CsvSource {
         ));
     }
 
-    fn record(&mut self, record: &ByteRecord, batch: &mut Option<PendingBatch>) {
+    fn record(
+        &mut self,
+        record: &ByteRecord,
+        layout: FileLayout,
+        batch: &mut Option<PendingBatch>,
+    ) {
         let (_, line) = position(record);
-        let change = match parse_record(record) {
+        let change = match parse_record(record, layout) {
             Ok(Parsed::Batch(len)) => {
                 if batch.is_some() {
                     self.bad(line, None, String::from("batch marker inside a batch"));
@@ -214,8 +220,8 @@ impl CsvSource {
     fn apply(&mut self, change: Change) {
         self.records += 1;
         match change {
-            Change::Put(key, value) => {
-                self.entries.insert(key, value);
+            Change::Put(key, value, expires_at) => {
+                self.entries.insert(key, (value, expires_at));
             }
             Change::Del(key) => {
                 self.entries.remove(&key);
@@ -270,7 +276,7 @@ impl CsvSource {
 
     fn legacy(&mut self, line: u64, done: Legacy) {
         match done {
-            Ok((key, value)) => self.apply(Change::Put(key, value)),
+            Ok((key, value)) => self.apply(Change::Put(key, value, None)),
             Err((key, reason)) => self.bad(line, key.as_deref(), reason),
         }
     }
@@ -291,7 +297,7 @@ impl CsvSource {
     /// format of new stores.
     pub fn key_format(&self) -> KeyFormat {
         match self.header {
-            Some(Header::Current(_, format)) => format,
+            Some(Header::Current(layout)) => layout.key_format,
             Some(Header::Legacy) => KeyFormat::Legacy,
             None => KeyFormat::NEW_STORES,
         }
@@ -305,11 +311,12 @@ impl CsvSource {
     pub async fn scan(&self, sink: &mut dyn Sink) -> Result<()> {
         self.check()?;
         let mut batcher = Batcher::new(sink);
-        for (key, value) in &self.entries {
+        for (key, (value, expires_at)) in &self.entries {
             batcher
                 .push(Entry {
                     key: key.clone(),
                     value: value.clone(),
+                    expires_at: *expires_at,
                 })
                 .await?;
             if batcher.done() {
@@ -320,7 +327,7 @@ impl CsvSource {
     }
 
     /// The value under `key`; a damaged file is an error, as for a scan.
-    pub fn lookup(&self, key: &str) -> Result<Option<Value>> {
+    pub fn lookup(&self, key: &str) -> Result<Option<(Value, Option<i64>)>> {
         self.check()?;
         Ok(self.entries.get(key).cloned())
     }
@@ -332,16 +339,27 @@ impl CsvSource {
             .map_err(|e| self.io(e))?;
         let live = self.entries.len() as u64;
         let format_version = match self.header {
-            Some(Header::Current(_, KeyFormat::Legacy)) => Some(LEGACY_KEYS_VERSION.to_string()),
-            Some(Header::Current(..)) => Some(FORMAT_VERSION.to_string()),
+            Some(Header::Current(layout)) => Some(layout.version.to_string()),
             Some(Header::Legacy) if meta.len() > 0 => {
                 Some(String::from("1 (persistent-map 0.1.x, no header)"))
+            }
+            _ => None,
+        };
+        let deadlines = match self.header {
+            Some(Header::Current(layout)) if layout.deadlines => {
+                let now = super::now_millis();
+                let with: Vec<i64> = self.entries.values().filter_map(|(_, at)| *at).collect();
+                Some(Deadlines {
+                    with_deadline: with.len() as u64,
+                    expired: with.iter().filter(|&&at| at <= now).count() as u64,
+                })
             }
             _ => None,
         };
         Ok(Details {
             exists: true,
             format_version,
+            deadlines,
             size_bytes: Some(meta.len()),
             size_note: String::from("the CSV file"),
             csv: Some(CsvDetails {
@@ -388,40 +406,18 @@ async fn read_range(path: &Path, start: u64, len: Option<u64>) -> std::io::Resul
     Ok(bytes)
 }
 
-/// What the first line says; an error explains a malformed header.
-fn parse_header(start: &[u8]) -> std::result::Result<Header, String> {
-    let Some(rest) = start.strip_prefix(FORMAT_TAG) else {
-        return Ok(Header::Legacy);
-    };
-    let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-    let version: u32 = std::str::from_utf8(&rest[..digits])
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .ok_or("malformed header line")?;
-    let key_format = match version {
-        LEGACY_KEYS_VERSION => KeyFormat::Legacy,
-        FORMAT_VERSION => KeyFormat::Distinct,
-        _ => {
-            return Err(format!(
-                "format version {version}: this tool reads versions {LEGACY_KEYS_VERSION} and {FORMAT_VERSION} and 0.1.x files"
-            ))
-        }
-    };
-    let rest = &rest[digits..];
-    let &delimiter = rest.first().ok_or("malformed header line")?;
-    let end = rest
-        .iter()
-        .position(|&b| b == b'\n')
-        .ok_or("the header line is incomplete")?;
-    let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
-    let mut expected = vec![delimiter];
-    expected.extend_from_slice(b"key");
-    expected.push(delimiter);
-    expected.extend_from_slice(b"value");
-    if line != expected.as_slice() {
-        return Err(String::from("malformed header line"));
-    }
-    Ok(Header::Current(delimiter, key_format))
+/// What the first line says (`None`: no header); an error explains a
+/// malformed header or a version this tool does not read.
+fn parse_header(path: &Path, start: &[u8]) -> std::result::Result<Option<FileLayout>, String> {
+    persistent_map_csv::read_header(path, start).map_err(|e| match e {
+        PersistentError::UnsupportedFormat {
+            found, supported, ..
+        } => format!(
+            "format version {found}: this tool reads versions 2 to {supported} and 0.1.x files"
+        ),
+        PersistentError::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 enum Parsed {
@@ -429,31 +425,25 @@ enum Parsed {
     Batch(u64),
 }
 
-/// Reads one record of a version 2 file, or says why it is bad (with its
-/// key when it has one).
-fn parse_record(record: &ByteRecord) -> std::result::Result<Parsed, (Option<String>, String)> {
-    if record.len() != 3 {
-        return Err((None, format!("expected 3 fields, found {}", record.len())));
-    }
-    let field = |i: usize| {
-        std::str::from_utf8(record.get(i).unwrap_or_default())
-            .map_err(|_| (None, format!("field {} is not valid UTF-8", i + 1)))
-    };
-    let (op, key, value) = (field(0)?, field(1)?, field(2)?);
-    let with_key = |reason: String| (Some(key.to_owned()), reason);
-    match op {
-        "put" if value.is_empty() => Err(with_key(String::from("put record without a value"))),
-        "put" => Ok(Parsed::Change(Change::Put(
-            key.to_owned(),
-            parse_value(value).map_err(with_key)?,
-        ))),
-        "del" if !value.is_empty() => Err(with_key(String::from("del record with a value"))),
-        "del" => Ok(Parsed::Change(Change::Del(key.to_owned()))),
-        "batch" => match value.parse::<u64>() {
-            Ok(len) if len > 0 && key.is_empty() => Ok(Parsed::Batch(len)),
-            _ => Err((None, format!("malformed batch marker {key:?},{value:?}"))),
+/// Reads one record of a file with a header, or says why it is bad (with
+/// its key when it has one).
+fn parse_record(
+    record: &ByteRecord,
+    layout: FileLayout,
+) -> std::result::Result<Parsed, (Option<String>, String)> {
+    match persistent_map_csv::read_record(record, layout) {
+        Ok(Record::Put {
+            key,
+            value,
+            expires_at,
+        }) => match parse_value(&value) {
+            Ok(value) => Ok(Parsed::Change(Change::Put(key, value, expires_at))),
+            Err(reason) => Err((Some(key), reason)),
         },
-        other => Err((None, format!("unknown op {other:?}"))),
+        Ok(Record::Del { key }) => Ok(Parsed::Change(Change::Del(key))),
+        Ok(Record::Batch { len }) => Ok(Parsed::Batch(len)),
+        Ok(other) => Err((None, format!("a record this tool does not know: {other:?}"))),
+        Err(bad) => Err((bad.key, bad.reason)),
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 
 pub use name::{passwords, StoreName};
 pub use shape::Shape;
-pub use target::{key_of, Target};
+pub use target::{deadline, key_of, Target};
 
 use crate::entry::Entry;
 use crate::error::Result;
@@ -62,9 +62,27 @@ pub struct Details {
     pub size_bytes: Option<u64>,
     /// What `size_bytes` counts.
     pub size_note: String,
+    /// Entries with a deadline; `None` for a store whose format has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadlines: Option<Deadlines>,
     /// CSV only: records, live and dead, last rewrite.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub csv: Option<CsvDetails>,
+}
+
+/// How many entries carry a deadline.
+#[derive(Debug, Default, Serialize)]
+pub struct Deadlines {
+    /// Entries with a deadline.
+    pub with_deadline: u64,
+    /// Of those, the ones whose deadline has passed: still stored until a
+    /// map's sweep removes them.
+    pub expired: u64,
+}
+
+/// The clock as stores hold deadlines: ms since the Unix epoch.
+pub fn now_millis() -> i64 {
+    persistent_map_server_support::deadline_millis(std::time::SystemTime::now()).unwrap_or(i64::MAX)
 }
 
 /// The CSV log's own figures.
@@ -173,8 +191,8 @@ impl Source {
         }
     }
 
-    /// The value stored under a key text.
-    pub async fn lookup(&self, key: &str) -> Result<Option<serde_json::Value>> {
+    /// The value stored under a key text, with its deadline (ms) if it has one.
+    pub async fn lookup(&self, key: &str) -> Result<Option<(serde_json::Value, Option<i64>)>> {
         match self {
             Source::Sqlite(s) => s.lookup(key).await,
             Source::Csv(s) => s.lookup(key),

@@ -17,7 +17,7 @@ use serde_json::Value;
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Row};
 
-use super::{parse_value, Batcher, Details, Order, Report, Sink, StoreName};
+use super::{parse_value, Batcher, Deadlines, Details, Order, Report, Sink, StoreName};
 use crate::entry::{show_key, Entry};
 use crate::error::{CliError, Result};
 
@@ -111,11 +111,12 @@ impl PostgresSource {
         if !self.table_exists().await? {
             return Ok(());
         }
+        let deadline = self.deadline_column().await?;
         if order == Order::Any {
-            return self.scan_chunks(sink).await;
+            return self.scan_chunks(deadline, sink).await;
         }
         let sql = format!(
-            "SELECT key, value::text FROM {} ORDER BY key COLLATE \"C\"",
+            "SELECT key, value::text, {deadline} FROM {} ORDER BY key COLLATE \"C\"",
             self.qualified
         );
         let mut rows = sqlx::query(&sql).fetch(&self.pool);
@@ -123,7 +124,9 @@ impl PostgresSource {
         while let Some(row) = rows.try_next().await.map_err(self.fail("read"))? {
             let stored: String = row.try_get(0).map_err(self.fail("read"))?;
             let printed: String = row.try_get(1).map_err(self.fail("read"))?;
-            let entry = decode(&stored, printed).map_err(|reason| self.bad(&stored, reason))?;
+            let expires_at: Option<i64> = row.try_get(2).map_err(self.fail("read"))?;
+            let entry =
+                decode(&stored, printed, expires_at).map_err(|reason| self.bad(&stored, reason))?;
             batcher.push(entry).await?;
             if batcher.done() {
                 break;
@@ -142,9 +145,12 @@ impl PostgresSource {
 
     /// The whole table through `COPY ... TO STDOUT`, PostgreSQL's cheapest
     /// way out, parsed line by line as it streams.
-    async fn scan_chunks(&self, sink: &mut dyn Sink) -> Result<()> {
+    async fn scan_chunks(&self, deadline: &str, sink: &mut dyn Sink) -> Result<()> {
         let mut conn = self.pool.acquire().await.map_err(self.fail("read"))?;
-        let sql = format!("COPY (SELECT key, value FROM {}) TO STDOUT", self.qualified);
+        let sql = format!(
+            "COPY (SELECT key, value, {deadline} FROM {}) TO STDOUT",
+            self.qualified
+        );
         let mut stream = conn.copy_out_raw(&sql).await.map_err(self.fail("read"))?;
         let mut batcher = Batcher::new(sink);
         let mut pending: Vec<u8> = Vec::new();
@@ -165,32 +171,78 @@ impl PostgresSource {
         batcher.finish().await
     }
 
-    /// One `key<TAB>value` line of COPY's text format.
+    /// One `key<TAB>value<TAB>expires_at` line of COPY's text format
+    /// (`\N` for no deadline).
     fn copy_line(&self, line: &[u8]) -> Result<Entry> {
-        let broken = || CliError::read("read", &self.shown, "a COPY line without two fields");
-        let tab = line.iter().position(|&b| b == b'\t').ok_or_else(broken)?;
-        let stored = copy_unescape(&line[..tab]);
-        let printed = copy_unescape(&line[tab + 1..]);
-        decode(&stored, printed).map_err(|reason| self.bad(&stored, reason))
+        let broken = || CliError::read("read", &self.shown, "a COPY line without three fields");
+        let mut fields = line.split(|&b| b == b'\t');
+        let (Some(key), Some(value), Some(deadline), None) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(broken());
+        };
+        let stored = copy_unescape(key);
+        let printed = copy_unescape(value);
+        // A BIGINT prints as digits: anything else is a broken stream.
+        let expires_at = match deadline {
+            b"\\N" => None,
+            digits => Some(
+                std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .ok_or_else(broken)?,
+            ),
+        };
+        decode(&stored, printed, expires_at).map_err(|reason| self.bad(&stored, reason))
     }
 
-    pub async fn lookup(&self, key: &str) -> Result<Option<Value>> {
+    /// The table's columns, as `information_schema.columns` names them.
+    async fn columns(&self) -> Result<Vec<(String, String)>> {
+        sqlx::query_as(
+            "SELECT column_name::text, data_type::text FROM information_schema.columns \
+             WHERE table_schema = $1 AND table_name = $2",
+        )
+        .bind(&self.schema)
+        .bind(&self.table)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail("read"))
+    }
+
+    /// Whether the table's layout has the deadline column.
+    async fn has_deadlines(&self) -> Result<bool> {
+        Ok(persistent_map_postgres::layout_of(&self.columns().await?)
+            .is_some_and(persistent_map_postgres::has_deadlines))
+    }
+
+    /// What to select as a row's deadline: the `expires_at` column in the
+    /// layout that has it, else `NULL` (no entry expires).
+    async fn deadline_column(&self) -> Result<&'static str> {
+        Ok(if self.has_deadlines().await? {
+            "expires_at"
+        } else {
+            "NULL::bigint"
+        })
+    }
+
+    pub async fn lookup(&self, key: &str) -> Result<Option<(Value, Option<i64>)>> {
         if !self.table_exists().await? {
             return Ok(None);
         }
         let stored = store_key(key);
-        let printed: Option<String> = sqlx::query_scalar(&format!(
-            "SELECT value::text FROM {} WHERE key = $1",
+        let row: Option<(String, Option<i64>)> = sqlx::query_as(&format!(
+            "SELECT value::text, {} FROM {} WHERE key = $1",
+            self.deadline_column().await?,
             self.qualified
         ))
         .bind(&stored)
         .fetch_optional(&self.pool)
         .await
         .map_err(self.fail("read"))?;
-        match printed {
+        match row {
             None => Ok(None),
-            Some(printed) => decode(&stored, printed)
-                .map(|e| Some(e.value))
+            Some((printed, expires_at)) => decode(&stored, printed, expires_at)
+                .map(|e| Some((e.value, e.expires_at)))
                 .map_err(|reason| CliError::BadRecord {
                     store: self.shown.clone(),
                     location: format!("key {}", show_key(key)),
@@ -238,9 +290,26 @@ impl PostgresSource {
         } else {
             None
         };
+        let deadlines = if exists && self.has_deadlines().await? {
+            let (with, expired): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT count(expires_at), count(*) FILTER (WHERE expires_at <= $1) FROM {}",
+                self.qualified
+            ))
+            .bind(super::now_millis())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.fail("count the deadlines of"))?;
+            Some(Deadlines {
+                with_deadline: u64::try_from(with).unwrap_or(0),
+                expired: u64::try_from(expired).unwrap_or(0),
+            })
+        } else {
+            None
+        };
         Ok(Details {
             exists,
             format_version: self.format_version().await?.map(|v| v.to_string()),
+            deadlines,
             size_bytes: size.and_then(|s| u64::try_from(s).ok()),
             size_note: String::from(
                 "the table with its index and TOAST data (pg_total_relation_size)",
@@ -255,27 +324,14 @@ impl PostgresSource {
             report.problem(format!("table {}", self.qualified), "no such table");
             return Ok(report);
         }
-        let columns: Vec<(String, String)> = sqlx::query_as(
-            "SELECT column_name::text, data_type::text FROM information_schema.columns \
-             WHERE table_schema = $1 AND table_name = $2",
-        )
-        .bind(&self.schema)
-        .bind(&self.table)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.fail("read"))?;
-        let has = |n: &str, t: &str| columns.iter().any(|(c, ty)| c == n && ty == t);
-        // Format 1: key and value; format 2 adds the key_hash primary key.
-        let layout_ok = has("key", "text")
-            && has("value", "jsonb")
-            && (columns.len() == 2 || (columns.len() == 3 && has("key_hash", "bytea")));
-        if !layout_ok {
+        let Some(layout) = persistent_map_postgres::layout_of(&self.columns().await?) else {
             report.problem(
                 format!("table {}", self.qualified),
-                "not a persistent-map table (expected key TEXT, value JSONB and, from format 2, key_hash BYTEA)",
+                "not a persistent-map table (expected key TEXT, value JSONB, from format 2 \
+                 key_hash BYTEA, from format 4 expires_at BIGINT)",
             );
             return Ok(report);
-        }
+        };
         match self.format_version().await? {
             None => report.problem(META_TABLE, "no format version recorded for this table"),
             Some(v) if v > persistent_map_postgres::FORMAT_VERSION as i32 => report.problem(
@@ -285,8 +341,18 @@ impl PostgresSource {
                     persistent_map_postgres::FORMAT_VERSION
                 ),
             ),
+            Some(v)
+                if persistent_map_postgres::has_deadlines(u32::try_from(v).unwrap_or(0))
+                    && !persistent_map_postgres::has_deadlines(layout) =>
+            {
+                report.problem(
+                    format!("table {}", self.qualified),
+                    format!("format version {v} has the expires_at column, the table does not"),
+                );
+            }
             Some(_) => {}
         }
+        // The column is BIGINT: every deadline in it decodes.
         let sql = format!("SELECT key, value::text FROM {}", self.qualified);
         let mut rows = sqlx::query(&sql).fetch(&self.pool);
         while let Some(row) = rows.try_next().await.map_err(self.fail("read"))? {
@@ -297,7 +363,7 @@ impl PostgresSource {
                 report.problem("a row", "NULL key or value");
                 continue;
             };
-            if let Err(reason) = decode(&stored, printed) {
+            if let Err(reason) = decode(&stored, printed, None) {
                 report.problem(format!("key {}", show_key(&stored)), reason);
             }
         }
@@ -306,10 +372,18 @@ impl PostgresSource {
 }
 
 /// A row's entry, as persistent-map-postgres reads it.
-fn decode(stored: &str, printed: String) -> std::result::Result<Entry, String> {
+fn decode(
+    stored: &str,
+    printed: String,
+    expires_at: Option<i64>,
+) -> std::result::Result<Entry, String> {
     let key = load_key(stored).ok_or("the key's U+0001 escape is damaged")?;
     let value = parse_value(&persistent_map_postgres::load_value(printed))?;
-    Ok(Entry { key, value })
+    Ok(Entry {
+        key,
+        value,
+        expires_at,
+    })
 }
 
 /// A field of COPY's text format, escapes undone.
@@ -361,7 +435,7 @@ mod tests {
             .into_owned();
         let printed = stored.replacen("json\":", "json\": ", 1);
         assert_eq!(
-            decode("k", printed).expect("decodes").value,
+            decode("k", printed, None).expect("decodes").value,
             Value::String("a\u{0}b".into())
         );
     }
@@ -377,10 +451,14 @@ mod tests {
 
     #[test]
     fn wrapped_values_are_unwrapped() {
-        let entry =
-            decode("k", r#"{"persistent_map:json": "\"a\\u0000b\""}"#.into()).expect("decodes");
+        let entry = decode(
+            "k",
+            r#"{"persistent_map:json": "\"a\\u0000b\""}"#.into(),
+            None,
+        )
+        .expect("decodes");
         assert_eq!(entry.value, Value::String("a\u{0}b".into()));
-        let entry = decode("k", r#"{"a": 1}"#.into()).expect("decodes");
+        let entry = decode("k", r#"{"a": 1}"#.into(), None).expect("decodes");
         assert_eq!(entry.value, serde_json::json!({"a": 1}));
     }
 }

@@ -1,6 +1,8 @@
 //! Reading a Redis store read-only, with Redis commands: the hash
-//! `<prefix>:<name>` (one field per key text, the value's JSON) and its
-//! `<prefix>:<name>:meta` hash.
+//! `<prefix>:<name>` (one field per key text, the value's JSON), its
+//! `<prefix>:<name>:meta` hash and, from format 3, the sorted set
+//! `<prefix>:<name>:expiry` of deadlines (member: the field, score: ms), as
+//! persistent-map-redis names and reads them.
 //!
 //! `HSCAN` lists fields in no stable order and may list one twice, so a
 //! scan gathers the field names, sorts them, and reads the values with
@@ -12,7 +14,7 @@ use std::time::Duration;
 use persistent_map_core::codec::KeyFormat;
 use serde_json::Value;
 
-use super::{parse_value, Batcher, Details, Report, Sink, StoreName, SCAN_BATCH};
+use super::{parse_value, Batcher, Deadlines, Details, Report, Sink, StoreName, SCAN_BATCH};
 use crate::entry::{show_key, Entry};
 use crate::error::{CliError, Result};
 
@@ -25,6 +27,7 @@ pub struct RedisSource {
     conn: redis::aio::MultiplexedConnection,
     hash: String,
     meta: String,
+    expiry: String,
     shown: String,
 }
 
@@ -65,11 +68,14 @@ impl RedisSource {
                 ))
             }
         };
-        let hash = format!("{prefix}:{map}");
+        let keys = persistent_map_redis::RedisOptions::new()
+            .prefix(prefix)
+            .name(map);
         Ok(Self {
             conn,
-            meta: format!("{hash}:meta"),
-            hash,
+            hash: keys.hash_key(),
+            meta: keys.meta_key(),
+            expiry: keys.expiry_key(),
             shown,
         })
     }
@@ -111,15 +117,25 @@ impl RedisSource {
         Ok(fields)
     }
 
-    /// Reads the values of `fields`, handing each present one to `each`.
-    async fn values(&self, fields: &[Vec<u8>], mut each: impl FnMut(&[u8], Vec<u8>)) -> Result<()> {
+    /// Reads the values of `fields` and their deadlines' scores, handing
+    /// each present one to `each`.
+    async fn values(
+        &self,
+        fields: &[Vec<u8>],
+        mut each: impl FnMut(&[u8], Vec<u8>, Option<String>),
+    ) -> Result<()> {
         let values: Vec<Option<Vec<u8>>> = self
             .query(redis::cmd("HMGET").arg(&self.hash).arg(fields))
             .await?;
-        for (field, value) in fields.iter().zip(values) {
+        // Without the sorted set (older formats, or nothing expires) no
+        // entry has a deadline; ZMSCORE answers nil for each.
+        let scores: Vec<Option<String>> = self
+            .query(redis::cmd("ZMSCORE").arg(&self.expiry).arg(fields))
+            .await?;
+        for ((field, value), score) in fields.iter().zip(values).zip(scores) {
             // A field removed since the scan is simply gone.
             if let Some(value) = value {
-                each(field, value);
+                each(field, value, score);
             }
         }
         Ok(())
@@ -130,8 +146,10 @@ impl RedisSource {
         let mut batcher = Batcher::new(sink);
         for chunk in fields.chunks(SCAN_BATCH) {
             let mut decoded = Vec::with_capacity(chunk.len());
-            self.values(chunk, |field, value| decoded.push(decode(field, &value)))
-                .await?;
+            self.values(chunk, |field, value, score| {
+                decoded.push(decode(field, &value, score.as_deref()));
+            })
+            .await?;
             for entry in decoded {
                 let entry = entry.map_err(|(location, reason)| CliError::BadRecord {
                     store: self.shown.clone(),
@@ -147,14 +165,17 @@ impl RedisSource {
         batcher.finish().await
     }
 
-    pub async fn lookup(&self, key: &str) -> Result<Option<Value>> {
+    pub async fn lookup(&self, key: &str) -> Result<Option<(Value, Option<i64>)>> {
         let value: Option<Vec<u8>> = self
             .query(redis::cmd("HGET").arg(&self.hash).arg(key))
             .await?;
+        let score: Option<String> = self
+            .query(redis::cmd("ZSCORE").arg(&self.expiry).arg(key))
+            .await?;
         match value {
             None => Ok(None),
-            Some(value) => decode(key.as_bytes(), &value)
-                .map(|e| Some(e.value))
+            Some(value) => decode(key.as_bytes(), &value, score.as_deref())
+                .map(|e| Some((e.value, e.expires_at)))
                 .map_err(|(location, reason)| CliError::BadRecord {
                     store: self.shown.clone(),
                     location,
@@ -199,10 +220,28 @@ impl RedisSource {
                 .ok()
                 .flatten()
         };
+        let deadlines = if self.key_type(&self.expiry).await? == "zset" {
+            let with: u64 = self.query(redis::cmd("ZCARD").arg(&self.expiry)).await?;
+            let expired: u64 = self
+                .query(
+                    redis::cmd("ZCOUNT")
+                        .arg(&self.expiry)
+                        .arg("-inf")
+                        .arg(super::now_millis()),
+                )
+                .await?;
+            Some(Deadlines {
+                with_deadline: with,
+                expired,
+            })
+        } else {
+            None
+        };
         Ok(Details {
             // An empty hash does not exist in Redis; the meta hash stays.
             exists: kind == "hash" || version.is_some(),
             format_version: version,
+            deadlines,
             size_bytes: size,
             size_note: String::from("server memory of the hash (MEMORY USAGE, sampled)"),
             csv: None,
@@ -211,12 +250,16 @@ impl RedisSource {
 
     pub async fn verify(&self) -> Result<Report> {
         let mut report = Report::default();
-        for key in [&self.hash, &self.meta] {
+        for (key, expected) in [
+            (&self.hash, "hash"),
+            (&self.meta, "hash"),
+            (&self.expiry, "zset"),
+        ] {
             let kind = self.key_type(key).await?;
-            if kind != "hash" && kind != "none" {
+            if kind != expected && kind != "none" {
                 report.problem(
                     format!("key {key:?}"),
-                    format!("holds a {kind}, not a persistent-map hash"),
+                    format!("holds a {kind}, not a persistent-map {expected}"),
                 );
                 return Ok(report);
             }
@@ -242,9 +285,9 @@ impl RedisSource {
         for chunk in fields.chunks(SCAN_BATCH) {
             let mut bad = Vec::new();
             let mut checked = 0;
-            self.values(chunk, |field, value| {
+            self.values(chunk, |field, value, score| {
                 checked += 1;
-                if let Err(problem) = decode(field, &value) {
+                if let Err(problem) = decode(field, &value, score.as_deref()) {
                     bad.push(problem);
                 }
             })
@@ -258,8 +301,13 @@ impl RedisSource {
     }
 }
 
-/// A field and its value, or where and why they do not decode.
-fn decode(field: &[u8], value: &[u8]) -> std::result::Result<Entry, (String, String)> {
+/// A field, its value and its deadline's score, or where and why they do
+/// not decode.
+fn decode(
+    field: &[u8],
+    value: &[u8],
+    score: Option<&str>,
+) -> std::result::Result<Entry, (String, String)> {
     let key = std::str::from_utf8(field).map_err(|_| {
         (
             format!("field {}", show_key(&String::from_utf8_lossy(field))),
@@ -270,8 +318,13 @@ fn decode(field: &[u8], value: &[u8]) -> std::result::Result<Entry, (String, Str
     let text = std::str::from_utf8(value)
         .map_err(|_| (at(), String::from("the value is not valid UTF-8")))?;
     let value = parse_value(text).map_err(|reason| (at(), reason))?;
+    let expires_at = score
+        .map(persistent_map_redis::score_millis)
+        .transpose()
+        .map_err(|reason| (at(), reason))?;
     Ok(Entry {
         key: key.to_owned(),
         value,
+        expires_at,
     })
 }

@@ -9,12 +9,15 @@ use futures::TryStreamExt;
 use persistent_map_sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use super::{parse_value, Batcher, Details, Order, Report, Sink, StoreName};
+use super::{parse_value, Batcher, Deadlines, Details, Order, Report, Sink, StoreName};
 use crate::entry::{show_key, Entry};
 use crate::error::{CliError, Result};
 
 /// The table recording each map table's format version.
 const META_TABLE: &str = "persistent_map_meta";
+
+/// Why a deadline does not decode.
+const NOT_A_DEADLINE: &str = "the deadline (expires_at) is not an integer number of milliseconds";
 
 /// Rows per chunk of a scan.
 const CHUNK: usize = 4096;
@@ -97,21 +100,24 @@ impl SqliteSource {
         if !self.table_exists().await? {
             return Ok(());
         }
+        let deadline = self.deadline_column().await?;
         let mut conn = self.pool.acquire().await.map_err(self.fail("read"))?;
         let mut tx = sqlx::Connection::begin(&mut *conn)
             .await
             .map_err(self.fail("read"))?;
         let chunk = |filter: &str| {
             format!(
-                "SELECT max(key), count(*), json_group_array(json_array(key, json(value))) \
-                 FROM (SELECT key, value FROM {} {filter} ORDER BY key LIMIT {CHUNK})",
+                "SELECT max(key), count(*), \
+                 json_group_array(json_array(key, json(value), expires_at)) \
+                 FROM (SELECT key, value, {deadline} AS expires_at FROM {} {filter} \
+                 ORDER BY key LIMIT {CHUNK})",
                 self.quoted
             )
         };
         let (first, next) = (chunk(""), chunk("WHERE key > ?1"));
         let rows = |filter: &str| {
             format!(
-                "SELECT key, value FROM {} {filter} ORDER BY key LIMIT {CHUNK}",
+                "SELECT key, value, {deadline} FROM {} {filter} ORDER BY key LIMIT {CHUNK}",
                 self.quoted
             )
         };
@@ -128,12 +134,16 @@ impl SqliteSource {
             let entries = match packed {
                 Ok((None, _, _)) => break,
                 Ok((Some(last), _, json)) => {
-                    match serde_json::from_str::<Vec<(String, serde_json::Value)>>(&json) {
-                        Ok(pairs) => {
+                    type Packed = Vec<(String, serde_json::Value, Option<i64>)>;
+                    match serde_json::from_str::<Packed>(&json) {
+                        Ok(rows) => {
                             after = Some(last);
-                            pairs
-                                .into_iter()
-                                .map(|(key, value)| Entry { key, value })
+                            rows.into_iter()
+                                .map(|(key, value, expires_at)| Entry {
+                                    key,
+                                    value,
+                                    expires_at,
+                                })
                                 .collect()
                         }
                         Err(_) => Vec::new(),
@@ -176,7 +186,8 @@ impl SqliteSource {
         batcher.finish().await
     }
 
-    /// Decodes a `key, value` row, or says where and why it does not decode.
+    /// Decodes a `key, value, expires_at` row, or says where and why it
+    /// does not decode.
     fn decode(
         &self,
         row: &sqlx::sqlite::SqliteRow,
@@ -191,15 +202,40 @@ impl SqliteSource {
             .map_err(|_| (at(), String::from("the value is not text")))?;
         let value = value.ok_or_else(|| (at(), String::from("the value is NULL")))?;
         let value = parse_value(&value).map_err(|reason| (at(), reason))?;
-        Ok(Entry { key, value })
+        let expires_at: Option<i64> = row
+            .try_get(2)
+            .map_err(|_| (at(), String::from(NOT_A_DEADLINE)))?;
+        Ok(Entry {
+            key,
+            value,
+            expires_at,
+        })
     }
 
-    pub async fn lookup(&self, key: &str) -> Result<Option<serde_json::Value>> {
+    /// What to select as a row's deadline: the `expires_at` column in the
+    /// formats that have it, else `NULL` (no entry expires).
+    async fn deadline_column(&self) -> Result<&'static str> {
+        Ok(if self.has_deadlines().await? {
+            "expires_at"
+        } else {
+            "NULL"
+        })
+    }
+
+    /// Whether the table's recorded format has the deadline column.
+    async fn has_deadlines(&self) -> Result<bool> {
+        Ok(self.format_version().await?.is_some_and(|version| {
+            persistent_map_sqlite::has_deadlines(u32::try_from(version.max(0)).unwrap_or(u32::MAX))
+        }))
+    }
+
+    pub async fn lookup(&self, key: &str) -> Result<Option<(serde_json::Value, Option<i64>)>> {
         if !self.table_exists().await? {
             return Ok(None);
         }
         let row = sqlx::query(&format!(
-            "SELECT key, value FROM {} WHERE key = ?1",
+            "SELECT key, value, {} FROM {} WHERE key = ?1",
+            self.deadline_column().await?,
             self.quoted
         ))
         .bind(key)
@@ -208,15 +244,14 @@ impl SqliteSource {
         .map_err(self.fail("read"))?;
         match row {
             None => Ok(None),
-            Some(row) => {
-                self.decode(&row)
-                    .map(|entry| Some(entry.value))
-                    .map_err(|(location, reason)| CliError::BadRecord {
-                        store: self.shown.clone(),
-                        location,
-                        reason,
-                    })
-            }
+            Some(row) => self
+                .decode(&row)
+                .map(|entry| Some((entry.value, entry.expires_at)))
+                .map_err(|(location, reason)| CliError::BadRecord {
+                    store: self.shown.clone(),
+                    location,
+                    reason,
+                }),
         }
     }
 
@@ -280,9 +315,26 @@ impl SqliteSource {
         if let Some(bytes) = table_bytes {
             size_note.push_str(&format!("; this table and its index {bytes} bytes"));
         }
+        let deadlines = if exists && self.has_deadlines().await? {
+            let (with, expired): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT count(expires_at), count(CASE WHEN expires_at <= ?1 THEN 1 END) FROM {}",
+                self.quoted
+            ))
+            .bind(super::now_millis())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.fail("count the deadlines of"))?;
+            Some(Deadlines {
+                with_deadline: u64::try_from(with).unwrap_or(0),
+                expired: u64::try_from(expired).unwrap_or(0),
+            })
+        } else {
+            None
+        };
         Ok(Details {
             exists,
             format_version,
+            deadlines,
             size_bytes: Some(db + wal),
             size_note,
             csv: None,
@@ -331,6 +383,18 @@ impl SqliteSource {
             );
             return Ok(report);
         }
+        let deadlines = self.has_deadlines().await?;
+        if deadlines != has("expires_at") {
+            report.problem(
+                format!("table {}", self.quoted),
+                if deadlines {
+                    "the recorded format version has the expires_at column, the table does not"
+                } else {
+                    "the table has an expires_at column its recorded format version does not have"
+                },
+            );
+            return Ok(report);
+        }
         match self.format_version().await? {
             None => report.notes.push(String::from(
                 "no format version recorded: a persistent-map 0.1.x table; the library stamps it on its next open",
@@ -345,8 +409,14 @@ impl SqliteSource {
             Some(_) => {}
         }
         // rowid locates rows whose key cannot be shown.
+        let deadline = if deadlines {
+            "typeof(expires_at)"
+        } else {
+            "'null'"
+        };
         let sql = format!(
-            "SELECT rowid, typeof(key), typeof(value), CAST(key AS TEXT), CAST(value AS TEXT) FROM {}",
+            "SELECT rowid, typeof(key), typeof(value), CAST(key AS TEXT), CAST(value AS TEXT), \
+             {deadline} FROM {}",
             self.quoted
         );
         let mut rows = sqlx::query(&sql).fetch(&self.pool);
@@ -371,6 +441,10 @@ impl SqliteSource {
             }
             if let Err(reason) = parse_value(value.as_deref().unwrap_or_default()) {
                 report.problem(&at, reason);
+            }
+            let deadline_type: String = row.try_get(5).unwrap_or_default();
+            if !matches!(deadline_type.as_str(), "integer" | "null") {
+                report.problem(&at, format!("{NOT_A_DEADLINE} (it is {deadline_type})"));
             }
         }
         Ok(report)

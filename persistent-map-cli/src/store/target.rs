@@ -145,20 +145,48 @@ impl Target {
             .map_err(self.fail("write to"))
     }
 
+    /// Whether the store keeps deadlines (the backend's
+    /// `capabilities().expiry`): not in a legacy-key PostgreSQL table or
+    /// Redis map.
+    pub fn expiry(&self) -> bool {
+        self.json().capabilities().expiry
+    }
+
     /// Inserts entries whose keys the store does not hold (for `copy` into
-    /// an empty store), in one transaction. PostgreSQL takes them with
-    /// `COPY`; the other backends through their atomic batches.
+    /// an empty store), with their deadlines, in one transaction.
+    /// PostgreSQL takes them with `COPY` (through the backend when the
+    /// table does not have the deadline column yet: the backend adds it);
+    /// the other backends through their atomic batches.
     pub async fn insert_new(&self, entries: Vec<Entry>) -> Result<()> {
         if let Backend::Postgres(pg) = &self.backend {
-            return super::bulk::copy_in(pg, &self.shown, &entries).await;
+            if super::bulk::can_copy_in(pg, &self.shown, &entries).await? {
+                return super::bulk::copy_in(pg, &self.shown, &entries).await;
+            }
         }
         let format = self.key_format().await?;
         let batch = entries
             .into_iter()
             .map(|e| {
-                Ok(BatchOp::Put {
-                    key: key_of(format, &e.key, &self.shown)?,
-                    value: e.value,
+                let key = key_of(format, &e.key, &self.shown)?;
+                Ok(match e.expires_at {
+                    None => BatchOp::Put {
+                        key,
+                        value: e.value,
+                    },
+                    Some(ms) => BatchOp::PutExpiring {
+                        expires_at: deadline(ms).ok_or_else(|| {
+                            CliError::read(
+                                "write to",
+                                &self.shown,
+                                format!(
+                                    "the deadline {ms} of the key {} is beyond this platform's clock",
+                                    crate::entry::show_key(&e.key)
+                                ),
+                            )
+                        })?,
+                        key,
+                        value: e.value,
+                    },
                 })
             })
             .collect::<Result<Vec<BatchOp<Value, Value>>>>()?;
@@ -215,6 +243,12 @@ impl Target {
             sqlite.close().await;
         }
     }
+}
+
+/// The deadline stored as `ms` milliseconds since the Unix epoch; `None`
+/// when the platform's clock cannot hold it.
+pub fn deadline(ms: i64) -> Option<std::time::SystemTime> {
+    persistent_map_server_support::deadline_from_millis(ms)
 }
 
 /// The key a stored key text of the store `shown` stands for, as the JSON

@@ -157,3 +157,80 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .expect("a runtime")
         .block_on(future)
 }
+
+/// A deadline far ahead (2100-01-01), in ms since the Unix epoch.
+pub const FUTURE: i64 = 4_102_444_800_000;
+
+/// Entries with and without deadlines, one long past (stored, not swept):
+/// (key, value, deadline in ms).
+pub fn expiring_entries() -> Vec<(serde_json::Value, serde_json::Value, Option<i64>)> {
+    use serde_json::json;
+    vec![
+        (json!(7), json!([1, 2]), Some(FUTURE + 123)),
+        (json!("gone"), json!("expired, not swept"), Some(1_000)),
+        (json!("later"), json!(1), Some(FUTURE)),
+        (json!("plain"), json!({"a": 1}), None),
+    ]
+}
+
+/// `dump` of [`expiring_entries`].
+pub const EXPIRING_DUMP: &str = "{\"key\":\"7\",\"value\":[1,2],\"expires_at\":4102444800123}\n\
+{\"key\":\"gone\",\"value\":\"expired, not swept\",\"expires_at\":1000}\n\
+{\"key\":\"later\",\"value\":1,\"expires_at\":4102444800000}\n\
+{\"key\":\"plain\",\"value\":{\"a\":1}}\n";
+
+type Json =
+    dyn persistent_map_core::StorageBackend<serde_json::Value, serde_json::Value> + Send + Sync;
+
+/// Writes [`expiring_entries`] through a backend, as an application's map would.
+pub async fn write_expiring(backend: &Json) {
+    use persistent_map_core::BatchOp;
+    let batch: Vec<_> = expiring_entries()
+        .into_iter()
+        .map(|(key, value, at)| match at {
+            None => BatchOp::Put { key, value },
+            Some(ms) => BatchOp::PutExpiring {
+                key,
+                value,
+                expires_at: std::time::UNIX_EPOCH
+                    + std::time::Duration::from_millis(u64::try_from(ms).expect("after 1970")),
+            },
+        })
+        .collect();
+    backend.apply_batch(&batch).await.expect("written");
+}
+
+/// Reads [`expiring_entries`] back through a backend and asserts each
+/// value and deadline.
+pub async fn assert_expiring(backend: &Json) {
+    let expected = expiring_entries();
+    let keys: Vec<_> = expected.iter().map(|(key, _, _)| key.clone()).collect();
+    let found = backend.load_keys_with_expiry(&keys).await.expect("read");
+    for ((key, value, at), (_, got)) in expected.into_iter().zip(found) {
+        let (got_value, got_at) = got.unwrap_or_else(|| panic!("{key} is missing"));
+        assert_eq!(got_value, value, "{key}");
+        let got_ms = got_at.map(|t| {
+            i64::try_from(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .expect("after 1970")
+                    .as_millis(),
+            )
+            .expect("fits")
+        });
+        assert_eq!(got_ms, at, "the deadline of {key}");
+    }
+}
+
+/// `info` of a store holding [`expiring_entries`] shows their deadlines.
+#[track_caller]
+pub fn assert_deadlines_in_info(store: &str) {
+    let info = run(&["info", store]).ok();
+    assert!(
+        info.contains("deadlines:      3 entries (1 past their deadline, not swept yet)"),
+        "{info}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&run(&["--json", "info", store]).ok()).expect("json");
+    assert_eq!(json["deadlines"]["with_deadline"], 3, "{json}");
+    assert_eq!(json["deadlines"]["expired"], 1, "{json}");
+}
