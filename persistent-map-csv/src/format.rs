@@ -291,18 +291,29 @@ impl Encoder {
     }
 
     fn record(&mut self, fields: [&str; 3], deadline: Option<i64>) {
-        let deadline = deadline.map(|ms| ms.to_string()).unwrap_or_default();
-        let deadline = self.deadlines.then_some(deadline.as_str());
-        for (i, field) in fields.into_iter().chain(deadline).enumerate() {
+        for (i, field) in fields.into_iter().enumerate() {
             if i > 0 {
                 self.step(2, |w, out| w.delimiter(out).1);
             }
-            // At most 2 + 2 * len bytes (a field of quotes only, quoted), so
-            // one call writes the field whole.
-            let input = field.as_bytes();
-            self.step(2 + 2 * input.len(), |w, out| w.field(input, out).2);
+            self.field(field);
+        }
+        if self.deadlines {
+            self.step(2, |w, out| w.delimiter(out).1);
+            // No deadline is an empty last field, which writes no bytes
+            // (csv-core quotes an empty field only when it is a record's
+            // only one): most records skip the call.
+            if let Some(ms) = deadline {
+                self.field(&ms.to_string());
+            }
         }
         self.step(4, |w, out| w.terminator(out).1);
+    }
+
+    fn field(&mut self, field: &str) {
+        // At most 2 + 2 * len bytes (a field of quotes only, quoted), so
+        // one call writes the field whole.
+        let input = field.as_bytes();
+        self.step(2 + 2 * input.len(), |w, out| w.field(input, out).2);
     }
 
     /// Appends a `put` record, with its deadline in milliseconds since the

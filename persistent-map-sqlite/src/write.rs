@@ -210,7 +210,10 @@ async fn execute(
         Encoded::Put(size, true, rows) => {
             let mut query = sqlx::query(&texts.put[*size]);
             for (key, value, deadline) in rows {
-                query = query.bind(key.as_str()).bind(value.as_str()).bind(*deadline);
+                query = query
+                    .bind(key.as_str())
+                    .bind(value.as_str())
+                    .bind(*deadline);
             }
             query
         }
