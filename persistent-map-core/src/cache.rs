@@ -230,6 +230,10 @@ impl<K: Eq + Hash + Clone, V> Cache<K, V> {
     }
 
     /// Removes `key`; returns the visible value it had.
+    ///
+    /// An entry that had expired is invisible, so a removal of it may write
+    /// nothing to a store the map holds alone; it stays stale, so that the
+    /// sweep still deletes it from the store.
     pub(crate) fn remove<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -237,7 +241,12 @@ impl<K: Eq + Hash + Clone, V> Cache<K, V> {
     {
         let (key, old) = self.entries.remove(key)?;
         self.forget(&key, old.deadline);
-        old.live().then_some(old.value)
+        if old.live() {
+            Some(old.value)
+        } else {
+            self.note_stale(key);
+            None
+        }
     }
 
     /// Removes `key` if its deadline is at or before `now`; returns its
@@ -337,7 +346,11 @@ impl<K: Eq + Hash + Clone, V> Cache<K, V> {
 
     /// Notes a key that is expired in the store but not cached.
     pub(crate) fn note_stale(&self, key: K) {
-        self.stale_keys().push(key);
+        let mut stale = self.stale_keys();
+        // Few keys wait here at a time: the sweep takes them.
+        if !stale.contains(&key) {
+            stale.push(key);
+        }
     }
 
     /// The sweep deleted `keys` from the store (where they were expired):

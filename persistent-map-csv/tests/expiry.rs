@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use persistent_map_core::codec::KeyFormat;
-use persistent_map_core::{BatchOp, PersistentError, StorageBackend};
+use persistent_map_core::{BatchOp, PersistentError, PersistentMap, StorageBackend, WriteBehind};
 use persistent_map_csv::{Compaction, CsvBackend};
 
 type Op = BatchOp<String, u32>;
@@ -522,4 +522,42 @@ async fn a_new_legacy_key_file_is_version_2_until_its_first_deadline() {
         KeyFormat::Legacy
     );
     assert_eq!(stored(&backend).await, expected(&[("42", 2, Some(1_000))]));
+}
+
+/// A removal of an entry that already expired writes nothing to a file the
+/// map holds alone (the entry is invisible), yet the sweep must still delete
+/// it from the file: in write-behind mode the removal used to drop it from
+/// the sweep's sight, and the expired record stayed in the file.
+#[tokio::test]
+async fn an_expired_entry_removed_before_the_sweep_is_still_swept_from_the_file() {
+    for behind in [false, true] {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("map.csv");
+        let builder = PersistentMap::builder(CsvBackend::new(&path))
+            .sweep_interval(Duration::from_secs(24 * 3600));
+        let builder = if behind {
+            builder.write_behind(WriteBehind::new())
+        } else {
+            builder
+        };
+        let map: PersistentMap<String, String, _> = builder.build().await.expect("open");
+        map.insert_with_ttl("k".into(), "v".into(), Duration::ZERO)
+            .await
+            .expect("insert_with_ttl");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while map.get("k").is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "the entry expires");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(map.remove(&"k".to_string()).await.expect("remove"), None);
+        map.sweep_expired().await.expect("sweep_expired");
+        map.close().await.expect("close");
+        drop(map);
+        let backend = CsvBackend::new(&path);
+        let stored =
+            StorageBackend::<String, String>::load_keys_with_expiry(&backend, &["k".to_string()])
+                .await
+                .expect("load");
+        assert_eq!(stored, vec![("k".to_string(), None)], "behind={behind}");
+    }
 }
