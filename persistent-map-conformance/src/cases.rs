@@ -25,6 +25,7 @@ pub use crate::modes::{
     panicking_closures_leave_the_map_working, remove_reaches_a_shared_store,
     transactions_reach_the_cache_in_every_mode,
 };
+pub use crate::processes::two_processes_follow_each_other;
 pub use crate::sharing::{
     a_sweep_announces_only_what_it_removed, expiry_is_shared_by_live_instances,
     load_keys_answers_in_the_order_asked, subscription_marks_remote_changes,

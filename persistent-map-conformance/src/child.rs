@@ -7,20 +7,23 @@
 //! comes from the name libtest gives the thread that runs it. The child
 //! reports on its standard output, one line per event, each written with
 //! one unbuffered write so that what it printed before a kill reaches the
-//! parent whole.
+//! parent whole; the parent gives it orders on its standard input, one line
+//! each, for cases whose children must act in step.
 
 use std::ffi::OsString;
 use std::io::Write as _;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines, Stdin};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 /// Names the case a child process runs the child half of.
 const ROLE_VAR: &str = "PERSISTENT_MAP_CONFORMANCE_CHILD";
 /// The store the child opens, as the parent factory's `locator` gave it.
 const LOCATOR_VAR: &str = "PERSISTENT_MAP_CONFORMANCE_LOCATOR";
+/// Which part of the case the child plays, for cases with several children.
+const PART_VAR: &str = "PERSISTENT_MAP_CONFORMANCE_PART";
 /// Starts every line the child reports, so the test harness's own output
 /// (`running 1 test`) is told apart.
 const PREFIX: &str = "pm-conformance: ";
@@ -37,6 +40,11 @@ pub(crate) fn role(case: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// The part this child plays, as [`ChildRun::start_as`] named it.
+pub(crate) fn part() -> Option<String> {
+    std::env::var(PART_VAR).ok()
 }
 
 /// Reports one event to the parent.
@@ -59,10 +67,41 @@ pub(crate) fn current_test() -> Result<String, String> {
     }
 }
 
+/// The orders the parent gives this child process, one per line.
+pub(crate) struct Orders {
+    lines: Lines<BufReader<Stdin>>,
+}
+
+impl Orders {
+    /// Reads the child's standard input (through tokio's blocking-pool
+    /// reader, so no runtime worker waits on it).
+    pub(crate) fn new() -> Self {
+        Self {
+            lines: BufReader::new(tokio::io::stdin()).lines(),
+        }
+    }
+
+    /// Waits for the parent's next order, which must be `want`.
+    ///
+    /// # Panics
+    ///
+    /// When another order comes, when none comes within [`PATIENCE`], or
+    /// when the parent closed the pipe (it ended or gave up on the case).
+    pub(crate) async fn expect(&mut self, want: &str) {
+        let line = tokio::time::timeout(PATIENCE, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("no order {want:?} from the parent within {PATIENCE:?}"))
+            .unwrap_or_else(|err| panic!("reading the parent's orders: {err}"))
+            .unwrap_or_else(|| panic!("the parent stopped before ordering {want:?}"));
+        assert_eq!(line, want, "the parent's order");
+    }
+}
+
 /// A running child half of `case`.
 pub(crate) struct ChildRun {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    orders: ChildStdin,
 }
 
 impl ChildRun {
@@ -70,6 +109,21 @@ impl ChildRun {
     /// the store `locator`, run by `wrapper` (for example `strace` and its
     /// options) when one is given.
     pub(crate) fn start(case: &str, locator: &str, wrapper: &[OsString]) -> Result<Self, String> {
+        Self::spawn(case, None, locator, wrapper)
+    }
+
+    /// Starts the child half of `case` on the store `locator`, playing
+    /// `part` (read in the child with [`part`]).
+    pub(crate) fn start_as(case: &str, part: &str, locator: &str) -> Result<Self, String> {
+        Self::spawn(case, Some(part), locator, &[])
+    }
+
+    fn spawn(
+        case: &str,
+        part: Option<&str>,
+        locator: &str,
+        wrapper: &[OsString],
+    ) -> Result<Self, String> {
         let test = current_test()?;
         let exe = std::env::current_exe()
             .map_err(|err| format!("the path of the test executable: {err}"))?;
@@ -85,18 +139,40 @@ impl ChildRun {
             .args([test.as_str(), "--exact", "--nocapture", "--test-threads=1"])
             .env(ROLE_VAR, case)
             .env(LOCATOR_VAR, locator)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(part) = part {
+            command.env(PART_VAR, part);
+        }
         let mut child = command
             .spawn()
             .map_err(|err| format!("starting {}: {err}", exe.display()))?;
         let stdout = child.stdout.take().ok_or("the child's standard output")?;
+        let orders = child.stdin.take().ok_or("the child's standard input")?;
         Ok(Self {
             child,
             lines: BufReader::new(stdout).lines(),
+            orders,
         })
+    }
+
+    /// Gives the child the order `line` (read by [`Orders::expect`]).
+    ///
+    /// # Panics
+    ///
+    /// When the child's standard input is closed: the child has ended.
+    pub(crate) async fn order(&mut self, line: &str) {
+        let sent = self.orders.write_all(format!("{line}\n").as_bytes()).await;
+        let flushed = match sent {
+            Ok(()) => self.orders.flush().await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = flushed {
+            let stderr = self.stderr_after_kill().await;
+            panic!("ordering the child {line:?}: {err}\n{stderr}");
+        }
     }
 
     /// The next event the child reports, `None` when its output ended.
@@ -137,7 +213,7 @@ impl ChildRun {
 
     /// Everything the child wrote to its standard error so far, after
     /// killing it, for a failure message.
-    pub(crate) async fn stderr_after_kill(mut self) -> String {
+    pub(crate) async fn stderr_after_kill(&mut self) -> String {
         let _ = self.child.kill().await;
         let mut stderr = String::new();
         if let Some(mut pipe) = self.child.stderr.take() {

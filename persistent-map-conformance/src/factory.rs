@@ -86,9 +86,10 @@ pub trait StoreFactory: Send + 'static {
     /// which [`attach`](Self::attach) in another process (a copy of this
     /// test executable) opens the same store: a path, a table name, a key
     /// prefix. `None` (the default) means the store cannot be reached from
-    /// another process, and the case that kills a writing child
-    /// ([`acknowledged_writes_survive_a_kill`](crate::cases::acknowledged_writes_survive_a_kill))
-    /// prints a `SKIP:` notice saying so.
+    /// another process, and the cases that run a child
+    /// ([`acknowledged_writes_survive_a_kill`](crate::cases::acknowledged_writes_survive_a_kill),
+    /// [`two_processes_follow_each_other`](crate::cases::two_processes_follow_each_other))
+    /// print a `SKIP:` notice saying so.
     ///
     /// ```
     /// # use std::path::PathBuf;

@@ -10,6 +10,7 @@ mod faults;
 mod harness;
 mod limits;
 mod modes;
+mod processes;
 mod sharing;
 mod stats;
 mod subscriptions;
@@ -91,6 +92,7 @@ macro_rules! conformance_tests {
             flush_syncs_the_store_files,
             load_keys_answers_in_the_order_asked,
             two_live_instances_follow_each_other,
+            two_processes_follow_each_other,
             a_failure_in_the_middle_of_a_batch,
             keys_that_share_a_legacy_text_stay_distinct,
             stats_follow_counted_operations,
