@@ -273,9 +273,70 @@ pub fn value_from_json<V: DeserializeOwned>(text: &str) -> Result<V, serde_json:
     serde_json::from_str(text)
 }
 
+/// A deadline (or a sweep's clock) as stores keep it: whole milliseconds
+/// since the Unix epoch, negative before it, rounded down; `None` when it
+/// does not fit an `i64`.
+///
+/// A map hands backends whole milliseconds, so for its deadlines the round
+/// trip through [`deadline_from_millis`] is exact.
+///
+/// ```
+/// use std::time::{Duration, UNIX_EPOCH};
+/// use persistent_map_core::codec::{deadline_from_millis, deadline_to_millis};
+///
+/// let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+/// assert_eq!(deadline_to_millis(at), Some(1_700_000_000_123));
+/// assert_eq!(deadline_from_millis(1_700_000_000_123), Some(at));
+/// ```
+#[must_use]
+pub fn deadline_to_millis(at: std::time::SystemTime) -> Option<i64> {
+    match at.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).ok(),
+        Err(before) => {
+            let before = before.duration();
+            // Rounded down, as after the epoch: a part of a millisecond
+            // before it counts as a whole one.
+            let partial = u128::from(!before.subsec_nanos().is_multiple_of(1_000_000));
+            i64::try_from(before.as_millis() + partial)
+                .ok()
+                .map(|ms| -ms)
+        }
+    }
+}
+
+/// The deadline stored as `millis` milliseconds since the Unix epoch
+/// ([`deadline_to_millis`] undone); `None` when the platform's clock cannot
+/// represent it.
+#[must_use]
+pub fn deadline_from_millis(millis: i64) -> Option<std::time::SystemTime> {
+    let offset = std::time::Duration::from_millis(millis.unsigned_abs());
+    if millis >= 0 {
+        std::time::UNIX_EPOCH.checked_add(offset)
+    } else {
+        std::time::UNIX_EPOCH.checked_sub(offset)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_round_trip_in_whole_milliseconds_on_both_sides_of_the_epoch() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for ms in [0, 1, -1, 1_700_000_000_123, -86_400_000_123, i64::MAX] {
+            let at = deadline_from_millis(ms).expect("representable");
+            assert_eq!(deadline_to_millis(at), Some(ms), "{ms}");
+        }
+        assert_eq!(
+            deadline_to_millis(UNIX_EPOCH + Duration::from_micros(1_500)),
+            Some(1)
+        );
+        assert_eq!(
+            deadline_to_millis(UNIX_EPOCH - Duration::from_micros(1_500)),
+            Some(-2)
+        );
+    }
     use serde::Deserialize;
 
     #[derive(Debug, Serialize, Deserialize, PartialEq)]

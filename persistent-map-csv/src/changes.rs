@@ -12,8 +12,10 @@ use persistent_map_core::{render_key, BatchOp, EntryPart, PersistentError, Resul
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::deadline::{from_millis, to_millis};
 use crate::error::at;
+use persistent_map_core::codec::{
+    deadline_from_millis as from_millis, deadline_to_millis as to_millis,
+};
 
 /// A change with its key, value and deadline encoded as text (once the
 /// file's key format is known) before anything is written, so a change that

@@ -4,7 +4,6 @@ mod backend;
 mod changes;
 mod compaction;
 mod config;
-mod deadline;
 mod error;
 mod files;
 mod format;

@@ -9,12 +9,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use futures::TryStreamExt;
+use persistent_map_core::codec::deadline_from_millis;
 use persistent_map_core::codec::{value_from_json, KeyFormat};
 use persistent_map_core::{
     async_trait, render_key, BatchOp, Capabilities, Durability, EntryPart, Location, Operation,
     PersistentError, RemoteChanges, Result, StorageBackend,
 };
-use persistent_map_server_support::deadline_from_millis;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};

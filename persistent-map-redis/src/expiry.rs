@@ -11,7 +11,7 @@
 
 use std::time::SystemTime;
 
-use persistent_map_server_support::deadline_from_millis;
+use persistent_map_core::codec::deadline_from_millis;
 
 /// The largest deadline (in milliseconds, either side of the epoch) a
 /// sorted-set score, a double, holds exactly: 2^53, in the year 287396.

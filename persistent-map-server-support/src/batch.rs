@@ -7,11 +7,11 @@ use persistent_map_core::codec::{value_to_json, KeyFormat};
 use persistent_map_core::{render_key, BatchOp, EntryPart, Location, Operation, PersistentError};
 use serde::Serialize;
 
-use crate::deadline::deadline_millis;
+use persistent_map_core::codec::deadline_to_millis;
 
 /// What a batch does to one key, all of its changes in the batch taken
 /// together, in stored form. Deadlines are milliseconds since the Unix
-/// epoch ([`deadline_millis`](crate::deadline_millis)).
+/// epoch ([`deadline_to_millis`](persistent_map_core::codec::deadline_to_millis)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NetChange {
@@ -126,7 +126,7 @@ pub fn encode_batch<K: Serialize, V: Serialize>(
         let at = || Location::new(store).with_key(render_key(key));
         let fail = |part: EntryPart, e: serde_json::Error| PersistentError::encode(part, at(), e);
         let millis = |time| {
-            deadline_millis(time).ok_or_else(|| {
+            deadline_to_millis(time).ok_or_else(|| {
                 PersistentError::backend(
                     backend,
                     Operation::Write,

@@ -2,7 +2,6 @@
 
 mod announcement;
 mod batch;
-mod deadline;
 mod feed;
 mod inbox;
 mod listen;
@@ -13,7 +12,6 @@ mod redact;
 
 pub use announcement::Announcement;
 pub use batch::{encode_batch, NetChange};
-pub use deadline::{deadline_from_millis, deadline_millis};
 pub use feed::Feed;
 pub use inbox::Inbox;
 pub use listen::Listen;

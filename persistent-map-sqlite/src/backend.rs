@@ -21,7 +21,6 @@ use sqlx::{Connection, Row, TypeInfo, ValueRef};
 use tokio::sync::{Mutex, MutexGuard};
 
 use crate::config::{SqliteBuilder, SqliteOptions};
-use crate::deadline::from_millis;
 use crate::error::{is_busy, is_io_error, map_sqlx_error, BACKEND};
 use crate::format::{
     has_deadlines, key_format_of, new_table_version, FORMAT_VERSION, LEGACY_VERSION,
@@ -29,6 +28,7 @@ use crate::format::{
 use crate::load::{self, Sink};
 use crate::statements::{create_table_sql, Reads, Statements};
 use crate::write::{self, chunks};
+use persistent_map_core::codec::deadline_from_millis as from_millis;
 
 /// The table that records, per map table, the format version it was written in.
 pub(crate) const META_TABLE: &str = "persistent_map_meta";

@@ -2,7 +2,6 @@
 
 mod backend;
 mod config;
-mod deadline;
 mod error;
 mod format;
 mod load;

@@ -170,7 +170,7 @@ impl<'de, K: DeserializeOwned, V: DeserializeOwned> Visitor<'de> for PairVisitor
         let deadline = match pair.next_element::<Option<i64>>()?.flatten() {
             None => None,
             Some(ms) => Some(
-                crate::deadline::from_millis(ms)
+                persistent_map_core::codec::deadline_from_millis(ms)
                     .ok_or_else(|| A::Error::custom("a deadline out of range"))?,
             ),
         };
@@ -212,7 +212,7 @@ mod tests {
     fn triples_carry_their_deadlines() {
         let (ok, got) = decode_deadlines(r#"[["a",1,1767225600123],["b",2,null],["c",3,-5]]"#);
         assert!(ok);
-        let at = |ms| crate::deadline::from_millis(ms);
+        let at = |ms| persistent_map_core::codec::deadline_from_millis(ms);
         assert_eq!(
             got,
             [

@@ -20,9 +20,9 @@ use serde::Serialize;
 use sqlx::sqlite::SqliteConnection;
 use sqlx::Connection;
 
-use crate::deadline::to_millis;
 use crate::format::{has_deadlines, with_deadlines, FORMAT_VERSION};
 use crate::statements::Statements;
+use persistent_map_core::codec::deadline_to_millis as to_millis;
 
 /// Rows per multi-row statement, at most. 256 rows of 3 parameters stay far
 /// below SQLite's parameter limit (999 before 3.32, 32766 since).

@@ -82,7 +82,7 @@ pub struct Deadlines {
 
 /// The clock as stores hold deadlines: ms since the Unix epoch.
 pub fn now_millis() -> i64 {
-    persistent_map_server_support::deadline_millis(std::time::SystemTime::now()).unwrap_or(i64::MAX)
+    persistent_map_core::codec::deadline_to_millis(std::time::SystemTime::now()).unwrap_or(i64::MAX)
 }
 
 /// The CSV log's own figures.

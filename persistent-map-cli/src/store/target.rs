@@ -248,7 +248,7 @@ impl Target {
 /// The deadline stored as `ms` milliseconds since the Unix epoch; `None`
 /// when the platform's clock cannot hold it.
 pub fn deadline(ms: i64) -> Option<std::time::SystemTime> {
-    persistent_map_server_support::deadline_from_millis(ms)
+    persistent_map_core::codec::deadline_from_millis(ms)
 }
 
 /// The key a stored key text of the store `shown` stands for, as the JSON
