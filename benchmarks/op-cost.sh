@@ -26,7 +26,7 @@ build() { # <name> <tree> -> path of the probe binary
     sed "s#\.\./\.\./#$2/#g" "$probe/Cargo.toml" >"$dir/Cargo.toml"
     cp "$root/Cargo.lock" "$dir/"
     CARGO_TARGET_DIR="${OP_COST_TARGET:-$root/target/op-cost}/$1" \
-        cargo build --release --quiet --manifest-path "$dir/Cargo.toml"
+        cargo build --release --quiet --manifest-path "$dir/Cargo.toml" >&2 || return 1
     echo "${OP_COST_TARGET:-$root/target/op-cost}/$1/release/persistent-map-op-cost"
 }
 
@@ -39,8 +39,8 @@ ir() { # <binary> <op[:backend]> <n> -> total instructions
 
 per_op() { echo $(( ($(ir "$1" "$2" $((2 * n))) - $(ir "$1" "$2" "$n")) / n )); }
 
-before="$(build base "$work/base")"
-after="$(build current "$root")"
+before="$(build base "$work/base")" || exit 1
+after="$(build current "$root")" || exit 1
 echo "| op | $base (Ir/op) | this tree (Ir/op) | ratio |"
 echo "|---|---|---|---|"
 for op in "${ops[@]}"; do
