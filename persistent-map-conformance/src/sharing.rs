@@ -128,16 +128,7 @@ pub async fn two_live_instances_follow_each_other<F: StoreFactory>(mut factory: 
     );
     drop((first_feed, second_feed, first, second));
 
-    let one = PersistentMap::<String, String, _>::new(
-        factory.reopen().await.expect("a live instance for a map"),
-    )
-    .await
-    .expect("a map on the shared store");
-    let two = PersistentMap::<String, String, _>::new(
-        factory.reopen().await.expect("a live instance for a map"),
-    )
-    .await
-    .expect("a second map on the shared store");
+    let (one, two) = open_two_maps(&mut factory).await;
     one.insert("by map one".into(), "a".into())
         .await
         .expect("insert");
@@ -171,36 +162,9 @@ pub async fn two_live_instances_follow_each_other<F: StoreFactory>(mut factory: 
 /// too: its map would re-read them and report them as remote.
 pub async fn subscription_marks_remote_changes<F: StoreFactory>(mut factory: F) {
     const CASE: &str = "subscription_marks_remote_changes";
-    let first = factory.fresh().await.expect("factory opens a fresh store");
-    if StorageBackend::<String, String>::capabilities(&first).exclusive_lock {
-        skip_notice(
-            CASE,
-            &"the backend declares an exclusive lock: no two live instances",
-        );
+    let Some((one, two)) = two_live_maps(&mut factory, CASE, false).await else {
         return;
-    }
-    if StorageBackend::<String, String>::watch(&first)
-        .await
-        .expect("watch")
-        .is_none()
-    {
-        skip_notice(
-            CASE,
-            &"the backend's watch gives no feed: no remote changes to report",
-        );
-        return;
-    }
-    drop(first);
-    let one = PersistentMap::<String, String, _>::new(
-        factory.reopen().await.expect("a live instance for a map"),
-    )
-    .await
-    .expect("a map on the shared store");
-    let two = PersistentMap::<String, String, _>::new(
-        factory.reopen().await.expect("a live instance for a map"),
-    )
-    .await
-    .expect("a second map on the shared store");
+    };
     let mut seen_by_one = one.subscribe();
     let mut seen_by_two = two.subscribe();
     let s = |text: &str| text.to_owned();
@@ -328,34 +292,9 @@ pub async fn expiry_is_shared_by_live_instances<F: StoreFactory>(mut factory: F)
     // Long enough that the other instance hears of the entry before it
     // expires, even on a loaded machine.
     const TTL: Duration = Duration::from_secs(20);
-    let first = factory.fresh().await.expect("factory opens a fresh store");
-    let capabilities = StorageBackend::<String, String>::capabilities(&first);
-    if !capabilities.expiry || capabilities.exclusive_lock {
-        skip_notice(
-            CASE,
-            &"the backend declares no expiry, or an exclusive lock",
-        );
+    let Some((one, two)) = two_live_maps(&mut factory, CASE, true).await else {
         return;
-    }
-    if StorageBackend::<String, String>::watch(&first)
-        .await
-        .expect("watch")
-        .is_none()
-    {
-        skip_notice(CASE, &"the backend's watch gives no feed");
-        return;
-    }
-    drop(first);
-    let one = PersistentMap::<String, String, _>::new(
-        factory.reopen().await.expect("a live instance for a map"),
-    )
-    .await
-    .expect("a map on the shared store");
-    let two = PersistentMap::<String, String, _>::new(
-        factory.reopen().await.expect("a live instance for a map"),
-    )
-    .await
-    .expect("a second map on the shared store");
+    };
     one.insert_with_ttl("session".into(), "alice".into(), TTL)
         .await
         .expect("insert_with_ttl");
@@ -461,4 +400,65 @@ pub async fn a_sweep_announces_only_what_it_removed<F: StoreFactory>(mut factory
             "{kept:?} was not removed, yet announced: {heard:?}"
         );
     }
+}
+
+/// Two maps on live instances of one fresh store, for the cases about a
+/// store shared through a feed; `None`, with a skip notice for `case`, when
+/// the backend declares an exclusive lock, its `watch` gives no feed, or
+/// (when `expiry` is asked) it stores no deadlines.
+async fn two_live_maps<F: StoreFactory>(
+    factory: &mut F,
+    case: &str,
+    expiry: bool,
+) -> Option<(
+    PersistentMap<String, String, F::Backend>,
+    PersistentMap<String, String, F::Backend>,
+)> {
+    let first = factory.fresh().await.expect("factory opens a fresh store");
+    let capabilities = StorageBackend::<String, String>::capabilities(&first);
+    if capabilities.exclusive_lock {
+        skip_notice(
+            case,
+            &"the backend declares an exclusive lock: no two live instances",
+        );
+        return None;
+    }
+    if expiry && !capabilities.expiry {
+        skip_notice(case, &"the backend declares no expiry");
+        return None;
+    }
+    if StorageBackend::<String, String>::watch(&first)
+        .await
+        .expect("watch")
+        .is_none()
+    {
+        skip_notice(
+            case,
+            &"the backend's watch gives no feed: live instances do not follow each other",
+        );
+        return None;
+    }
+    drop(first);
+    Some(open_two_maps(factory).await)
+}
+
+/// Two maps, each on a live instance of the factory's current store.
+async fn open_two_maps<F: StoreFactory>(
+    factory: &mut F,
+) -> (
+    PersistentMap<String, String, F::Backend>,
+    PersistentMap<String, String, F::Backend>,
+) {
+    let mut maps = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let backend = factory.reopen().await.expect("a live instance for a map");
+        maps.push(
+            PersistentMap::<String, String, _>::new(backend)
+                .await
+                .expect("a map on the shared store"),
+        );
+    }
+    let two = maps.pop().expect("two maps");
+    let one = maps.pop().expect("two maps");
+    (one, two)
 }
